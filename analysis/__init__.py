@@ -1,0 +1,1 @@
+"""Concept analyses: attribution, instance coverage, sparsity by token type, slot provenance, reports."""

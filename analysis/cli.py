@@ -1,0 +1,34 @@
+"""`segcompass-analyze`: the default pipeline and the concept analyses, as reports and tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sae.cli_support import Command, run_cli
+from segcompass.world.contrast_probe import ContrastProbeConfig, run_contrast_baseline
+
+from .pipeline import PipelineConfig
+from .pipeline import main as run_pipeline_cli
+
+DESCRIPTION = (
+    "Analyse what SegCompass's sparse concepts do: the default pipeline on the built-in synthetic world, "
+    "the pixel-contrast baseline, and (as they land) coverage, sparsity, attribution and provenance reports."
+)
+
+COMMANDS = [
+    Command("pipeline", PipelineConfig, run_pipeline_cli, "run the default pipeline on the synthetic world"),
+    Command(
+        "contrast-baseline",
+        ContrastProbeConfig,
+        run_contrast_baseline,
+        "linear probes on raw patch pixels: how far pixel contrast alone gets (default vs plain world)",
+    ),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("segcompass-analyze", DESCRIPTION, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

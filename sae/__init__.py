@@ -1,0 +1,1 @@
+"""Activation capture, the activation store and sparse-autoencoder training/evaluation (sae-lens)."""

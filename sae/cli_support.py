@@ -1,0 +1,68 @@
+"""Command lines generated from typed config dataclasses (the field docstrings become `--help`).
+
+Each subcommand is a dataclass (its docstring is the description, each field's docstring the help of
+its flag) and a function that takes an instance of it. `simple_parsing` (a dependency of sae-lens) turns
+the dataclass into argparse arguments, so the CLI and the Python API never drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import simple_parsing
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its config dataclass and the function that runs it."""
+
+    name: str
+    config: type
+    run: Callable[[Any], Any]
+    help: str
+
+
+def build_parser(prog: str, description: str, commands: Sequence[Command]) -> simple_parsing.ArgumentParser:
+    parser = simple_parsing.ArgumentParser(
+        prog=prog,
+        description=description,
+        add_option_string_dash_variants=simple_parsing.DashVariant.DASH,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in commands:
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=(cmd.config.__doc__ or cmd.help).strip(),
+            add_option_string_dash_variants=simple_parsing.DashVariant.DASH,
+        )
+        p.add_arguments(cmd.config, dest="config")
+    return parser
+
+
+def run_cli(
+    prog: str, description: str, commands: Sequence[Command], argv: Sequence[str] | None = None
+) -> int:
+    """Parse `argv`, configure logging, run the chosen command; errors become a one-line message, exit 2."""
+    parser = build_parser(prog, description, commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    chosen = next(c for c in commands if c.name == args.command)
+    try:
+        chosen.run(args.config)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+        print(f"{prog} {chosen.name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog} {chosen.name}: interrupted; finished outputs are kept", file=sys.stderr)
+        return 130
+    return 0

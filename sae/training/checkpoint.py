@@ -1,0 +1,142 @@
+"""Checkpoints for an exact resume: written atomically, never overwritten, refused across configurations.
+
+A checkpoint is a folder `checkpoints/tokens-<N>/` holding what sae-lens's `SAETrainer.save_checkpoint`
+writes (the SAE's `cfg.json` + `sae_weights.safetensors`, `trainer_state.pt` with the optimiser, lr
+scheduler, coefficient schedulers and dead-feature statistics, the activation scaler, the feature sparsity)
+plus `segcompass_state.pt`: the run's fingerprint and config, the data position of every data slice, the
+RNG states of every process, and the token count. It is written into `checkpoints/.tmp-...`, fsynced and
+renamed into place, so an interrupted write (kill -9) leaves no checkpoint, only a temporary folder that
+the next run removes. `segcompass_state.pt` is written last and marks a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import config_differences
+from .metadata import METADATA_FILE
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "segcompass_state.pt"
+_NAME = re.compile(r"^tokens-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint on disk."""
+
+    path: Path
+    tokens: int
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU, CUDA when present, Python)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(out: Path) -> list[Checkpoint]:
+    """Complete checkpoints in `out`, oldest first."""
+    root = Path(out) / CHECKPOINT_DIR
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _NAME.match(p.name)
+            if m and (p / STATE_FILE).exists():
+                found.append(Checkpoint(p, int(m.group(1))))
+    return sorted(found, key=lambda c: c.tokens)
+
+
+def check_out_dir(out: Path, resume: bool) -> list[Checkpoint]:
+    """Refuse an output folder holding a finished SAE, or an unfinished run unless resuming; returns its
+    checkpoints (oldest first)."""
+    if (Path(out) / METADATA_FILE).exists():
+        raise FileExistsError(
+            f"{out} already holds a trained SAE; choose another --out (nothing was changed)"
+        )
+    found = list_checkpoints(out)
+    if found and not resume:
+        raise FileExistsError(
+            f"{out} holds checkpoints of an unfinished run (newest {found[-1].path.name}); "
+            "pass --resume to continue it, or choose another --out"
+        )
+    return found
+
+
+def remove_temporaries(out: Path) -> None:
+    """Delete half-written checkpoint folders left by a killed run."""
+    root = Path(out) / CHECKPOINT_DIR
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            logger.info("removing the unfinished checkpoint %s", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(trainer: Any, out: Path, tokens: int, state: dict[str, Any], keep: int) -> Path:
+    """Write a checkpoint of `trainer` (an sae-lens `SAETrainer`) at `tokens` global tokens, atomically;
+    then delete all but the newest `keep` complete checkpoints."""
+    root = Path(out) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"tokens-{tokens:015d}"
+    if final.exists():
+        raise FileExistsError(f"checkpoint {final} already exists; it is never overwritten")
+    tmp_name = f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(root / tmp_name, ignore_errors=True)
+    trainer.save_checkpoint(checkpoint_name=tmp_name, base_path=root)
+    torch.save({**state, "tokens": tokens}, root / tmp_name / STATE_FILE)
+    _fsync_tree(root / tmp_name)
+    os.rename(root / tmp_name, final)
+    logger.info("checkpoint %s", final)
+    if keep > 0:
+        for old in list_checkpoints(out)[:-keep]:
+            shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def load_state(
+    ckpt: Checkpoint, fingerprint: str, config: dict[str, Any], context: dict[str, Any]
+) -> dict[str, Any]:
+    """Our part of a checkpoint; raises ValueError when another configuration (result-determining config
+    fields, or the store / width / data slicing in `context`) wrote it."""
+    state = torch.load(ckpt.path / STATE_FILE, weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        diffs = config_differences(state.get("config", {}), config)
+        diffs += config_differences(state.get("context", {}), context)
+        detail = "; ".join(diffs) or "unknown difference"
+        raise ValueError(
+            f"checkpoint {ckpt.path} was written by another configuration ({detail}); "
+            "resume with the same settings, or train into a new --out folder"
+        )
+    return state

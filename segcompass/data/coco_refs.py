@@ -1,0 +1,182 @@
+"""Shared core of the RefCOCO-family and gRefCOCO loaders: refs + COCO ``instances.json`` + an images folder.
+
+One sample per sentence. The image file is ``images_dir / instances.images[image_id].file_name`` (the refs'
+own ``file_name`` carries an annotation suffix in the public RefCOCO files and is not used). Checked
+while indexing: the split, the image entry and file, every target annotation and its segmentation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segcompass.data.base import RefDataset, check_split
+from segcompass.data.geometry import SegmentationCheck, check_segmentation, decode_segmentation
+from segcompass.data.sample import DatasetFormatError, InvalidGeometryError, MissingImageError, RefSample
+
+logger = logging.getLogger(__name__)
+
+REF_KEYS = frozenset(
+    {"ref_id", "ann_id", "image_id", "split", "sentences", "sent_ids", "category_id", "file_name"}
+)
+"""Standard ref fields; any other field of a ref is copied into ``RefSample.meta``."""
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file, with the file named in the error."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetFormatError(f"cannot read {what} {path}: {e}") from e
+
+
+class CocoInstances:
+    """Index of a COCO ``instances.json``: images and annotations by id."""
+
+    def __init__(self, path: str | Path) -> None:
+        data = read_json(Path(path), "COCO instances file")
+        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+            raise DatasetFormatError(
+                f"{path} is not a COCO instances file (needs 'images' and 'annotations')"
+            )
+        self.path = Path(path)
+        self.images: dict[int, dict] = {int(im["id"]): im for im in data["images"]}
+        self.anns: dict[int, dict] = {int(a["id"]): a for a in data["annotations"]}
+
+
+@dataclass
+class _Entry:
+    ref: dict
+    sentence: dict
+    sent_index: int
+    image: dict
+    image_path: Path
+    ann_ids: list[int]
+    checks: list[SegmentationCheck]
+
+
+class CocoRefDataset(RefDataset):
+    """Refs (already loaded) + COCO instances + images folder. Subclasses define how ``ann_id`` reads."""
+
+    def __init__(
+        self,
+        refs: Sequence[dict],
+        instances_json: str | Path,
+        images_dir: str | Path,
+        split: str,
+        valid_splits: Sequence[str],
+        *,
+        source: str,
+        text_field: str = "sent",
+        skip_missing: bool = False,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source, self.split, self.text_field = source, split, text_field
+        check_split(split, valid_splits, source)
+        self.images_dir = Path(images_dir)
+        self.coco = CocoInstances(instances_json)
+        self.strict = strict
+        self._entries: list[_Entry] = []
+        missing: list[Path] = []
+        for ref in refs:
+            if ref.get("split") == split:
+                self._index_ref(ref, skip_missing, missing)
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:3])
+            raise MissingImageError(
+                f"{len(missing)} refs of {source}/{split} name images that do not exist (e.g. {shown}); "
+                f"check images_dir={self.images_dir} or pass skip_missing=True to count and skip them"
+            )
+        logger.info("%s/%s: using sentence field %r, one sample per sentence", source, split, text_field)
+        self.report()
+
+    def target_ann_ids(self, ref: dict) -> list[int] | None:
+        """Target annotation ids of a ref ([] = no target), or None when the field is malformed."""
+        raise NotImplementedError
+
+    def _index_ref(self, ref: dict, skip_missing: bool, missing: list[Path]) -> None:
+        key = f"ref {ref.get('ref_id')}"
+        sentences = ref.get("sentences") or []
+        n = max(1, len(sentences))
+        if not sentences:
+            self._skip("no_sentences", key, n=1)
+            return
+        ann_ids = self.target_ann_ids(ref)
+        if ann_ids is None:
+            self._fail("bad_ann_id", key, f"ann_id={ref.get('ann_id')!r}", n)
+            return
+        image = self.coco.images.get(int(ref.get("image_id", -1)))
+        if image is None:
+            self._fail("unknown_image_id", key, f"image_id={ref.get('image_id')!r}", n)
+            return
+        path = self.images_dir / image["file_name"]
+        if not path.is_file():
+            if skip_missing:
+                self._skip("missing_image", key, str(path), n=n)
+            else:
+                missing.append(path)
+            return
+        h, w = int(image["height"]), int(image["width"])
+        checks = []
+        for a in ann_ids:
+            ann = self.coco.anns.get(a)
+            if ann is None:
+                self._fail("unknown_ann_id", key, f"ann_id {a}", n)
+                return
+            chk = check_segmentation(ann.get("segmentation"), h, w)
+            for why in chk.invalid:
+                if self.strict:
+                    raise InvalidGeometryError(f"{self.source} annotation {a}: {why}")
+                self._skip("invalid_part", f"{key} ann {a}", why)
+            for _ in chk.boxes:
+                self._note("box_part", f"{key} ann {a}", "4 numbers read as [x, y, w, h]")
+            if not chk.usable:
+                self._skip("unusable_instance", key, f"annotation {a} has no valid part", n=n)
+                return
+            checks.append(chk)
+        for j, sentence in enumerate(sentences):
+            if not isinstance(sentence, dict) or not isinstance(sentence.get(self.text_field), str):
+                self._fail("bad_sentence", key, f"sentence {j} lacks {self.text_field!r}", 1)
+                continue
+            self._entries.append(_Entry(ref, sentence, j, image, path, ann_ids, checks))
+
+    def _fail(self, reason: str, key: str, detail: str, n: int) -> None:
+        if self.strict:
+            raise DatasetFormatError(f"{self.source}/{self.split} {key}: {reason} ({detail})")
+        self._skip(reason, key, detail, n=n)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, index: int) -> RefSample:
+        e = self._entries[index]
+        h, w = int(e.image["height"]), int(e.image["width"])
+        sentences = e.ref["sentences"]
+        sent_id = e.sentence.get("sent_id", e.sent_index)
+        cats = e.ref.get("category_id")
+        meta = {
+            "ref_id": e.ref.get("ref_id"),
+            "image_id": e.ref.get("image_id"),
+            "ann_ids": list(e.ann_ids),
+            "category_ids": cats if isinstance(cats, list) else [cats],
+            "sent_id": sent_id,
+            **{k: v for k, v in e.ref.items() if k not in REF_KEYS},
+        }
+        return RefSample(
+            sample_id=f"{self.source}/{self.split}/ref{e.ref.get('ref_id')}/sent{sent_id}",
+            source=self.source,
+            split=self.split,
+            image_path=e.image_path,
+            image_size=(h, w),
+            text=e.sentence[self.text_field],
+            texts=[s.get(self.text_field, "") if isinstance(s, dict) else "" for s in sentences],
+            masks=[decode_segmentation(c, h, w) for c in e.checks],
+            no_target=not e.ann_ids,
+            text_index=e.sent_index,
+            meta=meta,
+        )
