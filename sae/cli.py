@@ -27,7 +27,9 @@ def list_backbone_families(_: FamiliesConfig) -> None:
         family = ep.load()()
         print(f"{family.name}: model_type {', '.join(family.model_types)}")
         for ckpt in family.known_checkpoints:
-            print(f"  {ckpt.hub_id}: d_in {ckpt.hidden_size}, {ckpt.num_layers} layers, hook layer {ckpt.hook_layer}")
+            print(
+                f"  {ckpt.hub_id}: d_in {ckpt.hidden_size}, {ckpt.num_layers} layers, hook layer {ckpt.hook_layer}"
+            )
         print(f"  tiny:{family.name}  (random-weight preset, built offline)")
 
 
@@ -35,14 +37,27 @@ def _capture(cfg) -> None:
     from .capture import run_capture
 
     result = run_capture(cfg)
-    print(f"stored {result.num_tokens} tokens in {result.out}" + (f" ({len(result.skipped)} documents skipped)" if result.skipped else ""))
+    print(
+        f"stored {result.num_tokens} tokens in {result.out}"
+        + (f" ({len(result.skipped)} documents skipped)" if result.skipped else "")
+    )
 
 
 COMMANDS = [
     Command("capture", CaptureConfig, _capture, "capture hook-layer activations into an activation store"),
     Command("families", FamiliesConfig, list_backbone_families, "list backbone families"),
-    Command("train", TrainConfig, run_train_command, "train a sparse autoencoder on an activation store (sae-lens)"),
-    Command("eval", EvalConfig, run_eval_command, "evaluate an SAE per token type (explained variance, L0, dead atoms)"),
+    Command(
+        "train",
+        TrainConfig,
+        run_train_command,
+        "train a sparse autoencoder on an activation store (sae-lens)",
+    ),
+    Command(
+        "eval",
+        EvalConfig,
+        run_eval_command,
+        "evaluate an SAE per token type (explained variance, L0, dead atoms)",
+    ),
 ]
 
 
