@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sae.cli_support import Command, run_cli
+from segcompass.warmup.cli import WarmupCommandConfig
+from segcompass.warmup.cli import main as warmup_main
 from segcompass.world.contrast_probe import ContrastProbeConfig, run_contrast_baseline
 
+from .commands import CoverageReportConfig, SparsityReportConfig, coverage_main, sparsity_main
 from .pipeline import PipelineConfig
 from .pipeline import main as run_pipeline_cli
 
@@ -22,6 +25,24 @@ COMMANDS = [
         ContrastProbeConfig,
         run_contrast_baseline,
         "linear probes on raw patch pixels: how far pixel contrast alone gets (default vs plain world)",
+    ),
+    Command(
+        "coverage",
+        CoverageReportConfig,
+        coverage_main,
+        "instance coverage of the most SAE-active image tokens vs random tokens (HTML report + tables)",
+    ),
+    Command(
+        "sparsity",
+        SparsityReportConfig,
+        sparsity_main,
+        "SAE sparsity (L0, activation mass, distinct atoms) by token type with CIs (HTML report + tables)",
+    ),
+    Command(
+        "warmup",
+        WarmupCommandConfig,
+        warmup_main,
+        "warm up the tiny backbone on the synthetic world (cached by config) and print its evaluation",
     ),
 ]
 

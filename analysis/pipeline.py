@@ -1,8 +1,10 @@
-"""The default pipeline on the built-in world: synthetic data → tiny backbone → hook-layer states → summary.
+"""The default pipeline on the built-in world (what `./dev.sh run` runs):
 
-This is what `./dev.sh run` (`segcompass-analyze pipeline`) executes. Each stage caches its output under
-`--out`, keyed by its config, so a re-run reuses it. Later stages (SAE training, coverage report) extend
-this file as they land.
+    synthetic corpus → warmed-up tiny backbone → capture → SAE training → coverage + sparsity reports
+
+with the DESIGN.md §9 controls beside every number: the random-token baseline (inside the coverage
+analysis) and the same capture → SAE → analysis on a random-init backbone. Every stage caches its output
+under `--out`, keyed by its settings, and a re-run reuses it (an interrupted capture resumes).
 """
 
 from __future__ import annotations
@@ -10,167 +12,171 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
-from segcompass.backbones import Backbone, TokenType, resolve_backbone
-from segcompass.world import WorldConfig, WorldSample, generate_split, write_refcoco_style
+from sae.capture import CaptureConfig, run_capture
+from segcompass.backbones import Backbone, resolve_backbone
+from segcompass.world import WorldConfig, write_image_text_corpus
+
+from .commands import CoverageReportConfig, SparsityReportConfig, run_coverage_report, run_sparsity_report
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class PipelineConfig:
-    """Run the default SegCompass pipeline on the built-in synthetic world and print what it found."""
+    """Run the default SegCompass pipeline on the synthetic world: corpus → backbone → capture → SAE →
+    coverage and sparsity reports, beside a random-init control."""
 
     out: str = "runs/default"
-    """Folder for the generated data and the reports; a re-run reuses what is cached there."""
-    backbone: str = "tiny:qwen2_5_vl"
-    """`tiny:<family>` (random-weight preset), a local checkpoint folder, or a hub id."""
-    split: str = "val"
-    """Synthetic-world split to read."""
-    num_samples: int = 64
-    """Number of (image, instruction) samples to run."""
-    batch_size: int = 16
-    """Samples per forward pass."""
+    """Folder for every stage's output; a re-run reuses what is cached there."""
+    backbone: str = "warm:qwen2_5_vl"
+    """`warm:<family>` (tiny backbone warmed up on the world, trained once and cached), `tiny:<family>`
+    (random weights), a local checkpoint folder or a hub id."""
+    control_backbone: str = "tiny:qwen2_5_vl"
+    """The random-init control run through the same stages; empty to skip it."""
+    sae_documents: int = 400
+    """Synthetic image–text documents (train split, scene descriptions) the SAEs are trained on."""
+    analysis_documents: int = 150
+    """Held-out documents (val split, referring instructions) the analyses read."""
+    instruction_first: bool = True
+    """Put the instruction before the image in the analysis prompts, so image tokens can depend on it."""
+    sae_preset: str = "tiny"
+    """SAE preset of `segcompass-sae train` (tiny: 2048 atoms, activation normalisation)."""
+    sae_epochs: float = 3.0
+    """Passes over the SAE training tokens."""
+    batch_size: int = 8
+    """Documents per capture forward."""
     seed: int = 0
-    """Seed of the synthetic world and of the tiny backbone's random weights."""
+    """Seed of the world, the tiny backbones and the SAE."""
 
 
 @dataclass
 class PipelineResult:
-    """What the pipeline found (also written as CSV under `out`)."""
+    """Where everything went and the headline tables."""
 
-    data_dir: Path
-    """The synthetic data set in COCO + gRefCOCO format."""
-    token_types: pd.DataFrame
-    """One row per token type: count and the mean L2 norm of the hook-layer state."""
-    image_tokens: pd.DataFrame
-    """One row per image-token location (referred target / distractor / background): count and norm."""
+    coverage_auc: pd.DataFrame
+    """Coverage AUC per model (trained / control), ranking (l0, mass, random) and group."""
+    sparsity: pd.DataFrame
+    """L0, activation mass and distinct atoms per model and token group, with bootstrap CIs."""
+    reports: dict[str, Path]
+    """Report name → HTML file."""
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _corpus(out: Path, world: WorldConfig, split: str, n: int) -> Path:
+    folder = out / "data" / f"corpus-{split}-{_key(asdict(world), split, n)}"
+    if (folder / "corpus.jsonl").exists():
+        logger.info("reusing corpus %s", folder)
+    else:
+        logger.info("writing %d synthetic %s documents to %s", n, split, folder)
+        write_image_text_corpus(folder, world, {split: n})
+    return folder
+
+
+def _store(
+    backbone: Backbone, corpus: Path, out: Path, name: str, cfg: PipelineConfig, analysis: bool
+) -> Path:
+    folder = out / "activations" / name
+    if (folder / "manifest.json").exists():
+        logger.info("reusing activation store %s", folder)
+        return folder
+    capture = CaptureConfig(
+        data=str(corpus),
+        out=str(folder),
+        backbone=backbone.name_or_path,
+        batch_size=cfg.batch_size,
+        text_column="instruction" if analysis else "text",
+        image_first=not (analysis and cfg.instruction_first),
+        resume=(folder / "progress").exists(),
+        seed=cfg.seed,
+    )
+    run_capture(capture, backbone=backbone)
+    return folder
+
+
+def _sae(store: Path, out: Path, name: str, cfg: PipelineConfig) -> Path:
+    from sae.training import TrainConfig, train_sae
+
+    folder = out / "sae" / name
+    if (folder / "cfg.json").exists():
+        logger.info("reusing SAE %s", folder)
+        return folder
+    train = TrainConfig(
+        store=str(store),
+        out=str(folder),
+        preset=cfg.sae_preset,
+        epochs=cfg.sae_epochs,
+        seed=cfg.seed,
+        resume=(folder / "checkpoints").exists(),
+    )
+    train_sae(train)
+    return folder
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
-    """Generate (or reuse) the data, run the backbone, summarise the hook-layer states by token type."""
+    """Run (or reuse) every stage and write the coverage and sparsity reports under `<out>/reports`."""
     out = Path(cfg.out)
     world = WorldConfig(seed=cfg.seed)
-    data_dir = _world_data(out, world, cfg)
-    backbone = resolve_backbone(cfg.backbone, seed=cfg.seed)
-    logger.info(
-        "backbone %s: %s, %d layers, d=%d, hook layer %d",
-        cfg.backbone,
-        backbone.family.name,
-        backbone.num_layers,
-        backbone.hidden_size,
-        backbone.hook_layer,
+    sae_corpus = _corpus(out, world, "train", cfg.sae_documents)
+    analysis_corpus = _corpus(out, world, "val", cfg.analysis_documents)
+    models = {"trained": cfg.backbone}
+    if cfg.control_backbone:
+        models["control"] = cfg.control_backbone
+    stores, saes = {}, {}
+    for role, spec in models.items():
+        backbone = resolve_backbone(spec, seed=cfg.seed)
+        logger.info(
+            "%s backbone %s: %d layers, d=%d, hook layer %d",
+            role,
+            spec,
+            backbone.num_layers,
+            backbone.hidden_size,
+            backbone.hook_layer,
+        )
+        name = f"{spec.replace(':', '-').replace('/', '_')}-{_key(spec, cfg.seed, cfg.sae_documents)}"
+        train_store = _store(backbone, sae_corpus, out, f"{name}-sae-train", cfg, analysis=False)
+        saes[role] = _sae(train_store, out, name, cfg)
+        stores[role] = _store(
+            backbone, analysis_corpus, out, f"{name}-analysis-{cfg.analysis_documents}", cfg, True
+        )
+    control = (
+        {"control_store": str(stores["control"]), "control_sae": str(saes["control"])}
+        if "control" in stores
+        else {}
     )
-    samples = generate_split(world, cfg.split, cfg.num_samples)
-    token_rows, image_rows = _hook_state_statistics(backbone, samples, cfg)
-    token_table = _summarise(token_rows, "token type")
-    image_table = _summarise(image_rows, "image token on")
-    report_dir = out / "reports"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_csv(token_table, report_dir / "hook_states_by_token_type.csv")
-    _atomic_csv(image_table, report_dir / "image_tokens_by_location.csv")
-    return PipelineResult(data_dir, token_table, image_table)
-
-
-def _world_data(out: Path, world: WorldConfig, cfg: PipelineConfig) -> Path:
-    key = hashlib.sha256(
-        json.dumps([asdict(world), cfg.split, cfg.num_samples], default=str).encode()
-    ).hexdigest()
-    data_dir = out / "data" / f"world-{key[:12]}"
-    if (data_dir / "instances.json").exists():
-        logger.info("reusing synthetic data in %s", data_dir)
-    else:
-        logger.info("writing %d synthetic %s samples to %s", cfg.num_samples, cfg.split, data_dir)
-        write_refcoco_style(data_dir, world, {cfg.split: cfg.num_samples})
-    return data_dir
-
-
-def _batches(samples: Iterator[WorldSample], size: int) -> Iterator[list[WorldSample]]:
-    batch: list[WorldSample] = []
-    for s in samples:
-        batch.append(s)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-@torch.no_grad()
-def _hook_state_statistics(
-    backbone: Backbone, samples: Iterator[WorldSample], cfg: PipelineConfig
-) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """(label, ‖h‖) pairs per token: by token type, and image tokens by what lies under them."""
-    token_rows: list[tuple[str, float]] = []
-    image_rows: list[tuple[str, float]] = []
-    progress = tqdm(total=cfg.num_samples, desc="forward", unit="sample")
-    for batch in _batches(samples, cfg.batch_size):
-        prepared = backbone.prepare([s.image for s in batch], [s.instruction for s in batch])
-        states = backbone.model(**prepared.inputs, output_hidden_states=True).hidden_states[
-            backbone.hook_layer
-        ]
-        norms = states.float().norm(dim=-1)  # [B, T]
-        for b, sample in enumerate(batch):
-            types = prepared.token_types[b]
-            for t in types.unique().tolist():
-                if t != TokenType.PAD:
-                    sel = norms[b][types == t].tolist()
-                    token_rows += [(TokenType(t).name.lower(), v) for v in sel]
-            location = _image_token_locations(sample, prepared.geometries[b])
-            image_norms = norms[b][types == TokenType.IMAGE].tolist()
-            image_rows += list(zip(location, image_norms, strict=True))
-        progress.update(len(batch))
-    progress.close()
-    return token_rows, image_rows
-
-
-def _image_token_locations(sample: WorldSample, geometry) -> list[str]:
-    """For each image token (row-major): 'referred target', 'distractor' or 'background' under its cell.
-
-    A token counts as on an object when at least half of its cell's pixels belong to that object's mask.
-    """
-    index_map = geometry.token_index_map()  # [H, W] token index per pixel
-    n = geometry.num_tokens
-    cell_pixels = np.bincount(index_map[index_map >= 0], minlength=n).clip(min=1)
-    labels = np.array(["background"] * n, dtype=object)
-    targets = set(sample.target_ids)
-    for order in (False, True):  # distractors first, so a referred target wins a shared cell
-        for i, mask in enumerate(sample.masks):
-            if (i in targets) != order:
-                continue
-            hits = np.bincount(index_map[mask & (index_map >= 0)], minlength=n)
-            labels[hits / cell_pixels >= 0.5] = "referred target" if order else "distractor"
-    return labels.tolist()
-
-
-def _summarise(rows: list[tuple[str, float]], label: str) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=[label, "norm"])
-    table = df.groupby(label)["norm"].agg(tokens="size", mean_norm="mean", std_norm="std").reset_index()
-    return table.sort_values("tokens", ascending=False, ignore_index=True)
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    common = {
+        "store": str(stores["trained"]),
+        "sae": str(saes["trained"]),
+        "out": str(out / "reports"),
+        "corpus": str(analysis_corpus),
+        **control,
+    }
+    coverage, coverage_files = run_coverage_report(CoverageReportConfig(**common, progress=False))
+    sparsity, sparsity_files = run_sparsity_report(SparsityReportConfig(**common, progress=False))
+    return PipelineResult(
+        coverage.auc, sparsity.summary, {"coverage": coverage_files.html, "sparsity": sparsity_files.html}
+    )
 
 
 def main(cfg: PipelineConfig) -> PipelineResult:
-    """CLI entry: run and print."""
+    """CLI entry: run and print the headline numbers and where the reports are."""
     result = run_pipeline(cfg)
-    with pd.option_context("display.float_format", "{:.3f}".format):
-        print(f"\nSynthetic data (COCO instances.json + gRefCOCO refs): {result.data_dir}")
-        print(f"\nHook-layer states by token type ({cfg.backbone}):")
-        print(result.token_types.to_string(index=False))
-        print("\nImage tokens by what lies under them:")
-        print(result.image_tokens.to_string(index=False))
-    print(f"\nTables written to {Path(cfg.out) / 'reports'}")
+    auc = result.coverage_auc[result.coverage_auc["group"].isin(["instances", "referred", "distractor"])]
+    table = auc.pivot_table(index=["model", "ranking"], columns="group", values="auc").reset_index()
+    cols = ["model", "group", "tokens", "mean_l0", "l0_ci_low", "l0_ci_high", "distinct_atoms"]
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+        print("\nInstance coverage AUC (area under coverage vs top-K % of image tokens; random ≈ 0.5):")
+        print(table.to_string(index=False))
+        print("\nSAE sparsity by token type (mean L0 with 95 % bootstrap CI):")
+        print(result.sparsity[[c for c in cols if c in result.sparsity]].to_string(index=False))
+    print(f"\nData, activation stores and SAEs are under {Path(cfg.out).resolve()}")
+    for name, path in result.reports.items():
+        print(f"{name} report: {path.resolve()}")
     return result

@@ -27,7 +27,7 @@ def test_console_scripts_print_help(script):
     assert out.startswith(f"usage: {script}")
     for sub in {
         "segcompass-sae": ["capture", "train", "eval"],
-        "segcompass-analyze": ["pipeline", "contrast-baseline"],
+        "segcompass-analyze": ["pipeline", "contrast-baseline", "coverage", "sparsity"],
     }[script]:
         assert sub in out
         sub_help = subprocess.run(
@@ -41,16 +41,34 @@ def test_cli_errors_are_one_line_messages(capsys):
     assert "error: worlds must be a subset of default,plain" in capsys.readouterr().err
 
 
-def test_default_pipeline_summarises_hook_states_and_reuses_its_data(tmp_path):
-    cfg = PipelineConfig(out=str(tmp_path), num_samples=6, batch_size=3, backbone="tiny:llava")
+@pytest.mark.slow
+def test_default_pipeline_runs_every_stage_and_reuses_its_outputs(tmp_path, capsys):
+    cfg = PipelineConfig(
+        out=str(tmp_path),
+        backbone="tiny:llava",
+        control_backbone="",
+        sae_documents=12,
+        analysis_documents=6,
+        sae_epochs=1,
+        batch_size=6,
+    )
     first = run_pipeline(cfg)
-    assert (first.data_dir / "instances.json").exists() and (first.data_dir / "grefs(unc).json").exists()
-    types = dict(zip(first.token_types["token type"], first.token_types["tokens"], strict=True))
-    assert types["image"] == 6 * 64  # 8×8 LLaVA tiny grid per sample
-    assert set(types) == {"special", "image", "instruction"}
-    located = first.image_tokens.set_index("image token on")["tokens"]
-    assert located.sum() == types["image"] and located["background"] > 0
-    stamp = (first.data_dir / "instances.json").stat().st_mtime_ns
-    second = run_pipeline(cfg)
-    assert (second.data_dir / "instances.json").stat().st_mtime_ns == stamp  # cached, not rewritten
-    assert (tmp_path / "reports" / "hook_states_by_token_type.csv").exists()
+    for name in ("coverage", "sparsity"):
+        html = first.reports[name].read_text()
+        assert html.count("Plotly.newPlot") >= 1 and html.rstrip().endswith("</html>")
+    auc = first.coverage_auc.set_index(["model", "ranking", "group"])["auc"]
+    assert {"l0", "mass", "random"} <= set(first.coverage_auc["ranking"])
+    assert 0.3 < auc[("trained", "random", "instances")] < 0.7  # the random baseline sits near 0.5
+    groups = set(first.sparsity["group"])
+    assert {"special", "instruction"} <= groups and groups & {
+        "image_instance",
+        "image_background",
+        "image_mixed",
+    }
+    stores = sorted((tmp_path / "activations").iterdir())
+    assert len(stores) == 2  # SAE-training store and analysis store of the one backbone
+    stamps = [(s / "manifest.json").stat().st_mtime_ns for s in stores]
+    sae_stamp = next((tmp_path / "sae").iterdir()).joinpath("cfg.json").stat().st_mtime_ns
+    run_pipeline(cfg)  # everything cached: nothing captured or trained again
+    assert [(s / "manifest.json").stat().st_mtime_ns for s in stores] == stamps
+    assert next((tmp_path / "sae").iterdir()).joinpath("cfg.json").stat().st_mtime_ns == sae_stamp

@@ -66,3 +66,35 @@ def test_sparse_and_dense_topk_train_the_same_sae(tmp_path):
         weights.append(load_file(out / "sae_weights.safetensors"))
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
+def test_input_grad_fix_changes_no_value(architecture):
+    """Leaving the zero b_dec input term out of the graph (apply_b_dec_to_input=False) gives the same
+    loss and gradients as sae-lens's class, and the input no longer needs a gradient."""
+    from sae_lens.registry import get_sae_training_class
+
+    from sae.training.fast import without_wasted_input_grad
+
+    cls, cfg_cls = get_sae_training_class(architecture)
+    extra = {"k": 5} if architecture == "topk" else {}
+    torch.manual_seed(0)
+    plain = cls(cfg_cls(d_in=12, d_sae=40, apply_b_dec_to_input=False, **extra))
+    fixed = without_wasted_input_grad(cls)(cfg_cls(d_in=12, d_sae=40, apply_b_dec_to_input=False, **extra))
+    assert type(fixed).__name__ == cls.__name__ and isinstance(fixed, cls)
+    fixed.load_state_dict(plain.state_dict())
+    x = torch.randn(30, 12)
+    assert plain.process_sae_in(x).requires_grad and not fixed.process_sae_in(x).requires_grad
+    coeffs = {
+        name: float(c[0] if isinstance(c, tuple) else c) for name, c in plain.get_coefficients().items()
+    }
+    for sae in (plain, fixed):
+        step = TrainStepInput(
+            sae_in=x, coefficients=coeffs, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+        )
+        sae._out = sae.training_forward_pass(step)
+        sae._out.loss.backward()
+    assert torch.equal(plain._out.loss, fixed._out.loss)
+    grads = dict(fixed.named_parameters())
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-6, atol=1e-7, msg=name)

@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 
 from segcompass.world import (
     WorldConfig,
+    decode_rle,
     generate_sample,
     load_image_text_corpus,
     write_image_text_corpus,
@@ -124,3 +125,19 @@ def test_image_text_corpus_loads_with_datasets(tmp_path: Path) -> None:
     assert row["text"].startswith("A ") and (tmp_path / "corpus" / row["image"]).exists()
     with_images = load_image_text_corpus(tmp_path / "corpus", with_images=True, cache_dir=tmp_path / "hf2")
     assert with_images[0]["image"].size == (row["width"], row["height"])
+
+
+def test_image_text_corpus_carries_instance_masks(tmp_path: Path) -> None:
+    path = write_image_text_corpus(tmp_path / "a", CFG, {"train": 4})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        sample = generate_sample(CFG, "train", i)
+        assert row["instruction"] == sample.instruction and row["kind"] == sample.kind
+        assert [o["id"] for o in row["instances"]] == list(range(len(sample.masks)))
+        for inst, mask in zip(row["instances"], sample.masks, strict=True):
+            assert isinstance(inst["rle"]["counts"], str)
+            assert np.array_equal(decode_rle(inst["rle"]), mask) and inst["area"] == int(mask.sum())
+            assert inst["target"] == (inst["id"] in sample.target_ids)
+            assert set(inst) == {"id", "shape", "colour", "size_name", "rle", "area", "target"}
+    again = write_image_text_corpus(tmp_path / "b", CFG, {"train": 4})
+    assert again.read_bytes() == path.read_bytes()

@@ -30,6 +30,7 @@ from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.types import DataProvider
 
 from .config import TrainConfig
+from .fast import without_wasted_input_grad
 from .sparse_topk import SparseTopKTrainingSAE, SparseTopKTrainingSAEConfig
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def build_training_sae(cfg: TrainConfig, d_in: int, device: str, total_steps: in
     extra = {k: v for k, v in cfg.extra.items() if k in sae_fields}
     if extra:
         sae_cfg = dataclasses.replace(sae_cfg, **extra)
-    return cls(sae_cfg)
+    return without_wasted_input_grad(cls)(sae_cfg)
 
 
 def build_trainer(

@@ -19,7 +19,8 @@ Writers (each takes ``out_dir, config, splits: dict[split, n], workers=1``):
   ``grefs(unc).json`` (``ann_id`` a list, ``[-1]`` for no target, ``no_target`` flag).
 - ``write_reasonseg_style``: ``{split}/<name>.jpg`` + ``<name>.json`` (``text``, ``is_sentence``,
   ``shapes`` with "target" polygons).
-- ``write_image_text_corpus``: ``images/`` + ``corpus.jsonl`` (id, image, text, width, height, split);
+- ``write_image_text_corpus``: ``images/`` + ``corpus.jsonl`` (id, image, text, width, height, split,
+  instruction, kind, instances with RLE masks and a ``target`` flag);
   ``load_image_text_corpus`` returns it as a ``datasets.Dataset``.
 
 Control: ``WorldConfig(plain=True)`` gives the plain-background world; ``python -m

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segcompass.world.config import WorldConfig
-from segcompass.world.records import iter_records
+from segcompass.world.records import SampleRecord, iter_records
 
 if TYPE_CHECKING:
     import datasets
@@ -22,14 +22,19 @@ CORPUS_FILE = "corpus.jsonl"
 def write_image_text_corpus(
     out_dir: str | Path, config: WorldConfig, splits: dict[str, int], workers: int = 1
 ) -> Path:
-    """Write `images/<id>.jpg` and `corpus.jsonl` lines {id, image, text, width, height, split}.
+    """Write `images/<id>.jpg` and `corpus.jsonl` lines {id, image, text, width, height, split, instruction,
+    kind, instances}.
 
-    `image` is relative to `out_dir`; `text` is the scene description. Returns the path of corpus.jsonl.
+    `image` is relative to `out_dir`; `text` is the scene description (it mentions every instance).
+    `instruction` and `kind` are the sample's referring instruction (capture it with the text column
+    "instruction"). `instances` lists every object: {id, shape, colour, size_name, rle (COCO RLE of the
+    visible mask, counts as str), area (visible pixels), target (referred to by `instruction`)}; the
+    analyses (coverage, atom naming) read them. Returns the path of corpus.jsonl.
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
-    for rec in iter_records(config, splits, workers):
+    for rec in iter_records(config, splits, workers, rle=True):
         rel = f"images/{rec.sample_id}.{rec.image_ext}"
         (out / rel).write_bytes(rec.image_bytes)
         row = {
@@ -39,12 +44,33 @@ def write_image_text_corpus(
             "width": rec.width,
             "height": rec.height,
             "split": rec.split,
+            "instruction": rec.instruction,
+            "kind": rec.kind,
+            "instances": _instances(rec),
         }
         lines.append(json.dumps(row, ensure_ascii=False))
     path = out / CORPUS_FILE
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     logger.info("wrote %d image-text pairs to %s", len(lines), out)
     return path
+
+
+def _instances(rec: SampleRecord) -> list[dict]:
+    """The record's objects with their visible-mask RLE and whether the instruction refers to them."""
+    assert rec.rles is not None
+    targets = set(rec.target_ids)
+    return [
+        {
+            "id": obj["id"],
+            "shape": obj["shape"],
+            "colour": obj["colour"],
+            "size_name": obj["size_name"],
+            "rle": rle,
+            "area": obj["visible_area"],
+            "target": obj["id"] in targets,
+        }
+        for obj, rle in zip(rec.objects, rec.rles, strict=True)
+    ]
 
 
 def load_image_text_corpus(
