@@ -5,9 +5,9 @@
     >>> from sae_lens import SAE; sae = SAE.load_from_disk("runs/sae")
 
 Modules: `config` (the documented options), `data` (store → shuffled, filtered, sliced, resumable batches),
-`saelens` (our config → sae-lens's SAE and trainer), `sparse_topk` (sparse TopK training pass),
+`saelens` (our config → sae-lens's SAE and trainer), `sparse_topk` (sparse TopK training pass), `fast` (drops a wasted input gradient),
 `checkpoint` (atomic, exact-resume checkpoints), `distributed` (torchrun + DDP), `metadata` (saved SAE
-and `segcompass_sae.json`), `trainer` (the loop). Heavy modules load on first use.
+and `segcompass_sae.json`), `monitor` (progress bar, W&B, L0-collapse warning), `trainer` (the loop). Heavy modules load on first use.
 """
 
 from __future__ import annotations

@@ -32,12 +32,13 @@ class WarmupConfig:
     family: str = "qwen2_5_vl"
     """Backbone family of the tiny preset (`qwen2_5_vl` or `llava`)."""
     seed: int = 0
-    """Seeds the random init, the world's scenes, the questions and the batch order."""
+    """Seeds the random init, the per-step tasks, the questions and the batch order (the scenes are the
+    world's: samples 0 … n − 1 of its "train" and "val" splits)."""
     tiny: dict[str, Any] = field(default_factory=dict)
     """Overrides of `TinySpec` fields (e.g. {"num_layers": 2}); the rest keep the preset's values."""
     num_slots: int = 4
     """K: `<REF_POS>` tokens after `</think>` in the output-format task (DESIGN.md decisions)."""
-    steps: int = 600
+    steps: int = 500
     """Optimiser steps."""
     batch_size: int = 32
     """Examples per step (all of one task, so padding stays small)."""
@@ -57,7 +58,7 @@ class WarmupConfig:
     """bf16 autocast for forward and backward (measured slower for training here; see results/warmup.md)."""
     task_weights: dict[str, float] = field(default_factory=_default_task_weights)
     """Probability that a step's batch is of each task (`describe`, `qa`, `format`)."""
-    train_scenes: int = 1500
+    train_scenes: int = 1000
     """Scenes generated for training (each yields fresh questions every time it is drawn)."""
     val_scenes: int = 100
     """Held-out scenes (world split "val") for evaluation: one question of each type per scene."""

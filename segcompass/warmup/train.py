@@ -92,8 +92,8 @@ def train(
 ) -> TrainResult:
     """Warm up a tiny backbone (built from `config` unless given) and return it with its loss curve.
 
-    Deterministic for a config: the init, the scenes, the per-step task, the sampled scenes and the
-    questions all derive from `config.seed` and the world config.
+    Deterministic for a config: the init, the per-step task, the sampled scenes and the questions derive
+    from `config.seed`; the scenes are samples 0 … n − 1 of the world's "train" split.
     """
     start = time.perf_counter()
     seed_everything(config.seed)
