@@ -130,7 +130,7 @@ def load_state(
 ) -> dict[str, Any]:
     """Our part of a checkpoint; raises ValueError when another configuration (result-determining config
     fields, or the store / width / data slicing in `context`) wrote it."""
-    state = torch.load(ckpt.path / STATE_FILE, weights_only=False)
+    state = torch.load(ckpt.path / STATE_FILE, weights_only=True)  # tensors, ints, strings, dicts only
     if state.get("fingerprint") != fingerprint:
         diffs = config_differences(state.get("config", {}), config)
         diffs += config_differences(state.get("context", {}), context)
