@@ -140,12 +140,15 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             backbone.hidden_size,
             backbone.hook_layer,
         )
-        name = f"{spec.replace(':', '-').replace('/', '_')}-{_key(spec, cfg.seed, cfg.sae_documents)}"
-        train_store = _store(backbone, sae_corpus, out, f"{name}-sae-train", cfg, analysis=False)
-        saes[role] = _sae(train_store, out, name, cfg)
-        stores[role] = _store(
-            backbone, analysis_corpus, out, f"{name}-analysis-{cfg.analysis_documents}", cfg, True
-        )
+        # Each stage's folder is keyed by every setting that decides its content, so a changed setting
+        # never reuses a stale stage.
+        name = spec.replace(":", "-").replace("/", "_")
+        train_key = _key(spec, cfg.seed, sae_corpus.name)
+        train_store = _store(backbone, sae_corpus, out, f"{name}-sae-train-{train_key}", cfg, analysis=False)
+        sae_key = _key(train_key, cfg.sae_preset, cfg.sae_epochs)
+        saes[role] = _sae(train_store, out, f"{name}-{sae_key}", cfg)
+        analysis_key = _key(spec, cfg.seed, analysis_corpus.name, cfg.instruction_first)
+        stores[role] = _store(backbone, analysis_corpus, out, f"{name}-analysis-{analysis_key}", cfg, True)
     control = (
         {"control_store": str(stores["control"]), "control_sae": str(saes["control"])}
         if "control" in stores
