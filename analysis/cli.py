@@ -9,9 +9,11 @@ from segcompass.warmup.cli import WarmupCommandConfig
 from segcompass.warmup.cli import main as warmup_main
 from segcompass.world.contrast_probe import ContrastProbeConfig, run_contrast_baseline
 
+from .atom_report import AtomsReportConfig, atoms_main
 from .commands import CoverageReportConfig, SparsityReportConfig, coverage_main, sparsity_main
 from .pipeline import PipelineConfig
 from .pipeline import main as run_pipeline_cli
+from .provenance_command import ProvenanceReportConfig, provenance_main
 
 DESCRIPTION = (
     "Analyse what SegCompass's sparse concepts do: the default pipeline on the built-in synthetic world, "
@@ -37,6 +39,18 @@ COMMANDS = [
         SparsityReportConfig,
         sparsity_main,
         "SAE sparsity (L0, activation mass, distinct atoms) by token type with CIs (HTML report + tables)",
+    ),
+    Command(
+        "atoms",
+        AtomsReportConfig,
+        atoms_main,
+        "atom naming: top tokens/patches, offline labels and their held-out consistency (HTML report + tables)",
+    ),
+    Command(
+        "provenance",
+        ProvenanceReportConfig,
+        provenance_main,
+        "slot provenance of a trained model: atom attribution, source tokens/patches, causal check (HTML report)",
     ),
     Command(
         "warmup",

@@ -9,17 +9,15 @@ under `--out`, keyed by its settings, and a re-run reuses it (an interrupted cap
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from sae.capture import CaptureConfig, run_capture
+from segcompass.artifacts import activation_store, stage_key, trained_sae, world_corpus
 from segcompass.backbones import Backbone, resolve_backbone
-from segcompass.world import WorldConfig, write_image_text_corpus
+from segcompass.world import WorldConfig
 
 from .commands import CoverageReportConfig, SparsityReportConfig, run_coverage_report, run_sparsity_report
 
@@ -67,57 +65,29 @@ class PipelineResult:
 
 
 def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return stage_key(*parts)
 
 
 def _corpus(out: Path, world: WorldConfig, split: str, n: int) -> Path:
-    folder = out / "data" / f"corpus-{split}-{_key(asdict(world), split, n)}"
-    if (folder / "corpus.jsonl").exists():
-        logger.info("reusing corpus %s", folder)
-    else:
-        logger.info("writing %d synthetic %s documents to %s", n, split, folder)
-        write_image_text_corpus(folder, world, {split: n})
-    return folder
+    return world_corpus(out, world, split, n)
 
 
 def _store(
     backbone: Backbone, corpus: Path, out: Path, name: str, cfg: PipelineConfig, analysis: bool
 ) -> Path:
-    folder = out / "activations" / name
-    if (folder / "manifest.json").exists():
-        logger.info("reusing activation store %s", folder)
-        return folder
-    capture = CaptureConfig(
-        data=str(corpus),
-        out=str(folder),
-        backbone=backbone.name_or_path,
-        batch_size=cfg.batch_size,
+    return activation_store(
+        backbone,
+        corpus,
+        out / "activations" / name,
         text_column="instruction" if analysis else "text",
         image_first=not (analysis and cfg.instruction_first),
-        resume=(folder / "progress").exists(),
+        batch_size=cfg.batch_size,
         seed=cfg.seed,
     )
-    run_capture(capture, backbone=backbone)
-    return folder
 
 
 def _sae(store: Path, out: Path, name: str, cfg: PipelineConfig) -> Path:
-    from sae.training import TrainConfig, train_sae
-
-    folder = out / "sae" / name
-    if (folder / "cfg.json").exists():
-        logger.info("reusing SAE %s", folder)
-        return folder
-    train = TrainConfig(
-        store=str(store),
-        out=str(folder),
-        preset=cfg.sae_preset,
-        epochs=cfg.sae_epochs,
-        seed=cfg.seed,
-        resume=(folder / "checkpoints").exists(),
-    )
-    train_sae(train)
-    return folder
+    return trained_sae(store, out / "sae" / name, preset=cfg.sae_preset, epochs=cfg.sae_epochs, seed=cfg.seed)
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:

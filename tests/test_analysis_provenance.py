@@ -81,3 +81,125 @@ def test_heatmap_letterbox_to_pixels_and_figure() -> None:
     )
     kinds = [t.type for t in fig.data]
     assert kinds.count("bar") == 2 and "image" in kinds and kinds.count("heatmap") == 2
+
+
+# ---------------------------------------------------------------- the provenance report and its command
+@pytest.fixture(scope="module")
+def records():
+    """One attributed + causally checked sample of a tiny head, and the same sample attention-only."""
+    from _head_common import make_head, make_inputs
+
+    from analysis.attribution import attribute
+    from analysis.causal import CausalConfig, causal_check
+    from analysis.head_inputs import HeadInputs
+    from analysis.provenance_report import ProvenanceRecord
+
+    torch.set_num_threads(1)
+    head = make_head(aggregator_layers=2).eval()
+    x = make_inputs(head, batch=1, seq=6)
+    _, tokens = _record()
+    image = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    inputs = HeadInputs(
+        x["hook_states"],
+        x["concentration_states"],
+        x["image_embeddings"],
+        tokens=[tokens],
+        images=[image],
+        sample_ids=["circle<1>"],
+    )
+    att = attribute(head, inputs)
+    checked = causal_check(
+        head, inputs, att, CausalConfig(n_atoms=(1,), seeds=1, slots=(1,), n_boot=50, progress=False)
+    )
+    return (
+        head,
+        inputs,
+        [ProvenanceRecord(inputs, att.reference, att, checked), ProvenanceRecord(inputs, att.reference)],
+    )
+
+
+def test_provenance_report_is_atomic_with_figures_and_tables(records, tmp_path, monkeypatch) -> None:
+    import pandas as pd
+
+    from analysis import report as report_mod
+    from analysis.provenance_report import provenance_report
+
+    _, _, recs = records
+    files = provenance_report(recs, tmp_path, metadata={"checkpoint": "none"})
+    page = files.html.read_text()
+    assert page.count("plotly.js v") == 1 and 'src="http' not in page
+    assert page.count('id="figure-') == 3  # one per sample + the causal check
+    assert "Sample 0: circle&lt;1&gt;" in page and "instruction: red" in page and "Causal check" in page
+    assert sorted(files.tables) == ["atoms", "causal", "causal_summary", "slots", "tokens"]
+    for name, paths in files.tables.items():
+        assert [p.suffix for p in paths] == [".csv", ".parquet"]
+        assert len(pd.read_csv(paths[0])) == len(pd.read_parquet(paths[1])) > 0, name
+    atoms = pd.read_parquet(files.tables["atoms"][1])
+    assert set(atoms["sample"]) == {0, 1} and atoms.loc[atoms["sample"] == 1, "act_grad"].isna().all()
+    assert atoms.loc[atoms["sample"] == 0, "act_grad"].notna().all()
+    slots = pd.read_csv(files.tables["slots"][0])
+    assert len(slots) == 4 and slots["top_atoms_act_grad"].str.len().gt(0).all()
+    before = files.html.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_mod.os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        provenance_report(recs[1:], tmp_path)
+    monkeypatch.undo()
+    assert files.html.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temporary file left behind
+
+
+@pytest.mark.skipif(
+    __import__("analysis.browser_check").browser_check.find_chromium() is None, reason="no Chromium installed"
+)
+def test_provenance_report_renders_in_headless_chromium(records, tmp_path) -> None:
+    from analysis.browser_check import render_report
+    from analysis.provenance_report import provenance_report
+
+    files = provenance_report(records[2], tmp_path)
+    check = render_report(files.html)
+    assert check.figures == 3 and check.page_errors == "" and check.console_errors == [], check.console[-5:]
+    assert check.ok
+
+
+def test_provenance_command(records, tmp_path, monkeypatch, capsys) -> None:
+    import sys
+    import types
+
+    import pandas as pd
+
+    from analysis import provenance_command
+    from analysis.cli import main
+
+    head, inputs, _ = records
+    argv = ["provenance", "--dataset", "reasonseg", "--out", str(tmp_path / "out"), "--progress", "false"]
+    assert main([*argv, "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "checkpoint folder" in capsys.readouterr().err
+
+    class Model:  # what segcompass.training.load_model returns
+        def __init__(self) -> None:
+            self.head = head
+
+        def head_inputs(self, samples):
+            return inputs.select([0] * len(samples))
+
+    fake = types.ModuleType("segcompass.training")
+    monkeypatch.setitem(sys.modules, "segcompass.training", fake)
+    assert main([*argv, "--checkpoint", str(tmp_path)]) == 2
+    assert "has no load_model" in capsys.readouterr().err
+    fake.load_model = lambda path: object()
+    assert main([*argv, "--checkpoint", str(tmp_path)]) == 2
+    assert "lacks .head / .head_inputs" in capsys.readouterr().err
+    fake.load_model = lambda path: Model()
+    monkeypatch.setattr(provenance_command, "load_samples", lambda cfg: ["s0"])
+    assert main([*argv, "--checkpoint", str(tmp_path), "--causal", "false", "--top", "3"]) == 0
+    assert f"Provenance report: {(tmp_path / 'out' / 'provenance.html').resolve()}" in capsys.readouterr().out
+    assert len(pd.read_parquet(tmp_path / "out" / "provenance_slots.parquet")) == 2
+    monkeypatch.undo()
+    with pytest.raises(provenance_command.AnalysisInputError, match="not valid JSON"):
+        provenance_command.load_samples(
+            provenance_command.ProvenanceReportConfig(checkpoint="", dataset="x", data_args="{")
+        )

@@ -110,7 +110,11 @@ class BackboneFamily(ABC):
         same pixel values.
         """
         image_processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
-        return AutoProcessor.from_pretrained(name_or_path, image_processor=image_processor)
+        processor = AutoProcessor.from_pretrained(name_or_path, image_processor=image_processor)
+        # transformers copies the keyword into the tokenizer's init kwargs, which would make a later
+        # save_pretrained fail (an image processor is not JSON): keep it out.
+        processor.tokenizer.init_kwargs.pop("image_processor", None)
+        return processor
 
     # ---- structure -----------------------------------------------------------------------------
     @abstractmethod

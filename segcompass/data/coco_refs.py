@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from segcompass.data.base import RefDataset, check_split
 from segcompass.data.geometry import SegmentationCheck, check_segmentation, decode_segmentation
@@ -46,6 +49,16 @@ class CocoInstances:
         self.path = Path(path)
         self.images: dict[int, dict] = {int(im["id"]): im for im in data["images"]}
         self.anns: dict[int, dict] = {int(a["id"]): a for a in data["annotations"]}
+        self._by_image: dict[int, list[int]] | None = None
+
+    def image_ann_ids(self, image_id: int) -> list[int]:
+        """Ids of every annotation of an image (referred or not), ascending; indexed on first use."""
+        if self._by_image is None:
+            by_image: dict[int, list[int]] = defaultdict(list)
+            for a in self.anns.values():
+                by_image[int(a["image_id"])].append(int(a["id"]))
+            self._by_image = {k: sorted(v) for k, v in by_image.items()}
+        return self._by_image.get(int(image_id), [])
 
 
 @dataclass
@@ -149,6 +162,25 @@ class CocoRefDataset(RefDataset):
         if self.strict:
             raise DatasetFormatError(f"{self.source}/{self.split} {key}: {reason} ({detail})")
         self._skip(reason, key, detail, n=n)
+
+    def image_instances(self, sample: RefSample) -> np.ndarray:
+        """Bool [N, H, W] masks of *every* annotation of the sample's image in ``instances.json``, whether
+        the sentence refers to it or not (the union-of-objects baseline), in annotation-id order.
+        Annotations without a usable segmentation are left out and counted in
+        ``notes["image_instance_unusable"]``."""
+        image_id = int(sample.meta["image_id"])
+        image = self.coco.images.get(image_id)
+        if image is None:
+            raise ValueError(f"{sample.sample_id}: image_id {image_id} is not in {self.coco.path}")
+        h, w = int(image["height"]), int(image["width"])
+        masks = []
+        for a in self.coco.image_ann_ids(image_id):
+            chk = check_segmentation(self.coco.anns[a].get("segmentation"), h, w)
+            if chk.usable:
+                masks.append(decode_segmentation(chk, h, w))
+            else:
+                self._note("image_instance_unusable", f"image {image_id} ann {a}", "; ".join(chk.invalid))
+        return np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
 
     def __len__(self) -> int:
         return len(self._entries)

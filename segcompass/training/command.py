@@ -1,0 +1,50 @@
+"""`segcompass train` and `segcompass ablation`: the command-line faces of `train_joint` and `run_ablation`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from .config import JointTrainConfig
+from .recipe import AblationConfig, build_model, run_ablation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainCommandConfig(JointTrainConfig):
+    """Train the SegCompass model (GRPO on the policy + head supervision) on a registered data set."""
+
+    data: str = "grefcoco"
+    """Registered data set name (`segcompass.data.available_datasets()`; the synthetic world is written in the
+    gRefCOCO layout by `segcompass.world.write_refcoco_style`)."""
+    data_root: str = ""
+    """Folder of the data set in its usual layout (see `segcompass evaluate --help`)."""
+    split: str = "train"
+    """Split to train on."""
+    backbone: str = "warm:qwen2_5_vl"
+    """Policy backbone: `warm:<family>`, `tiny:<family>`, a local checkpoint folder or a hub id."""
+    sae: str = ""
+    """Trained SAE folder (sae-lens format) for the backbone's hook layer."""
+
+
+def run_train_command(cfg: TrainCommandConfig) -> None:
+    from segcompass.evaluation.datasets import open_dataset
+
+    from .loop import train_joint
+
+    if not cfg.data_root or not cfg.sae:
+        raise ValueError("--data-root and --sae are required (segcompass ablation builds both for the world)")
+    dataset = open_dataset(cfg.data, cfg.data_root, cfg.split)
+    model = build_model(cfg.backbone, cfg.sae, cfg.seed, cfg.policy)
+    result = train_joint(cfg, model, dataset, context={"backbone": cfg.backbone, "sae": cfg.sae})
+    last = result.history.tail(10).mean(numeric_only=True)
+    print(json.dumps({k: round(float(last[k]), 4) for k in ("reward/total", "reward/format", "loss/seg")}))
+    print(f"final model: {result.final}")
+
+
+def run_ablation_command(cfg: AblationConfig) -> None:
+    table = run_ablation(cfg)
+    print(table.to_string(index=False))
+    print(f"tables: {cfg.out}/ablation.csv, {cfg.out}/ablation.md")

@@ -1,0 +1,234 @@
+"""The joint training loop: setup (what trains, reference, optimiser, DDP), resume, steps, checkpoints.
+
+    result = train_joint(JointTrainConfig.cpu_tiny(out="runs/j"), model, dataset)
+
+Runs in one process or under ``torchrun`` (torch DDP; gloo on CPU, nccl on GPUs): each process takes its
+share of every global batch, DDP averages the gradients, rank 0 writes checkpoints and metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from sae.training.distributed import DistInfo, barrier, gather_objects, init_distributed
+from segcompass.data import RefDataset
+from segcompass.head import build_optimizer, freeze_backbone_up_to_hook, head_param_groups
+from segcompass.head.image_encoder import ImageEmbeddingCache
+
+from .batches import DataCursor, SampleSource, shard_for_rank
+from .checkpoint import fingerprint, list_checkpoints, load_checkpoint, remove_temporaries, save_checkpoint
+from .config import JointTrainConfig
+from .model import SegCompassModel
+from .step import joint_step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """A finished (or resumed-and-finished) run."""
+
+    history: pd.DataFrame
+    """One row per logged step (this run and the resumed part): step, losses, rewards, timings."""
+    final: Path | None
+    """Folder of the final model (`load_model` reads it); None on ranks other than 0."""
+    resumed_from: int
+    """Step the run resumed from (0 for a fresh run)."""
+
+
+def setup_trainable(model: SegCompassModel, cfg: JointTrainConfig) -> list[dict[str, Any]]:
+    """Freeze what must not train and return the optimiser's parameter groups (DESIGN.md §4)."""
+    bb = model.backbone
+    if cfg.train_llm:
+        llm_params = freeze_backbone_up_to_hook(model.llm, bb.decoder_layers, bb.hook_layer)
+    else:
+        model.llm.requires_grad_(False)
+        llm_params = []
+    groups = head_param_groups(model.head, cfg.lr, llm_params, cfg.weight_decay, cfg.lr_multipliers)
+    if not cfg.trains_head:  # RL only: the head stays at its initial weights
+        for g in groups:
+            if g["name"] != "llm":
+                for p in g["params"]:
+                    p.requires_grad_(False)
+        groups = [g for g in groups if g["name"] == "llm"]
+    if not groups:
+        raise ValueError(
+            "nothing to train: objective 'rl' with train_llm=False leaves no trainable parameter"
+        )
+    return groups
+
+
+def build_reference(model: SegCompassModel, cfg: JointTrainConfig) -> nn.Module | None:
+    """Frozen copy of the initial policy for the KL term (None when the objective has no KL)."""
+    if not cfg.uses_policy_gradient or cfg.loss.beta <= 0:
+        return None
+    ref = copy.deepcopy(model.llm)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def _lr_lambda(warmup: int):
+    return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _truncate_history(path: Path, before_step: int) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl with step < before_step (later ones came after the resumed checkpoint)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if r["step"] < before_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+    return kept
+
+
+def _mean_over_ranks(metrics: dict[str, float], info: DistInfo) -> dict[str, float]:
+    if not info.distributed:
+        return metrics
+    every = gather_objects(metrics, info)
+    return {k: sum(m[k] for m in every) / len(every) for k in metrics}
+
+
+def train_joint(
+    cfg: JointTrainConfig,
+    model: SegCompassModel,
+    dataset: RefDataset,
+    *,
+    embedding_cache: ImageEmbeddingCache | None = None,
+    context: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` on `dataset` with `cfg`; resumes from the newest checkpoint in `cfg.out`.
+
+    `context` (data set identity, backbone, SAE path …) enters the checkpoint fingerprint, so a run is
+    never resumed on other data or another model.
+    """
+    info = init_distributed("cpu" if not torch.cuda.is_available() else "auto")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    if cfg.prompts_per_step % info.world_size:
+        raise ValueError(
+            f"prompts_per_step {cfg.prompts_per_step} is not divisible by {info.world_size} processes"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = {"dataset": f"{dataset.source}/{dataset.split}/{len(dataset)}", "world_size": info.world_size,
+           **(context or {})}  # fmt: skip
+    fp = fingerprint(cfg, ctx)
+    torch.manual_seed(cfg.seed)
+    model.to(info.device)
+    groups = setup_trainable(model, cfg)
+    trainable = [p for g in groups for p in g["params"]]
+    reference = build_reference(model, cfg)
+    optimizer = build_optimizer(groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
+    forward_module: nn.Module = model
+    if info.distributed:
+        forward_module = DistributedDataParallel(model, find_unused_parameters=True)
+    source = SampleSource(dataset, model.head, embedding_cache)
+    cursor = DataCursor()
+    metrics_file = out / "metrics.jsonl"
+    start = 0
+    if info.is_main:
+        remove_temporaries(out)
+    barrier(info)
+    found = list_checkpoints(out)
+    if found and not cfg.resume:
+        raise FileExistsError(
+            f"{out} holds checkpoints (newest {found[-1][1].name}); set resume=True or use another out"
+        )
+    history: list[dict[str, Any]] = []
+    if found:
+        step_done, path = found[-1]
+        state = load_checkpoint(path, model, optimizer, scheduler, fp)
+        cursor.load_state_dict(state["cursor"])
+        start = step_done
+        logger.info("resuming from %s (step %d)", path, start)
+    if info.is_main:
+        history = _truncate_history(metrics_file, start)
+        (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "context": ctx, "fingerprint": fp},
+                                                    indent=2, default=str))  # fmt: skip
+    wandb_run = _maybe_wandb(cfg, ctx, info)
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.objective}",
+               disable=not (progress and info.is_main))  # fmt: skip
+    step = start
+    try:
+        for step in bar:
+            indices = shard_for_rank(
+                cursor.next_global_batch(len(source), cfg.prompts_per_step, cfg.seed),
+                info.rank,
+                info.world_size,
+            )
+            torch.manual_seed(
+                cfg.seed * 1_000_003 + step * 7919 + info.rank
+            )  # rollouts: a function of the step
+            result = joint_step(model, forward_module, reference, optimizer, source.get(indices), cfg, step,
+                                trainable)  # fmt: skip
+            scheduler.step()
+            metrics = _mean_over_ranks(
+                {**result.metrics, **{f"time/{k}": v for k, v in result.timings.items()}}, info
+            )
+            row = {"step": step, "lr": scheduler.get_last_lr()[0], **metrics}
+            if info.is_main:
+                history.append(row)
+                if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                    _append_jsonl(metrics_file, row)
+                    if wandb_run is not None:
+                        wandb_run.log(row, step=step)
+                bar.set_postfix(
+                    {"reward": f"{row['reward/total']:.3f}", "seg": f"{row['loss/seg']:.3f}"}, refresh=False
+                )
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                _checkpoint(out, done, model, optimizer, scheduler, cursor, fp, cfg, info)
+    except KeyboardInterrupt:
+        logger.warning("interrupted at step %d; the newest checkpoint in %s is where a resume continues", step,
+                       out / "checkpoints")  # fmt: skip
+        raise
+    final = None
+    if info.is_main:
+        final = model.save(
+            out / "final", extra={"step": cfg.steps, "train_config": asdict(cfg), "context": ctx}
+        )
+    barrier(info)
+    if wandb_run is not None:
+        wandb_run.finish()
+    return TrainResult(pd.DataFrame(history), final, start)
+
+
+def _checkpoint(out, step, model, optimizer, scheduler, cursor, fp, cfg, info) -> None:
+    if info.is_main:
+        state = {"cursor": cursor.state_dict(), "fingerprint": fp}
+        save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+    barrier(info)
+
+
+def _maybe_wandb(cfg: JointTrainConfig, ctx: dict[str, Any], info: DistInfo):
+    if not cfg.wandb_project or not info.is_main or os.environ.get("WANDB_MODE") == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("wandb_project is set but wandb is not installed (pip install wandb)") from exc
+    return wandb.init(project=cfg.wandb_project, config={**asdict(cfg), **ctx}, dir=str(cfg.out))

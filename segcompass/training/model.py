@@ -1,0 +1,161 @@
+"""`SegCompassModel`: the policy (a backbone) and the head as one module — forward, predict, save, load.
+
+Saved layout (a folder)::
+
+    backbone/                 Backbone.save (HF save_pretrained + segcompass.json), loads with load_backbone
+    sae/                      the frozen SAE (sae-lens format, SAE.load_from_disk)
+    head.safetensors          the head's weights without the SAE (incl. its frozen SAM image encoder)
+    segcompass_model.json     head config, policy config, format version, provenance of the weights
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from segcompass.backbones import Backbone, load_backbone
+from segcompass.head import HeadConfig, HeadOutput, LossConfig, SamDecoderConfig, SamEncoderConfig, build_head
+from segcompass.head.model import SegCompassHead
+from segcompass.policy import PolicyConfig, PolicyStates, Rollouts, policy_forward
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "segcompass_model.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelOutput:
+    """Policy states and head output of one forward over N responses."""
+
+    states: PolicyStates
+    """Log-probs, hook states, concentration states of the N responses."""
+    head: HeadOutput
+    """Slot heatmaps, confidences, masks (and losses when targets were given)."""
+
+
+class SegCompassModel(nn.Module):
+    """Policy + head. ``forward(rollouts, image_embeddings, targets)`` runs the one policy forward and the
+    head on its states; ``backbone`` keeps the processor and the family knowledge."""
+
+    def __init__(self, backbone: Backbone, head: SegCompassHead, policy: PolicyConfig):
+        super().__init__()
+        if backbone.hidden_size != head.cfg.d_in:
+            raise ValueError(
+                f"backbone hidden size {backbone.hidden_size} != head d_in {head.cfg.d_in} (SAE for another model?)"
+            )
+        if policy.num_slots != head.cfg.num_slots:
+            raise ValueError(f"policy num_slots {policy.num_slots} != head num_slots {head.cfg.num_slots}")
+        if policy.head_concentration_mode != head.cfg.concentration_mode:
+            raise ValueError(
+                f"policy mode {policy.mode!r} needs head concentration_mode "
+                f"{policy.head_concentration_mode!r}, got {head.cfg.concentration_mode!r}"
+            )
+        self.llm = backbone.model
+        self.head = head
+        self.policy = policy
+        self._backbone = backbone
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone
+
+    def forward(
+        self,
+        rollouts: Rollouts,
+        image_embeddings: Tensor,
+        targets: list[Tensor] | None = None,
+        step: int = 0,
+    ) -> ModelOutput:
+        """image_embeddings [N, 256, g, g] (one per response), targets N × [n_i, S, S]."""
+        states = policy_forward(self._backbone, rollouts, self.policy)
+        out = self.head(
+            states.hook_states,
+            states.concept_token_mask,
+            states.concentration_states,
+            image_embeddings.float(),
+            targets,
+            step=step,
+        )
+        return ModelOutput(states, out)
+
+    # ------------------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Write the folder layout of the module docstring (files replaced atomically one by one)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self._backbone.save(path / "backbone")
+        self.head.concepts.sae.save_model(str(path / "sae"))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        state = {k: v for k, v in state.items() if not k.startswith("concepts.")}
+        tmp = path / "head.safetensors.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, path / "head.safetensors")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "head": asdict(self.head.cfg),
+            "policy": asdict(self.policy),
+            "has_image_encoder": self.head.image_encoder is not None,
+            **(extra or {}),
+        }
+        tmp = path / (MODEL_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        os.replace(tmp, path / MODEL_FILE)
+        return path
+
+
+def head_config_from_dict(data: dict[str, Any]) -> HeadConfig:
+    """Inverse of `dataclasses.asdict(HeadConfig)` (nested configs and tuples restored)."""
+    plain = {k: v for k, v in data.items() if k not in ("sam_encoder", "sam_decoder", "loss")}
+    enc = {**data["sam_encoder"], "global_attn_indexes": tuple(data["sam_encoder"]["global_attn_indexes"])}
+    return HeadConfig(
+        **plain,
+        sam_encoder=SamEncoderConfig(**enc),
+        sam_decoder=SamDecoderConfig(**data["sam_decoder"]),
+        loss=LossConfig(**data["loss"]),
+    )
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> SegCompassModel:
+    """Load a folder written by `SegCompassModel.save` (or a training run's `final/` / checkpoint)."""
+    from sae.training.metadata import load_sae
+
+    path = Path(path)
+    if (path / "final" / MODEL_FILE).exists():
+        path = path / "final"
+    meta_file = path / MODEL_FILE
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{path} holds no SegCompass model (no {MODEL_FILE})")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: model format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    backbone = load_backbone(str(path / "backbone"))
+    sae, _ = load_sae(path / "sae", device=device)
+    head = build_head(head_config_from_dict(meta["head"]), sae, image_encoder=meta["has_image_encoder"])
+    state = load_file(str(path / "head.safetensors"))
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("concepts.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}/head.safetensors does not fit the head: missing {missing}, unexpected {unexpected}"
+        )
+    policy = PolicyConfig(
+        **{**meta["policy"], "concept_token_types": tuple(meta["policy"]["concept_token_types"])}
+    )
+    model = SegCompassModel(backbone, head, policy).to(device)
+    model.eval()
+    return model
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: trainable vs frozen."""
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"trainable": train, "frozen": frozen}

@@ -1,0 +1,280 @@
+"""Joint training: what trains, one step's mechanics, save/load, resume after kill -9, DDP, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from _training_common import RESPONSE, K, open_world, tiny_model, tiny_train_config, world_data
+from safetensors.torch import load_file
+
+from segcompass.grpo import joint_loss, policy_loss
+from segcompass.head import TooManyTargetsError
+from segcompass.policy import rollouts_from_responses
+from segcompass.training import (
+    SegCompassPredictor,
+    joint_step,
+    load_model,
+    setup_trainable,
+    train_joint,
+)
+from segcompass.training.batches import SampleSource
+from segcompass.training.loop import build_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    return world_data(tmp_path_factory.mktemp("world"))
+
+
+def _grads(module: torch.nn.Module) -> dict[str, float]:
+    return {
+        n: (float(p.grad.abs().sum()) if p.grad is not None else -1.0) for n, p in module.named_parameters()
+    }
+
+
+def _teacher_forced(model, data: Path, n: int = 2):
+    ds = open_world(data, "train")
+    samples = SampleSource(ds, model.head).get(list(range(n)))
+    ro = rollouts_from_responses(model.backbone, [s.image for s in samples], [s.text for s in samples],
+                                 [RESPONSE] * n, model.policy)  # fmt: skip
+    emb = torch.stack([s.embedding for s in samples])
+    targets = [s.targets for s in samples]
+    return ro, emb, targets
+
+
+@pytest.mark.parametrize("objective", ["joint", "seg"])
+def test_gradients_reach_post_hook_layers_and_head_only(data: Path, objective: str) -> None:
+    model = tiny_model()
+    cfg = tiny_train_config(data / "unused", objective=objective)
+    setup_trainable(model, cfg)
+    ro, emb, targets = _teacher_forced(model, data)
+    out = model(ro, emb, targets)
+    st = out.states
+    if objective == "joint":
+        adv = torch.tensor([1.0, -1.0])
+        pol = policy_loss(st.logp, st.logp.detach(), None, adv, st.response_mask, cfg.loss)
+        pg = pol.pg
+    else:
+        pg = st.logp.new_zeros(())
+    joint_loss(pg, 0.0, out.head.losses.seg, out.head.losses.conf, cfg.loss).total.backward()
+
+    layers = model.backbone.decoder_layers
+    hook = model.backbone.hook_layer
+    for i, layer in enumerate(layers):
+        g = _grads(layer)
+        if i < hook:
+            assert all(v == -1.0 for v in g.values()), f"frozen block {i} got a gradient"
+        else:
+            assert any(v > 0 for v in g.values()), f"block {i} after the hook got no gradient"
+    lm_head = model.llm.get_output_embeddings().weight
+    if objective == "joint":
+        assert lm_head.grad is not None and float(lm_head.grad.abs().sum()) > 0
+    else:  # no policy gradient: only the concentration states carry L_seg into the LLM
+        assert lm_head.grad is None or float(lm_head.grad.abs().sum()) == 0
+    assert model.llm.get_input_embeddings().weight.grad is None
+    visual = [p for n, p in model.llm.named_parameters() if "visual" in n]
+    assert visual and all(p.grad is None and not p.requires_grad for p in visual)
+    for part in (model.head.concepts, model.head.image_encoder):
+        assert all(p.grad is None and not p.requires_grad for p in part.parameters())
+    for part in (model.head.codebook, model.head.aggregator, model.head.fusion, model.head.slot_mapper,
+                 model.head.mask_head.mask_decoder):  # fmt: skip
+        assert any(v > 0 for v in _grads(part).values()), type(part).__name__
+
+
+def test_one_step_changes_exactly_the_trainable_parameters(data: Path, tmp_path: Path) -> None:
+    model = tiny_model()
+    cfg = tiny_train_config(tmp_path / "run")
+    groups = setup_trainable(model, cfg)
+    names = {id(p) for g in groups for p in g["params"]}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for g in groups for p in g["params"]], lr=1.0)
+    source = SampleSource(open_world(data, "train"), model.head)
+    torch.manual_seed(0)
+    result = joint_step(model, model, build_reference(model, cfg), opt, source.get([0, 1]), cfg, 0,
+                        [p for g in groups for p in g["params"]])  # fmt: skip
+    assert len(result.texts) == cfg.prompts_per_step * cfg.group_size
+    assert {"rollout", "reference", "forward", "reward", "backward", "total"} <= set(result.timings)
+    assert 0.0 <= result.metrics["reward/total"] <= 1.0
+    for n, p in model.named_parameters():
+        moved = not torch.equal(before[n], p.detach())
+        if id(p) not in names:
+            assert not moved, f"frozen parameter {n} changed"
+    moved_head = [
+        n
+        for n, p in model.named_parameters()
+        if n.startswith("head.") and not torch.equal(before[n], p.detach())
+    ]
+    assert any(n.startswith("head.codebook") for n in moved_head) and any(
+        n.startswith("head.mask_head") for n in moved_head
+    )
+
+
+def test_rl_objective_leaves_the_head_at_its_initial_weights(data: Path, tmp_path: Path) -> None:
+    model = tiny_model()
+    head_before = {n: p.detach().clone() for n, p in model.head.named_parameters()}
+    res = train_joint(tiny_train_config(tmp_path / "rl", objective="rl", steps=1), model, open_world(data, "train"),
+                      progress=False)  # fmt: skip
+    assert res.history["loss/seg"].eq(0).all()
+    for n, p in model.head.named_parameters():
+        assert torch.equal(head_before[n], p.detach()), n
+
+
+def test_saved_model_loads_and_predicts_the_same(data: Path, tmp_path: Path) -> None:
+    model = tiny_model().eval()
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    val = open_world(data, "val")
+    samples = [val[0], val[1]]
+    a = SegCompassPredictor(model).predict(samples)
+    b = SegCompassPredictor(loaded).predict(samples)
+    for x, y in zip(a, b, strict=True):
+        assert x.response == y.response
+        assert torch.equal(x.slot_masks, y.slot_masks) and torch.equal(x.slot_confidence, y.slot_confidence)
+        assert x.slot_masks.shape == (K, 64, 64)
+    with pytest.raises(FileNotFoundError, match="no SegCompass model"):
+        load_model(tmp_path)
+
+
+_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+from _training_common import open_world, tiny_model, tiny_train_config
+from segcompass.training import train_joint
+cfg = tiny_train_config(Path({out!r}), steps={steps}, checkpoint_every=1)
+train_joint(cfg, tiny_model(), open_world(Path({data!r}), "train"), progress=False)
+"""
+
+
+def _run_script(data: Path, out: Path, steps: int, **popen) -> subprocess.Popen:
+    code = _SCRIPT.format(tests=str(TESTS), out=str(out), steps=steps, data=str(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, **popen)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data: Path, tmp_path: Path) -> None:
+    steps = 4
+    straight = _run_script(data, tmp_path / "straight", steps, stderr=subprocess.PIPE)
+    assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-2000:]
+
+    victim = _run_script(data, tmp_path / "killed", steps, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "step-00000002" / "state.json"
+    deadline = time.time() + 600
+    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+
+    resumed = train_joint(tiny_train_config(tmp_path / "killed", steps=steps, checkpoint_every=1), tiny_model(),
+                          open_world(data, "train"), progress=False)  # fmt: skip
+    assert resumed.resumed_from >= 2
+    assert resumed.history["step"].tolist() == list(range(steps))
+    a = load_file(tmp_path / "straight" / "final" / "head.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "head.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = load_file(next((tmp_path / "straight" / "final" / "backbone").glob("*.safetensors")))
+    lb = load_file(next((tmp_path / "killed" / "final" / "backbone").glob("*.safetensors")))
+    assert all(torch.equal(la[k], lb[k]) for k in la)
+
+
+_DDP = """
+import sys, torch, hashlib
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+import torch.distributed as dist
+from _training_common import open_world, tiny_model, tiny_train_config
+from segcompass.training import train_joint
+model = tiny_model()
+train_joint(tiny_train_config(Path({out!r}), steps=2, checkpoint_every=2), model, open_world(Path({data!r}), "train"),
+            progress=False)
+digest = hashlib.sha256()
+for n, p in model.named_parameters():
+    if p.requires_grad:
+        digest.update(p.detach().numpy().tobytes())
+Path({out!r}, f"rank{{dist.get_rank()}}.sha").write_text(digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_keeps_the_ranks_in_sync(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    out.mkdir()
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP.format(tests=str(TESTS), out=str(out), data=str(data)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = ((out / f"rank{r}.sha").read_text() for r in (0, 1))
+    assert r0 == r1, "the two processes ended with different weights"
+    init, trained = tiny_model(), load_model(out)
+    assert not torch.equal(next(trained.head.codebook.parameters()), next(init.head.codebook.parameters()))
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def test_bad_input_gives_clear_errors(data: Path, tmp_path: Path) -> None:
+    ds = open_world(data, "train")
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        tiny_train_config(tmp_path, group_size=1)
+    with pytest.raises(ValueError, match="objective"):
+        tiny_train_config(tmp_path, objective="both")
+    from _head_common import make_sae
+    from _training_common import small_head_config
+
+    from segcompass.backbones import build_tiny
+    from segcompass.head import build_head
+    from segcompass.policy import PolicyConfig
+    from segcompass.training import SegCompassModel
+
+    bb = build_tiny("qwen2_5_vl")
+    with pytest.raises(ValueError, match="hidden size"):
+        SegCompassModel(
+            bb, build_head(small_head_config(64, 128), make_sae(64, 128)), PolicyConfig(num_slots=K)
+        )
+    with pytest.raises(ValueError, match="num_slots"):
+        tiny_model(backbone=bb).__class__(bb, tiny_model(backbone=bb).head, PolicyConfig(num_slots=3))
+    # More targets than slots: 'error' names the problem.
+    from segcompass.head import LossConfig
+
+    strict = tiny_model(loss=LossConfig(switch_step=0, too_many_targets="error"))
+    ro, emb, _ = _teacher_forced(strict, data)
+    too_many = [torch.ones(K + 1, 64, 64), torch.zeros(0, 64, 64)]
+    with pytest.raises(TooManyTargetsError, match="slots"):
+        strict(ro, emb, too_many)
+    # Resuming with another configuration is refused and leaves the checkpoint alone.
+    run = tmp_path / "run"
+    train_joint(tiny_train_config(run, steps=1), tiny_model(), ds, progress=False)
+    ckpt = run / "checkpoints" / "step-00000001" / "trainable.safetensors"
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="another configuration"):
+        train_joint(tiny_train_config(run, steps=2, lr=5e-4), tiny_model(), ds, progress=False)
+    assert ckpt.read_bytes() == before
+    with pytest.raises(FileExistsError, match="resume"):
+        train_joint(tiny_train_config(run, steps=2, resume=False), tiny_model(), ds, progress=False)
