@@ -109,3 +109,19 @@ def test_policy_config_rejects_bad_values() -> None:
         PolicyConfig(prompt_template="no placeholder")
     with pytest.raises(ValueError, match="unknown token types"):
         PolicyConfig(concept_token_types=("IMAGE", "PIXELS"))
+
+
+def test_rollouts_never_contain_image_placeholders(backbone) -> None:
+    """A random policy would sample <|image_pad|> now and then, and the forward over prompt + response
+    would then see more image tokens than image features: generation suppresses them."""
+    from segcompass.policy.rollout import multimodal_token_ids
+
+    banned = multimodal_token_ids(backbone)
+    assert backbone.image_token_id in banned
+    cfg = PolicyConfig(num_slots=K, max_new_tokens=48, temperature=3.0)
+    torch.manual_seed(0)
+    ro = generate_rollouts(backbone, _images(2), ["a", "b"], cfg, group_size=8)
+    assert not torch.isin(ro.response_ids, torch.tensor(banned)).any()
+    policy_forward(backbone, ro, cfg)  # would raise on a mismatch
+    with pytest.raises(ValueError, match="placeholder"):
+        rollouts_from_responses(backbone, _images(1), ["a"], ["<|image_pad|>"], cfg)

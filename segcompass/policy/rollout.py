@@ -91,6 +91,18 @@ def eos_ids(backbone: Backbone) -> set[int]:
     return {int(i) for i in ids if isinstance(i, int)}
 
 
+_MULTIMODAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<image>")
+
+
+def multimodal_token_ids(backbone: Backbone) -> list[int]:
+    """Ids of image/video placeholder tokens: a response must never contain them (the forward over prompt +
+    response would then count more image tokens than image features)."""
+    tok = backbone.tokenizer
+    vocab = tok.get_vocab()
+    names = {backbone.family.image_token, *_MULTIMODAL_TOKENS}
+    return sorted(int(vocab[n]) for n in names if n in vocab)
+
+
 def response_mask_of(response_ids: Tensor, eos: set[int]) -> Tensor:
     """bool [N, R]: positions up to and including the first end-of-turn token of each row."""
     is_eos = torch.zeros_like(response_ids, dtype=torch.bool)
@@ -136,6 +148,7 @@ def generate_rollouts(
             do_sample=not greedy,
             num_beams=1,
             pad_token_id=pad,
+            suppress_tokens=multimodal_token_ids(backbone),
             **sampling,
         )  # [N, P + R]
     finally:
@@ -190,6 +203,10 @@ def rollouts_from_responses(
     tok = backbone.tokenizer
     eos = tok.eos_token_id
     rows = [tok(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
+    banned = set(multimodal_token_ids(backbone))
+    for i, row in enumerate(rows):
+        if banned & set(row):
+            raise ValueError(f"response {i} contains an image/video placeholder token: {responses[i][:80]!r}")
     width = max(len(r) for r in rows)
     pad = tok.pad_token_id
     response_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)  # [N, R]
