@@ -338,3 +338,29 @@ def test_a_trained_model_feeds_the_provenance_analyses(data: Path) -> None:
     assert len(inputs.tokens[0].token_type) == inputs.hook_states.shape[1]
     result = attribute(model.head, inputs, AttributionConfig())
     assert set(result.atoms["slot"]) <= set(range(K)) and len(result.atoms) > 0
+
+
+def _vowel_share(text: str, mask_probs, confidence, gt) -> float:
+    """A custom reward: the share of vowels among the response's characters (spaces left out)."""
+    chars = text.replace(" ", "")
+    return sum(c in "aeiou" for c in chars) / max(1, len(chars))
+
+
+def test_grpo_raises_a_custom_reward(data: Path, tmp_path: Path) -> None:
+    """The policy-gradient term does its job: on a random tiny policy, 30 RL steps (2 prompts × G 8) move a
+    plug-in reward from ~0.32 to > 0.5 (measured: 0.32 → 0.63)."""
+    from segcompass.policy import PolicyConfig
+
+    cfg = tiny_train_config(tmp_path / "rl", objective="rl", steps=30, group_size=8, lr=1e-2, checkpoint_every=100,
+                            policy=PolicyConfig(num_slots=K, max_new_tokens=12))  # fmt: skip
+    res = train_joint(cfg, tiny_model(), open_world(data, "train"), progress=False, reward_fn=_vowel_share)
+    reward = res.history["reward/total"]
+    first, last = float(reward.head(5).mean()), float(reward.tail(5).mean())
+    assert last > first + 0.15, (first, last)
+    assert json_fingerprint_mentions(tmp_path / "rl" / "config.json", "_vowel_share")
+
+
+def json_fingerprint_mentions(path: Path, name: str) -> bool:
+    import json
+
+    return name in json.loads(path.read_text())["context"]["reward_fn"]

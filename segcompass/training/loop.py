@@ -26,6 +26,7 @@ from sae.training.distributed import DistInfo, barrier, gather_objects, init_dis
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, freeze_backbone_up_to_hook, head_param_groups
 from segcompass.head.image_encoder import ImageEmbeddingCache
+from segcompass.rewards import RewardFn
 
 from .batches import DataCursor, SampleSource, shard_for_rank
 from .checkpoint import fingerprint, list_checkpoints, load_checkpoint, remove_temporaries, save_checkpoint
@@ -117,11 +118,13 @@ def train_joint(
     embedding_cache: ImageEmbeddingCache | None = None,
     context: dict[str, Any] | None = None,
     progress: bool = True,
+    reward_fn: RewardFn | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset` with `cfg`; resumes from the newest checkpoint in `cfg.out`.
 
     `context` (data set identity, backbone, SAE path …) enters the checkpoint fingerprint, so a run is
-    never resumed on other data or another model.
+    never resumed on other data or another model. `reward_fn` replaces the configured reward (its
+    qualified name enters the fingerprint).
     """
     info = init_distributed("cpu" if not torch.cuda.is_available() else "auto")
     if cfg.threads:
@@ -134,6 +137,10 @@ def train_joint(
     out.mkdir(parents=True, exist_ok=True)
     ctx = {"dataset": f"{dataset.source}/{dataset.split}/{len(dataset)}", "world_size": info.world_size,
            **(context or {})}  # fmt: skip
+    if reward_fn is not None:
+        ctx["reward_fn"] = (
+            f"{getattr(reward_fn, '__module__', '')}.{getattr(reward_fn, '__qualname__', repr(reward_fn))}"
+        )
     fp = fingerprint(cfg, ctx)
     torch.manual_seed(cfg.seed)
     model.to(info.device)
@@ -183,8 +190,10 @@ def train_joint(
             torch.manual_seed(
                 cfg.seed * 1_000_003 + step * 7919 + info.rank
             )  # rollouts: a function of the step
-            result = joint_step(model, forward_module, reference, optimizer, source.get(indices), cfg, step,
-                                trainable)  # fmt: skip
+            batch = source.get(indices)
+            result = joint_step(
+                model, forward_module, reference, optimizer, batch, cfg, step, trainable, reward_fn
+            )
             scheduler.step()
             metrics = _mean_over_ranks(
                 {**result.metrics, **{f"time/{k}": v for k, v in result.timings.items()}}, info

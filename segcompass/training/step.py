@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from segcompass.grpo import group_advantages, joint_loss, policy_loss
 from segcompass.policy import Rollouts, generate_rollouts, reference_logprobs
-from segcompass.rewards import RewardResult, compute_reward
+from segcompass.rewards import RewardFn, RewardResult, compute_reward
 
 from .batches import TrainSample
 from .config import JointTrainConfig
@@ -50,16 +50,24 @@ def _timer(timings: dict[str, float], name: str):
 
 
 def score_responses(
-    rollouts: Rollouts, out: ModelOutput, targets: list[Tensor], cfg: JointTrainConfig
-) -> list[RewardResult]:
-    """Reward of every response from its text and the head's detached masks and confidences."""
+    rollouts: Rollouts,
+    out: ModelOutput,
+    targets: list[Tensor],
+    cfg: JointTrainConfig,
+    reward_fn: RewardFn | None = None,
+) -> list[RewardResult | float]:
+    """Reward of every response from its text and the head's detached masks and confidences
+    (`reward_fn` replaces `compute_reward` with `cfg.reward`: plug in your own reward here; it may return
+    a `RewardResult` or a plain float)."""
     head = out.head
     probs = torch.sigmoid(head.slot_masks.detach().float())  # [N, K, S, S]
     conf = head.slot_confidence.detach().float()  # [N, K]
-    return [
-        compute_reward(text, probs[i], conf[i], targets[i], cfg.reward)
-        for i, text in enumerate(rollouts.texts)
-    ]
+    if reward_fn is None:
+        return [
+            compute_reward(text, probs[i], conf[i], targets[i], cfg.reward)
+            for i, text in enumerate(rollouts.texts)
+        ]
+    return [reward_fn(text, probs[i], conf[i], targets[i]) for i, text in enumerate(rollouts.texts)]
 
 
 def joint_step(
@@ -71,6 +79,7 @@ def joint_step(
     cfg: JointTrainConfig,
     step: int,
     trainable: list[nn.Parameter],
+    reward_fn: RewardFn | None = None,
 ) -> StepResult:
     """Run one step on this process's `batch` of prompts; `forward_module` is `model` or its DDP wrapper."""
     t: dict[str, float] = {}
@@ -89,8 +98,9 @@ def joint_step(
     with _timer(t, "forward"):
         out = forward_module(rollouts, embeddings, targets if cfg.trains_head else None, step)
     with _timer(t, "reward"):
-        rewards = score_responses(rollouts, out, targets, cfg)
-        r = torch.tensor([x.total for x in rewards])
+        rewards = score_responses(rollouts, out, targets, cfg, reward_fn)
+        r = torch.tensor([x.total if isinstance(x, RewardResult) else float(x) for x in rewards])
+        parts = [x for x in rewards if isinstance(x, RewardResult)]
         adv = group_advantages(r, g, std=cfg.advantage_std).advantages if g > 1 else torch.zeros_like(r)
     with _timer(t, "backward"):
         states = out.states
@@ -119,8 +129,8 @@ def joint_step(
     metrics.update(
         {
             "reward/total": float(r.mean()),
-            "reward/format": sum(x.format.reward for x in rewards) / len(rewards),
-            "reward/seg": sum(x.seg.reward for x in rewards) / len(rewards),
+            "reward/format": sum(x.format.reward for x in parts) / max(1, len(parts)),
+            "reward/seg": sum(x.seg.reward for x in parts) / max(1, len(parts)),
             "reward/group_std": float(r.reshape(-1, g).std(dim=1).mean()) if g > 1 else 0.0,
             "policy/cot_tokens": float(rollouts.cot_lengths().float().mean()),
             "policy/response_tokens": float(rollouts.response_mask.sum(1).float().mean()),
