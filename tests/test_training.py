@@ -364,3 +364,19 @@ def json_fingerprint_mentions(path: Path, name: str) -> bool:
     import json
 
     return name in json.loads(path.read_text())["context"]["reward_fn"]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(data: Path) -> None:
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model()
+        setup_trainable(model, tiny_train_config(data / "unused"))
+        if checkpointing:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ro, emb, targets = _teacher_forced(model, data)
+        out = model(ro, emb, targets)
+        (out.states.logp.sum() + out.head.losses.total).backward()
+        layer = model.backbone.decoder_layers[-1]
+        grads.append(torch.cat([p.grad.flatten() for p in layer.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

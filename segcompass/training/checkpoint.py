@@ -31,7 +31,7 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 _NOT_RESULT_FIELDS = ("out", "steps", "checkpoint_every", "keep_checkpoints", "log_every", "resume",
-                      "wandb_project", "threads")  # fmt: skip
+                      "wandb_project", "threads", "gradient_checkpointing")  # fmt: skip
 
 
 def fingerprint(cfg: JointTrainConfig, context: dict[str, Any]) -> str:

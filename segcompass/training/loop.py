@@ -145,6 +145,8 @@ def train_joint(
     torch.manual_seed(cfg.seed)
     model.to(info.device)
     groups = setup_trainable(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = [p for g in groups for p in g["params"]]
     reference = build_reference(model, cfg)
     optimizer = build_optimizer(groups)
