@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from sae.token_types import TokenType
 from segcompass.data import RefSample
 from segcompass.evaluation.predictor import Prediction
 from segcompass.head.image_encoder import ImageEmbeddingCache
 from segcompass.policy import generate_rollouts
-from segcompass.rewards import format_reward
+from segcompass.rewards import FormatRewardConfig, format_reward
 
 from .model import SegCompassModel, load_model
 
@@ -38,7 +41,8 @@ class SegCompassPredictor:
         masks = out.slot_masks > 0  # [B, K, S, S]
         conf = out.slot_confidence  # [B, K]
         cot = rollouts.cot_lengths()
-        fmt_cfg = _format_config(model)
+        found = rollouts.token_types == TokenType.CONCENTRATION  # [B, P + R]
+        fmt_cfg = FormatRewardConfig(num_tokens=model.policy.num_slots, mode=model.policy.mode)
         preds = []
         for i, s in enumerate(samples):
             fmt = format_reward(rollouts.texts[i], fmt_cfg)
@@ -51,28 +55,15 @@ class SegCompassPredictor:
                     extras={
                         "format_reward": fmt.reward,
                         "cot_tokens": float(cot[i]),
-                        "concentration_found": float((rollouts.response_ids[i] == _ref_id(model)).sum()),
+                        "concentration_found": float(found[i].sum()),
                     },
                 )
             )
         return preds
 
 
-def _ref_id(model: SegCompassModel) -> int:
-    return model.backbone.reasoning_token_ids["<REF_POS>"]
-
-
-def _format_config(model: SegCompassModel):
-    from segcompass.rewards import FormatRewardConfig
-
-    return FormatRewardConfig(num_tokens=model.policy.num_slots, mode=model.policy.mode)
-
-
 def load_predictor(path: str | os.PathLike) -> SegCompassPredictor:
     """A `Predictor` from a saved model folder (a run folder resolves to its `final/`)."""
-    import json
-    from pathlib import Path
-
     model = load_model(path)
     meta_path = Path(path) / "final" / "segcompass_model.json"
     meta_path = meta_path if meta_path.exists() else Path(path) / "segcompass_model.json"
