@@ -74,6 +74,21 @@ class DocumentActivity:
         raise AnalysisInputError(f"unknown ranking {ranking!r}; choose from {RANKINGS}")
 
 
+def shard_documents(store: ActivationStore, file: str) -> dict[int, DocumentMeta]:
+    """The documents a shard's header records, by doc id."""
+    with safe_open(str(store.root / file), framework="pt") as f:
+        docs = json.loads(f.metadata()["documents"])
+    return {
+        int(d["doc_id"]): DocumentMeta(
+            int(d["doc_id"]),
+            str(d["source_id"]),
+            d.get("text", ""),
+            ImageGeometry.from_dict(d["geometry"]) if d.get("geometry") else None,
+        )
+        for d in docs
+    }
+
+
 Labeller = Callable[[DocumentMeta, np.ndarray, np.ndarray], np.ndarray]
 """(document, token types [n], image_rc [n, 2]) → group index per token (−1 = no group)."""
 
@@ -129,19 +144,6 @@ class ActivityStream:
         self.tokens_encoded = 0
         self.documents_seen = 0
 
-    def _documents(self, file: str) -> dict[int, DocumentMeta]:
-        with safe_open(str(self.store.root / file), framework="pt") as f:
-            docs = json.loads(f.metadata()["documents"])
-        return {
-            int(d["doc_id"]): DocumentMeta(
-                int(d["doc_id"]),
-                str(d["source_id"]),
-                d.get("text", ""),
-                ImageGeometry.from_dict(d["geometry"]) if d.get("geometry") else None,
-            )
-            for d in docs
-        }
-
     @torch.no_grad()
     def _encode(self, x: torch.Tensor, groups: np.ndarray | None) -> dict[str, np.ndarray]:
         """Per-token summaries of SAE(x) in chunks of `chunk_rows`."""
@@ -183,7 +185,7 @@ class ActivityStream:
             bar.close()
 
     def _shard(self, record: Any) -> Iterator[DocumentActivity]:
-        metas = self._documents(record.file)
+        metas = shard_documents(self.store, record.file)
         rows = self.store.load_shard(record)
         keep = torch.ones(record.num_tokens, dtype=torch.bool)
         if self.keep_types is not None:

@@ -9,7 +9,6 @@ only, so memory holds at most `rows × atoms` values per block, never [T, d_sae]
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,15 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from sae.image_geometry import ImageGeometry
 from sae.store import ActivationStore
 from sae.store.reader import _is_val  # the store's own document-level hold-out (same hash as SAE training)
 from sae.token_types import TokenType
 
-from .activity import DocumentMeta
+from .activity import DocumentMeta, shard_documents
 from .inputs import AnalysisInputError, LoadedSAE
 
 logger = logging.getLogger(__name__)
@@ -43,21 +40,6 @@ def unpack_row(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(shard index, row in shard) of packed ids."""
     packed = np.asarray(packed, dtype=np.int64)
     return packed >> _ROW_BITS, packed & ((1 << _ROW_BITS) - 1)
-
-
-def shard_documents(store: ActivationStore, file: str) -> dict[int, DocumentMeta]:
-    """The documents a shard's header records, by doc id."""
-    with safe_open(str(store.root / file), framework="pt") as f:
-        docs = json.loads(f.metadata()["documents"])
-    return {
-        int(d["doc_id"]): DocumentMeta(
-            int(d["doc_id"]),
-            str(d["source_id"]),
-            d.get("text", ""),
-            ImageGeometry.from_dict(d["geometry"]) if d.get("geometry") else None,
-        )
-        for d in docs
-    }
 
 
 @dataclass
