@@ -7,7 +7,9 @@ the dataclass into argparse arguments, so the CLI and the Python API never drift
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ def build_parser(prog: str, description: str, commands: Sequence[Command]) -> si
         prog=prog,
         description=description,
         add_option_string_dash_variants=simple_parsing.DashVariant.DASH,
+        formatter_class=_PercentSafeFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -40,9 +43,24 @@ def build_parser(prog: str, description: str, commands: Sequence[Command]) -> si
             help=cmd.help,
             description=(cmd.config.__doc__ or cmd.help).strip(),
             add_option_string_dash_variants=simple_parsing.DashVariant.DASH,
+            formatter_class=_PercentSafeFormatter,
         )
         p.add_arguments(cmd.config, dest="config")
     return parser
+
+
+class _PercentSafeFormatter(simple_parsing.SimpleHelpFormatter):
+    """argparse %-formats every help string, so a literal "%" in a field docstring ("30 % more") would crash
+    `--help`; stray ones are doubled before formatting (argparse's own "%(name)s" placeholders stay)."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        original = action.help
+        if isinstance(original, str):
+            action.help = re.sub(r"%(?!\()", "%%", original)
+        try:
+            return super()._expand_help(action)
+        finally:
+            action.help = original
 
 
 def run_cli(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sae.cli_support import Command, run_cli
 from segcompass.evaluation.command import EvaluateCommandConfig, run_evaluate_command
+from segcompass.sam_warmup.command import SamWarmupCommandConfig, run_sam_warmup_command
 from segcompass.training.command import TrainCommandConfig, run_ablation_command, run_train_command
 from segcompass.training.recipe import AblationConfig
 
@@ -13,7 +14,8 @@ DESCRIPTION = (
     "SegCompass: reasoning segmentation through sparse-autoencoder concepts. `train` trains the policy and "
     "the head jointly (GRPO + supervision), `evaluate` scores a trained checkpoint, a trivial baseline or the "
     "oracle on any registered data set (one sample per sentence), `ablation` reproduces the synthetic-world "
-    "ablation (joint / RL only / seg only × seeds, beside the trivial baselines)."
+    "ablation (joint / RL only / seg only × seeds, beside the trivial baselines), `warmup-sam` builds the "
+    "cached tiny SAM that stands in for SAM's pretrained weights on CPU."
 )
 
 COMMANDS = [
@@ -26,6 +28,12 @@ COMMANDS = [
     ),
     Command(
         "ablation", AblationConfig, run_ablation_command, "synthetic-world ablation: joint / RL / seg × seeds"
+    ),
+    Command(
+        "warmup-sam",
+        SamWarmupCommandConfig,
+        run_sam_warmup_command,
+        "build the cached tiny SAM of the CPU head (SAM's promptable objective on the world)",
     ),
 ]
 

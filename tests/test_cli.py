@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,23 @@ def test_default_pipeline_runs_every_stage_and_reuses_its_outputs(tmp_path, caps
     run_pipeline(cfg)  # everything cached: nothing captured or trained again
     assert [(s / "manifest.json").stat().st_mtime_ns for s in stores] == stamps
     assert next((tmp_path / "sae").iterdir()).joinpath("cfg.json").stat().st_mtime_ns == sae_stamp
+
+
+def test_every_subcommand_of_the_three_clis_renders_its_help(capsys):
+    from analysis.cli import COMMANDS as ANALYZE
+    from sae.cli import COMMANDS as SAE
+    from sae.cli import main as sae_main
+    from segcompass.cli import COMMANDS as MODEL
+    from segcompass.cli import main as model_main
+
+    for main, commands in ((model_main, MODEL), (analyze_main, ANALYZE), (sae_main, SAE)):
+        for cmd in commands:
+            with pytest.raises(SystemExit) as exit_info:
+                main([cmd.name, "--help"])  # a stray "%" in a field docstring used to crash this
+            assert exit_info.value.code == 0
+            text = capsys.readouterr().out
+            if dataclasses.fields(cmd.config):
+                assert "(default:" in text, cmd.name
+            if cmd.name == "train" and main is model_main:
+                flat = " ".join(text.split())
+                assert "30 % more compute" in flat and "--lora-rank" in flat and "--sam" in flat

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -290,7 +291,7 @@ def test_train_then_evaluate_the_checkpoint_from_the_command_line(data: Path, tm
     common = ["--data", "grefcoco", "--data-root", str(data)]
     argv = ["train", *common, "--backbone", "tiny:qwen2_5_vl", "--sae", str(sae_dir), "--out", str(tmp_path / "run"),
             "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
-            "--threads", "1"]  # fmt: skip
+            "--threads", "1", "--sam", ""]  # fmt: skip
     assert main(argv) == 0
     assert (tmp_path / "run" / "final" / "segcompass_model.json").exists()
     argv = ["evaluate", *common, "--split", "val", "--predictor", "checkpoint", "--checkpoint", str(tmp_path / "run"),
@@ -380,3 +381,69 @@ def test_gradient_checkpointing_gives_the_same_gradients(data: Path) -> None:
         layer = model.backbone.decoder_layers[-1]
         grads.append(torch.cat([p.grad.flatten() for p in layer.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_head_warm_start_trains_the_head_only(data: Path) -> None:
+    from segcompass.training import HeadWarmupConfig, warm_start_head
+
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hist = warm_start_head(model, open_world(data, "train"), HeadWarmupConfig(steps=3, batch_size=2, samples=4),
+                           progress=False)  # fmt: skip
+    assert list(hist["step"]) == [0, 1, 2] and hist["loss"].notna().all()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert moved and all(n.startswith("head.") for n in moved), sorted(moved)[:5]
+    assert not any(n.startswith(("head.concepts.", "head.image_encoder.")) for n in moved)
+    assert any(n.startswith("head.slot_mapper.") for n in moved)
+    with pytest.raises(ValueError, match="steps >= 0"):
+        HeadWarmupConfig(steps=-1)
+
+
+_FSDP = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+from _training_common import open_world, tiny_model, tiny_train_config
+from segcompass.training import train_joint
+cfg = tiny_train_config(Path({out!r}), steps={steps}, checkpoint_every=1, parallel={parallel!r})
+train_joint(cfg, tiny_model(), open_world(Path({data!r}), "train"), progress=False)
+"""
+
+
+def _torchrun(script: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_fsdp_run_resumes_and_ends_where_the_ddp_run_ends(data: Path, tmp_path: Path) -> None:
+    runs = {}
+    for name, parallel, steps in (("ddp", "ddp", 2), ("fsdp", "fsdp", 1), ("fsdp", "fsdp", 2)):
+        out = tmp_path / name
+        script = tmp_path / f"{name}-{steps}.py"
+        script.write_text(
+            _FSDP.format(tests=str(TESTS), out=str(out), data=str(data), steps=steps, parallel=parallel)
+        )
+        _torchrun(script)  # the second fsdp launch resumes from the first one's step-1 checkpoint
+        runs[name] = out
+    rows = (runs["fsdp"] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [0, 1]
+    ddp, fsdp = load_model(runs["ddp"] / "final"), load_model(runs["fsdp"] / "final")
+    init = tiny_model()
+    a, b, c = dict(ddp.named_parameters()), dict(fsdp.named_parameters()), dict(init.named_parameters())
+    assert not torch.equal(a["head.slot_mapper.query.weight"], c["head.slot_mapper.query.weight"])
+    for name, p in a.items():
+        assert torch.allclose(p, b[name], atol=1e-5), (
+            f"{name}: FSDP and DDP runs differ by {float((p - b[name]).abs().max())}"
+        )

@@ -127,11 +127,13 @@ class Backbone:
         return PreparedBatch(inputs, token_types, image_rc, geometries, response_start, prompts)
 
     # ---- persistence ---------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """`save_pretrained` the model and processor plus `segcompass.json`; loads back with `load_backbone`."""
+    def save(self, path: str | os.PathLike, state_dict: dict | None = None) -> Path:
+        """`save_pretrained` the model and processor plus `segcompass.json`; loads back with `load_backbone`.
+
+        `state_dict` replaces the model's own (e.g. LoRA-merged weights under the plain names)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state_dict)
         self.processor.save_pretrained(path)
         meta = {"family": self.family.name, "hook_layer": self.hook_layer, "source": self.name_or_path}
         tmp = path / (METADATA_FILE + ".tmp")

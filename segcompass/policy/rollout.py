@@ -121,10 +121,12 @@ def generate_rollouts(
     *,
     group_size: int = 1,
     greedy: bool = False,
+    synced_gpus: bool = False,
 ) -> Rollouts:
     """Sample `group_size` responses per (image, text) — or decode one greedily — in one generate call.
 
     Sampling uses torch's global generator: seed it (``torch.manual_seed``) for reproducible rollouts.
+    `synced_gpus`: keep stepping until every process has finished (needed when the model is FSDP-sharded).
     """
     if len(images) != len(texts) or not texts:
         raise ValueError(f"need as many images as texts (> 0), got {len(images)} and {len(texts)}")
@@ -149,6 +151,7 @@ def generate_rollouts(
             num_beams=1,
             pad_token_id=pad,
             suppress_tokens=multimodal_token_ids(backbone),
+            synced_gpus=synced_gpus,
             **sampling,
         )  # [N, P + R]
     finally:

@@ -12,14 +12,18 @@ README's design notes for why not TRL)::
 from .batches import DataCursor, SampleSource, TrainSample, shard_for_rank
 from .checkpoint import fingerprint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import JointTrainConfig
+from .head_warmup import HeadWarmupConfig, warm_start_head
 from .loop import TrainResult, build_reference, setup_trainable, train_joint
+from .lora import LoraSettings
 from .model import ModelOutput, SegCompassModel, head_config_from_dict, load_model
 from .predictor import SegCompassPredictor, load_predictor
 from .step import StepResult, joint_step, score_responses
 
 __all__ = [
     "DataCursor",
+    "HeadWarmupConfig",
     "JointTrainConfig",
+    "LoraSettings",
     "ModelOutput",
     "SampleSource",
     "SegCompassModel",
@@ -40,4 +44,5 @@ __all__ = [
     "setup_trainable",
     "shard_for_rank",
     "train_joint",
+    "warm_start_head",
 ]

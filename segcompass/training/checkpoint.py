@@ -73,8 +73,13 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `checkpoints/step-<step>/` atomically, then keep only the newest `keep` checkpoints."""
+    """Write `checkpoints/step-<step>/` atomically, then keep only the newest `keep` checkpoints.
+
+    `weights` / `optimizer_state`: full states gathered from a sharded run (`sharding.gather_training_state`);
+    default: this process's trainable parameters and `optimizer.state_dict()`."""
     root = Path(out) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -83,9 +88,18 @@ def save_checkpoint(
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in (weights if weights is not None else trainable_state(model)).items()},
+        str(tmp / "trainable.safetensors"),
+    )
+    opt_state = optimizer_state if optimizer_state is not None else optimizer.state_dict()
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt"
+        {
+            "optimizer": opt_state,
+            "scheduler": scheduler.state_dict(),
+            "full_state": optimizer_state is not None,
+        },
+        tmp / "optimizer.pt",
     )
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
     for f in tmp.iterdir():
@@ -99,9 +113,16 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, expected_fingerprint: str
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    expected_fingerprint: str,
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """Restore weights, optimiser and scheduler from `path`; returns its `state.json` content."""
+    """Restore weights, optimiser and scheduler from `path`; returns its `state.json` content.
+
+    `sharded`: the model is FSDP-sharded (every process reads the full files and keeps its shards)."""
     state = json.loads((path / STATE_FILE).read_text())
     if state.get("fingerprint") != expected_fingerprint:
         raise ValueError(
@@ -109,6 +130,18 @@ def load_checkpoint(
             f"!= {expected_fingerprint}); resume with the same settings or train into a new out folder"
         )
     weights = load_file(str(path / "trainable.safetensors"))
+    opt = torch.load(path / "optimizer.pt", weights_only=True)
+    if sharded or opt.get("full_state"):
+        if not (sharded and opt.get("full_state")):
+            raise ValueError(
+                f"checkpoint {path} was written by a {'sharded' if opt.get('full_state') else 'DDP / single'} run; "
+                "resume it with the same parallel setting"
+            )
+        from .sharding import load_training_state
+
+        load_training_state(model, optimizer, weights, opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+        return state
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -119,7 +152,6 @@ def load_checkpoint(
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    opt = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     return state

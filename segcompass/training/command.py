@@ -27,6 +27,8 @@ class TrainCommandConfig(JointTrainConfig):
     """Policy backbone: `warm:<family>`, `tiny:<family>`, a local checkpoint folder or a hub id."""
     sae: str = ""
     """Trained SAE folder (sae-lens format) for the backbone's hook layer."""
+    sam: str = "warm"
+    """SAM weights of the head: "warm" (the cached tiny-SAM warm-up, built on first use) or "" (random init)."""
 
 
 def run_train_command(cfg: TrainCommandConfig) -> None:
@@ -37,8 +39,10 @@ def run_train_command(cfg: TrainCommandConfig) -> None:
     if not cfg.data_root or not cfg.sae:
         raise ValueError("--data-root and --sae are required (segcompass ablation builds both for the world)")
     dataset = open_dataset(cfg.data, cfg.data_root, cfg.split)
-    model = build_model(cfg.backbone, cfg.sae, cfg.seed, cfg.policy)
-    result = train_joint(cfg, model, dataset, context={"backbone": cfg.backbone, "sae": cfg.sae})
+    model = build_model(cfg.backbone, cfg.sae, cfg.seed, cfg.policy, cfg.sam)
+    result = train_joint(
+        cfg, model, dataset, context={"backbone": cfg.backbone, "sae": cfg.sae, "sam": cfg.sam}
+    )
     last = result.history.tail(10).mean(numeric_only=True)
     print(json.dumps({k: round(float(last[k]), 4) for k in ("reward/total", "reward/format", "loss/seg")}))
     print(f"final model: {result.final}")

@@ -9,6 +9,8 @@ from segcompass.grpo import GRPOLossConfig
 from segcompass.policy import PolicyConfig
 from segcompass.rewards import RewardConfig
 
+from .lora import LoraSettings
+
 Objective = Literal["joint", "rl", "seg"]
 
 
@@ -41,6 +43,13 @@ class JointTrainConfig:
     """Global gradient-norm clip over all trainable parameters."""
     train_llm: bool = True
     """Train the LLM blocks after the hook layer (+ final norm / untied lm_head); False trains the head only."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters (peft) on the post-hook blocks instead of their full weights when `lora_rank` > 0; the KL
+    reference is then the policy with its adapters off (no second copy of the LLM)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Multi-process engine under torchrun: ``ddp`` (every process holds the whole model) or ``fsdp`` (FSDP2:
+    LLM blocks, LLM, the head's trainable parts and the reference copy sharded across the processes; for a 7B
+    policy on several GPUs). Ignored in a single process."""
     gradient_checkpointing: bool = False
     """Recompute the LLM blocks' activations in the backward instead of keeping them (less memory for a 7B
     policy, ~30 % more compute; generation keeps its KV cache: it runs in eval mode)."""
@@ -68,6 +77,8 @@ class JointTrainConfig:
     """torch intra-op threads (None: torch's default)."""
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if self.objective not in ("joint", "rl", "seg"):
             raise ValueError(f"objective must be 'joint', 'rl' or 'seg', got {self.objective!r}")
         if self.steps < 0 or self.prompts_per_step < 1:

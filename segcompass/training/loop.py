@@ -31,7 +31,9 @@ from segcompass.rewards import RewardFn
 from .batches import DataCursor, SampleSource, shard_for_rank
 from .checkpoint import fingerprint, list_checkpoints, load_checkpoint, remove_temporaries, save_checkpoint
 from .config import JointTrainConfig
+from .lora import AdapterFreeReference, apply_lora, has_lora
 from .model import SegCompassModel
+from .sharding import gather_model_state, gather_training_state, shard_model
 from .step import joint_step
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,9 @@ class TrainResult:
 def setup_trainable(model: SegCompassModel, cfg: JointTrainConfig) -> list[dict[str, Any]]:
     """Freeze what must not train and return the optimiser's parameter groups (DESIGN.md §4)."""
     bb = model.backbone
-    if cfg.train_llm:
+    if cfg.train_llm and cfg.lora.lora_rank > 0:
+        llm_params = apply_lora(model.llm, bb.decoder_layers, bb.hook_layer, cfg.lora)
+    elif cfg.train_llm:
         llm_params = freeze_backbone_up_to_hook(model.llm, bb.decoder_layers, bb.hook_layer)
     else:
         model.llm.requires_grad_(False)
@@ -72,9 +76,12 @@ def setup_trainable(model: SegCompassModel, cfg: JointTrainConfig) -> list[dict[
 
 
 def build_reference(model: SegCompassModel, cfg: JointTrainConfig) -> nn.Module | None:
-    """Frozen copy of the initial policy for the KL term (None when the objective has no KL)."""
+    """Frozen copy of the initial policy for the KL term (None when the objective has no KL); with LoRA the
+    policy itself with its adapters off."""
     if not cfg.uses_policy_gradient or cfg.loss.beta <= 0:
         return None
+    if has_lora(model.llm):
+        return AdapterFreeReference(model.llm)
     ref = copy.deepcopy(model.llm)
     ref.requires_grad_(False)
     return ref.eval()
@@ -149,10 +156,15 @@ def train_joint(
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = [p for g in groups for p in g["params"]]
     reference = build_reference(model, cfg)
+    sharded = info.distributed and cfg.parallel == "fsdp"
+    if sharded:  # FSDP2 replaces the parameter objects: shard first, then collect the groups again
+        shard_model(model, reference)
+        groups = setup_trainable(model, cfg)
+        trainable = [p for g in groups for p in g["params"]]
     optimizer = build_optimizer(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
     forward_module: nn.Module = model
-    if info.distributed:
+    if info.distributed and not sharded:
         forward_module = DistributedDataParallel(model, find_unused_parameters=True)
     source = SampleSource(dataset, model.head, embedding_cache)
     cursor = DataCursor()
@@ -169,7 +181,7 @@ def train_joint(
     history: list[dict[str, Any]] = []
     if found:
         step_done, path = found[-1]
-        state = load_checkpoint(path, model, optimizer, scheduler, fp)
+        state = load_checkpoint(path, model, optimizer, scheduler, fp, sharded=sharded)
         cursor.load_state_dict(state["cursor"])
         start = step_done
         logger.info("resuming from %s (step %d)", path, start)
@@ -212,26 +224,29 @@ def train_joint(
                 )
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _checkpoint(out, done, model, optimizer, scheduler, cursor, fp, cfg, info)
+                _checkpoint(out, done, model, optimizer, scheduler, cursor, fp, cfg, info, sharded)
     except KeyboardInterrupt:
         logger.warning("interrupted at step %d; the newest checkpoint in %s is where a resume continues", step,
                        out / "checkpoints")  # fmt: skip
         raise
     final = None
+    full_state = gather_model_state(model) if sharded else None  # collective
     if info.is_main:
         final = model.save(
-            out / "final", extra={"step": cfg.steps, "train_config": asdict(cfg), "context": ctx}
-        )
+            out / "final", extra={"step": cfg.steps, "train_config": asdict(cfg), "context": ctx},
+            state_dict=full_state,
+        )  # fmt: skip
     barrier(info)
     if wandb_run is not None:
         wandb_run.finish()
     return TrainResult(pd.DataFrame(history), final, start)
 
 
-def _checkpoint(out, step, model, optimizer, scheduler, cursor, fp, cfg, info) -> None:
+def _checkpoint(out, step, model, optimizer, scheduler, cursor, fp, cfg, info, sharded=False) -> None:
+    weights, optim = gather_training_state(model, optimizer) if sharded else (None, None)  # collective
     if info.is_main:
         state = {"cursor": cursor.state_dict(), "fingerprint": fp}
-        save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+        save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints, weights, optim)
     barrier(info)
 
 

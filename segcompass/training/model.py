@@ -25,6 +25,8 @@ from segcompass.head import HeadConfig, HeadOutput, LossConfig, SamDecoderConfig
 from segcompass.head.model import SegCompassHead
 from segcompass.policy import PolicyConfig, PolicyStates, Rollouts, policy_forward
 
+from .lora import has_lora, lora_scaling, merge_lora_state
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "segcompass_model.json"
@@ -87,14 +89,28 @@ class SegCompassModel(nn.Module):
         return ModelOutput(states, out)
 
     # ------------------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write the folder layout of the module docstring (files replaced atomically one by one)."""
+    def save(
+        self,
+        path: str | os.PathLike,
+        extra: dict[str, Any] | None = None,
+        state_dict: dict[str, Tensor] | None = None,
+    ) -> Path:
+        """Write the folder layout of the module docstring (files replaced atomically one by one).
+
+        `state_dict`: the model's full state dict gathered beforehand (a sharded run; keys `llm.*`, `head.*`);
+        default: this process's own. LoRA adapters are merged into their base weights (plain names)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self._backbone.save(path / "backbone")
+        full = state_dict if state_dict is not None else self.state_dict()
+        llm_state = None  # the backbone's own state dict
+        if state_dict is not None or has_lora(self.llm):
+            llm_state = {k.removeprefix("llm."): v for k, v in full.items() if k.startswith("llm.")}
+            if has_lora(self.llm):
+                llm_state = merge_lora_state(llm_state, lora_scaling(self.llm))
+        self._backbone.save(path / "backbone", state_dict=llm_state)
         self.head.concepts.sae.save_model(str(path / "sae"))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        state = {k: v for k, v in state.items() if not k.startswith("concepts.")}
+        state = {k.removeprefix("head."): v.detach().cpu().contiguous() for k, v in full.items()
+                 if k.startswith("head.") and not k.startswith("head.concepts.")}  # fmt: skip
         tmp = path / "head.safetensors.tmp"
         save_file(state, str(tmp))
         os.replace(tmp, path / "head.safetensors")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
 from segcompass.artifacts import activation_store, stage_key, trained_sae, world_corpus
 from segcompass.backbones import resolve_backbone
@@ -24,9 +26,11 @@ from segcompass.evaluation.baselines import EmptyPredictor, UnionOfObjectsPredic
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.head import HeadConfig, LossConfig, SamEncoderConfig, build_head
 from segcompass.policy import PolicyConfig
+from segcompass.sam_warmup import SamWarmupConfig, resolve_sam
 from segcompass.world import WorldConfig, write_refcoco_style
 
 from .config import JointTrainConfig
+from .head_warmup import HeadWarmupConfig, warm_start_head
 from .loop import train_joint
 from .model import SegCompassModel
 from .predictor import SegCompassPredictor
@@ -52,6 +56,8 @@ class AblationConfig:
     """Policy backbone (`warm:<family>`: the warmed-up tiny backbone, cached)."""
     sae: str = ""
     """A trained SAE folder for the backbone's hook layer; empty: capture the world corpus and train one."""
+    sam: str = "warm"
+    """SAM weights of the head: "warm" (the cached tiny-SAM warm-up) or "" (random init)."""
     objectives: list[str] = field(default_factory=_objectives)
     """Arms: ``joint`` (pg + KL + seg + conf), ``rl`` (pg + KL), ``seg`` (seg + conf)."""
     seeds: list[int] = field(default_factory=_seeds)
@@ -62,6 +68,11 @@ class AblationConfig:
     """Held-out world samples (val split) to evaluate on."""
     steps: int = 120
     """Optimiser steps per run."""
+    head_warmup_steps: int = 600
+    """Supervised warm start of the head on the policy's greedy responses before every arm (0: none); shared
+    by the arms of a seed and reported as its own row."""
+    head_warmup_samples: int = 400
+    """Training prompts the warm start decodes (once) and cycles through."""
     prompts_per_step: int = 4
     """Prompts per step."""
     group_size: int = 4
@@ -99,25 +110,69 @@ def _sae_path(cfg: AblationConfig, out: Path, backbone) -> Path:
     return trained_sae(store, out / "sae" / f"{name}-{stage_key(cfg.backbone, corpus.name, 'tiny', 3.0)}")
 
 
-def cpu_head_config(d_in: int, d_sae: int, num_slots: int = 4) -> HeadConfig:
+def cpu_head_config(
+    d_in: int, d_sae: int, num_slots: int = 4, sam: SamWarmupConfig | None = None
+) -> HeadConfig:
     """The tiny head at a reduced SAM geometry (256² input → 16² grid → 64² masks) for CPU runs; the focal
-    term from step 0 and a small confidence weight in the matching (see tests/test_head_overfit.py)."""
-    enc = dataclasses.replace(SamEncoderConfig.tiny(), img_size=256)
+    term from step 0 and a small confidence weight in the matching (see tests/test_head_overfit.py).
+
+    Args:
+        sam: take the SAM encoder / decoder shape of this tiny-SAM warm-up (default: the test-size tiny SAM).
+    """
     loss = LossConfig(switch_step=0, match_conf_weight=0.1, too_many_targets="drop")
+    if sam is not None:
+        return HeadConfig.tiny(
+            d_in, d_sae, num_slots=num_slots, sam_encoder=sam.encoder_config(),
+            sam_decoder=sam.decoder_config(), heatmap_size=sam.mask_size, loss=loss,
+        )  # fmt: skip
+    enc = dataclasses.replace(SamEncoderConfig.tiny(), img_size=256)
     return HeadConfig.tiny(d_in, d_sae, num_slots=num_slots, sam_encoder=enc, heatmap_size=64, loss=loss)
 
 
-def build_model(backbone_spec: str, sae_path: str | Path, seed: int, policy: PolicyConfig) -> SegCompassModel:
-    """A fresh model: the backbone as loaded, the SAE, a head initialised from `seed`."""
+def build_model(
+    backbone_spec: str, sae_path: str | Path, seed: int, policy: PolicyConfig, sam: str = "warm"
+) -> SegCompassModel:
+    """A fresh model: the backbone as loaded, the SAE, SAM weights per `sam` (`resolve_sam`: "warm" = the
+    cached tiny-SAM warm-up, "" = random init, or a checkpoint path) and the rest of the head from `seed`."""
     from sae.training.metadata import load_sae
 
     backbone = resolve_backbone(backbone_spec)
     sae, _ = load_sae(sae_path)
+    checkpoint, sam_cfg = resolve_sam(sam)
+    if checkpoint is not None and sam_cfg is None:
+        raise ValueError(
+            "a SAM checkpoint by path needs its shape: build the head with build_head(cfg, sae, "
+            "sam_checkpoint=...) and a HeadConfig of that shape; build_model takes 'warm' or ''"
+        )
     torch.manual_seed(seed)
-    head = build_head(
-        cpu_head_config(backbone.hidden_size, sae.cfg.d_sae, policy.num_slots), sae, image_encoder=True
-    )
+    head_cfg = cpu_head_config(backbone.hidden_size, sae.cfg.d_sae, policy.num_slots, sam_cfg)
+    head = build_head(head_cfg, sae, image_encoder=True, sam_checkpoint=checkpoint)
     return SegCompassModel(backbone, head, policy)
+
+
+def _warm_head(
+    cfg: AblationConfig, out: Path, model: SegCompassModel, train_set, data: Path, seed: int
+) -> dict:
+    """Warm-start `model.head` in place (or load the cached result); returns its trainable state."""
+    wcfg = HeadWarmupConfig(steps=cfg.head_warmup_steps, samples=cfg.head_warmup_samples, seed=seed)
+    key = stage_key(cfg.backbone, cfg.sam, data.name, dataclasses.asdict(wcfg), cfg.max_new_tokens)
+    path = out / "head_warmup" / f"seed{seed}-{key}.safetensors"
+    if path.exists():
+        state = load_file(str(path))
+        model.head.load_state_dict(state, strict=False)
+        return state
+    history = warm_start_head(model, train_set, wcfg)
+    state = {
+        k: v.detach().contiguous()
+        for k, v in model.head.state_dict().items()
+        if not k.startswith("concepts.")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    history.to_csv(path.with_suffix(".csv"), index=False)
+    return state
 
 
 def _row(result, arm: str, seed: int | None, extra: dict) -> dict:
@@ -146,12 +201,20 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     rows = []
     for base in (EmptyPredictor(), UnionOfObjectsPredictor(val_set)):
         rows.append(_row(evaluate(base, val_set, ev), base.name, None, {}))
+    starts = {}
     for seed in cfg.seeds:
-        untrained = build_model(cfg.backbone, sae_path, seed, policy)
+        untrained = build_model(cfg.backbone, sae_path, seed, policy, cfg.sam)
         rows.append(_row(evaluate(SegCompassPredictor(untrained), val_set, ev), "untrained", seed, {}))
+        if cfg.head_warmup_steps > 0:
+            starts[seed] = _warm_head(cfg, out, untrained, train_set, data, seed)
+            rows.append(
+                _row(evaluate(SegCompassPredictor(untrained), val_set, ev), "head warm start", seed, {})
+            )
     for objective in cfg.objectives:
         for seed in cfg.seeds:
-            model = build_model(cfg.backbone, sae_path, seed, policy)
+            model = build_model(cfg.backbone, sae_path, seed, policy, cfg.sam)
+            if seed in starts:
+                model.head.load_state_dict(starts[seed], strict=False)
             train_cfg = JointTrainConfig(
                 out=str(out / "runs" / f"{objective}-seed{seed}"), objective=objective, steps=cfg.steps,
                 prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr, seed=seed,
@@ -194,7 +257,9 @@ def ablation_markdown(table: pd.DataFrame, cfg: AblationConfig) -> str:
         lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " |")
     head = (
         f"Synthetic world (seed {cfg.world_seed}): {cfg.train_samples} train / {cfg.val_samples} held-out val samples; "
-        f"backbone {cfg.backbone}; {cfg.steps} steps × {cfg.prompts_per_step} prompts × G {cfg.group_size}, lr {cfg.lr}; "
+        f"backbone {cfg.backbone}; SAM {cfg.sam or 'random init'}; head warm start {cfg.head_warmup_steps} steps "
+        f"on {cfg.head_warmup_samples} greedy-decoded prompts; then "
+        f"{cfg.steps} steps × {cfg.prompts_per_step} prompts × G {cfg.group_size}, lr {cfg.lr}; "
         "greedy evaluation, one sample per sentence, masks scored in the image frame.\n\n"
     )
     return head + "\n".join(lines) + "\n"

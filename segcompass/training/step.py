@@ -26,6 +26,7 @@ from segcompass.rewards import RewardFn, RewardResult, compute_reward
 from .batches import TrainSample
 from .config import JointTrainConfig
 from .model import ModelOutput, SegCompassModel
+from .sharding import full_grad_norm
 
 
 @dataclass
@@ -87,8 +88,9 @@ def joint_step(
     start = time.perf_counter()
     with _timer(t, "rollout"):
         rollouts = generate_rollouts(
-            model.backbone, [s.image for s in batch], [s.text for s in batch], cfg.policy, group_size=g
-        )
+            model.backbone, [s.image for s in batch], [s.text for s in batch], cfg.policy, group_size=g,
+            synced_gpus=cfg.parallel == "fsdp" and torch.distributed.is_initialized(),
+        )  # fmt: skip
     ref_logp = None
     if cfg.uses_policy_gradient and cfg.loss.beta > 0 and reference is not None:
         with _timer(t, "reference"):
@@ -118,7 +120,7 @@ def joint_step(
         total = joint_loss(pg, kl, seg, conf, cfg.loss)
         optimizer.zero_grad(set_to_none=True)
         total.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        grad_norm = full_grad_norm(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(
                 f"non-finite gradient norm at step {step}; loss parts {total.log_dict()}"

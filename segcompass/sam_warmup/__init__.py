@@ -1,0 +1,19 @@
+"""Tiny-SAM warm-up: the CPU stand-in for SAM's pretrained weights.
+
+Real SAM brings class-agnostic objectness from SA-1B; the tiny SAM geometry of the CPU head (256² input →
+16² grid → 64² masks) has no such checkpoint. `tiny_sam()` trains one with SAM's promptable objective on
+synthetic-world scenes (dense mask prompts → the instance's mask, 20·focal + dice), evaluates it on held-out
+scenes beside a random-init control and the prompt itself, and caches a SAM-format checkpoint that the head
+loads through the same `load_sam_weights` path as a real SAM file::
+
+    art = tiny_sam()                                       # trained once, then cached
+    head = build_head(cfg, sae, image_encoder=True, sam_checkpoint=art.checkpoint)
+
+No instruction, colour or shape name is seen: the warm-up is class-agnostic, like SAM's.
+"""
+
+from .cache import SamWarmupArtifact, resolve_sam, tiny_sam
+from .config import SAM_WARMUP_VERSION, SamWarmupConfig
+from .train import TinySam
+
+__all__ = ["SAM_WARMUP_VERSION", "SamWarmupArtifact", "SamWarmupConfig", "TinySam", "resolve_sam", "tiny_sam"]

@@ -1,0 +1,131 @@
+"""Configuration of the tiny-SAM warm-up (class-agnostic promptable segmentation on the world) and its
+cache key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from segcompass.head.config import SamDecoderConfig, SamEncoderConfig
+from segcompass.world.config import WorldConfig
+
+SAM_WARMUP_VERSION = 1
+"""Bumped whenever data, prompts or the loop change what a config produces (part of the cache key)."""
+
+
+def _default_encoder() -> dict[str, Any]:
+    return {
+        "embed_dim": 96,
+        "depth": 3,
+        "num_heads": 3,
+        "global_attn_indexes": [2],
+        "img_size": 256,
+        "patch_size": 16,
+        "window_size": 8,
+    }
+
+
+def _default_decoder() -> dict[str, Any]:
+    return {
+        "transformer_depth": 2,
+        "transformer_mlp_dim": 256,
+        "transformer_heads": 4,
+        "iou_head_hidden_dim": 64,
+    }
+
+
+@dataclass
+class SamWarmupConfig:
+    """Everything that decides the warmed-up tiny SAM; its JSON (plus `SAM_WARMUP_VERSION`) is the cache key.
+
+    The real SAM brings objectness from SA-1B; the tiny stand-in learns it on the synthetic world with
+    SAM's own objective (a prompt → the instance's mask, class-agnostic). Prompts are dense mask prompts:
+    what the SegCompass head feeds the decoder (its slot heatmaps).
+    """
+
+    seed: int = 0
+    """Seeds the random init, the prompts and the batch order (scenes are the world's train/val samples)."""
+    encoder: dict[str, Any] = field(default_factory=_default_encoder)
+    """`SamEncoderConfig` fields (the rest keep the class defaults; `out_chans` stays 256)."""
+    decoder: dict[str, Any] = field(default_factory=_default_decoder)
+    """`SamDecoderConfig` fields (the rest keep the class defaults)."""
+    steps: int = 800
+    """Optimiser steps."""
+    batch_images: int = 8
+    """Images per step."""
+    prompts_per_image: int = 4
+    """Instances prompted per image and step (drawn with replacement when an image has fewer)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up over 5 % of the steps, cosine to 10 %)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    focal_weight: float = 20.0
+    """Weight of the focal term (SAM: 20 focal : 1 dice)."""
+    attribute_weight: float = 1.0
+    """Weight of the auxiliary per-patch colour / shape classification (0: SAM's objective alone)."""
+    blob_fraction: float = 0.5
+    """Fraction of prompts that are a Gaussian blob inside the instance; the rest are coarse masks."""
+    train_scenes: int = 1000
+    """Training scenes (world split "train", samples 0 … n − 1)."""
+    val_scenes: int = 100
+    """Held-out scenes (world split "val") for the evaluation."""
+    world: dict[str, Any] = field(default_factory=dict)
+    """Overrides of `WorldConfig` fields."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_images < 1 or self.prompts_per_image < 1:
+            raise ValueError("need steps >= 0, batch_images >= 1 and prompts_per_image >= 1")
+        if not 0.0 <= self.blob_fraction <= 1.0:
+            raise ValueError(f"blob_fraction must be in [0, 1], got {self.blob_fraction}")
+        if self.train_scenes < 1 or self.val_scenes < 1:
+            raise ValueError("train_scenes and val_scenes must be >= 1")
+        enc = self.encoder_config()
+        if enc.img_size % enc.patch_size:
+            raise ValueError(f"img_size {enc.img_size} must be a multiple of patch_size {enc.patch_size}")
+        self.decoder_config()
+        self.world_config()
+
+    def encoder_config(self) -> SamEncoderConfig:
+        """The image encoder's shape."""
+        kw = dict(self.encoder)
+        if "global_attn_indexes" in kw:
+            kw["global_attn_indexes"] = tuple(kw["global_attn_indexes"])
+        try:
+            return replace(SamEncoderConfig(), **kw)
+        except TypeError as e:
+            raise ValueError(f"bad encoder fields {sorted(kw)}: {e}") from None
+
+    def decoder_config(self) -> SamDecoderConfig:
+        """The prompt encoder + mask decoder's shape."""
+        try:
+            return replace(SamDecoderConfig(), **self.decoder)
+        except TypeError as e:
+            raise ValueError(f"bad decoder fields {sorted(self.decoder)}: {e}") from None
+
+    def world_config(self) -> WorldConfig:
+        """The world the scenes come from."""
+        return WorldConfig(**self.world)
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the predicted masks and of the dense prompts (4 × the embedding grid)."""
+        return 4 * self.encoder_config().grid_size
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys) with `sam_warmup_version`."""
+        return json.dumps(
+            {"sam_warmup_version": SAM_WARMUP_VERSION, **asdict(self)}, sort_keys=True, indent=2
+        )
+
+    def key(self) -> str:
+        """Cache key `tiny_sam-<first 16 hex of sha256(to_json())>`."""
+        return "tiny_sam-" + hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_json(cls, text: str) -> SamWarmupConfig:
+        """Inverse of `to_json`."""
+        data = json.loads(text)
+        data.pop("sam_warmup_version", None)
+        return cls(**data)
