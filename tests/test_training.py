@@ -447,3 +447,23 @@ def test_fsdp_run_resumes_and_ends_where_the_ddp_run_ends(data: Path, tmp_path: 
         assert torch.allclose(p, b[name], atol=1e-5), (
             f"{name}: FSDP and DDP runs differ by {float((p - b[name]).abs().max())}"
         )
+
+
+def test_head_presets_pick_their_geometry_and_refuse_mismatched_sam(tmp_path: Path) -> None:
+    from segcompass.training.recipe import model_head_config
+
+    cpu, ckpt = model_head_config("cpu", 64, 128, 4, "")
+    assert ckpt is None and cpu.sam_encoder.img_size == 256 and cpu.heatmap_size == 64
+    sam_file = tmp_path / "sam_vit_h.pth"
+    sam_file.write_bytes(b"")
+    paper, ckpt = model_head_config("paper", 3584, 65536, 4, str(sam_file))
+    assert ckpt == sam_file and paper.sam_encoder.embed_dim == 1280 and paper.sam_encoder.img_size == 1024
+    assert (paper.d_in, paper.d_sae, paper.num_slots, paper.heatmap_size) == (3584, 65536, 4, 256)
+    with pytest.raises(ValueError, match="ViT-H geometry"):
+        model_head_config("paper", 64, 128, 4, "warm")
+    with pytest.raises(ValueError, match="needs --head paper"):
+        model_head_config("cpu", 64, 128, 4, str(sam_file))
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint not found"):
+        model_head_config("paper", 64, 128, 4, str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="unknown head preset"):
+        model_head_config("huge", 64, 128, 4, "")

@@ -27,8 +27,12 @@ class TrainCommandConfig(JointTrainConfig):
     """Policy backbone: `warm:<family>`, `tiny:<family>`, a local checkpoint folder or a hub id."""
     sae: str = ""
     """Trained SAE folder (sae-lens format) for the backbone's hook layer."""
+    head: str = "cpu"
+    """Head preset: ``cpu`` (tiny head, SAM 256² geometry, for the tiny backbones) or ``paper`` (DESIGN.md §4,
+    SAM ViT-H geometry, for real backbones)."""
     sam: str = "warm"
-    """SAM weights of the head: "warm" (the cached tiny-SAM warm-up, built on first use) or "" (random init)."""
+    """SAM weights: with ``--head cpu`` "warm" (the cached tiny-SAM warm-up, built on first use) or "" (random
+    init); with ``--head paper`` the path of a SAM ViT-H checkpoint."""
 
 
 def run_train_command(cfg: TrainCommandConfig) -> None:
@@ -39,9 +43,12 @@ def run_train_command(cfg: TrainCommandConfig) -> None:
     if not cfg.data_root or not cfg.sae:
         raise ValueError("--data-root and --sae are required (segcompass ablation builds both for the world)")
     dataset = open_dataset(cfg.data, cfg.data_root, cfg.split)
-    model = build_model(cfg.backbone, cfg.sae, cfg.seed, cfg.policy, cfg.sam)
+    model = build_model(cfg.backbone, cfg.sae, cfg.seed, cfg.policy, cfg.sam, cfg.head)
     result = train_joint(
-        cfg, model, dataset, context={"backbone": cfg.backbone, "sae": cfg.sae, "sam": cfg.sam}
+        cfg,
+        model,
+        dataset,
+        context={"backbone": cfg.backbone, "sae": cfg.sae, "sam": cfg.sam, "head": cfg.head},
     )
     last = result.history.tail(10).mean(numeric_only=True)
     print(json.dumps({k: round(float(last[k]), 4) for k in ("reward/total", "reward/format", "loss/seg")}))

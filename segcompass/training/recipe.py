@@ -129,25 +129,53 @@ def cpu_head_config(
     return HeadConfig.tiny(d_in, d_sae, num_slots=num_slots, sam_encoder=enc, heatmap_size=64, loss=loss)
 
 
+def model_head_config(
+    preset: str, d_in: int, d_sae: int, num_slots: int, sam: str
+) -> tuple[HeadConfig, Path | None]:
+    """The head's config and SAM checkpoint for a preset.
+
+    ``cpu``: the tiny head of `cpu_head_config` with `sam` = "warm" (the tiny-SAM warm-up) or "" (random init).
+    ``paper``: DESIGN.md §4 (SAM ViT-H geometry, d_c 512, …) with `sam` = the path of a SAM ViT-H checkpoint
+    (segment-anything `.pth` or `.safetensors`); "" leaves SAM random (only sensible for smoke tests).
+    """
+    if preset == "cpu":
+        checkpoint, sam_cfg = resolve_sam(sam)
+        if checkpoint is not None and sam_cfg is None:
+            raise ValueError(
+                "the cpu head takes --sam warm or --sam '' (a SAM checkpoint by path needs --head paper)"
+            )
+        return cpu_head_config(d_in, d_sae, num_slots, sam_cfg), checkpoint
+    if preset == "paper":
+        if sam in ("warm", "warm:tiny_sam"):
+            raise ValueError("--head paper has SAM ViT-H geometry: pass --sam /path/to/sam_vit_h.pth (the tiny SAM "
+                             "warm-up fits only --head cpu)")  # fmt: skip
+        checkpoint = None
+        if sam:
+            checkpoint = Path(sam).expanduser()
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+        return HeadConfig.paper(d_in, d_sae=d_sae, num_slots=num_slots), checkpoint
+    raise ValueError(f"unknown head preset {preset!r} (expected 'cpu' or 'paper')")
+
+
 def build_model(
-    backbone_spec: str, sae_path: str | Path, seed: int, policy: PolicyConfig, sam: str = "warm"
+    backbone_spec: str,
+    sae_path: str | Path,
+    seed: int,
+    policy: PolicyConfig,
+    sam: str = "warm",
+    head: str = "cpu",
 ) -> SegCompassModel:
-    """A fresh model: the backbone as loaded, the SAE, SAM weights per `sam` (`resolve_sam`: "warm" = the
-    cached tiny-SAM warm-up, "" = random init, or a checkpoint path) and the rest of the head from `seed`."""
+    """A fresh model: the backbone as loaded, the SAE, the head of preset `head` (`model_head_config`) with
+    SAM weights per `sam`, the rest of the head initialised from `seed`."""
     from sae.training.metadata import load_sae
 
     backbone = resolve_backbone(backbone_spec)
     sae, _ = load_sae(sae_path)
-    checkpoint, sam_cfg = resolve_sam(sam)
-    if checkpoint is not None and sam_cfg is None:
-        raise ValueError(
-            "a SAM checkpoint by path needs its shape: build the head with build_head(cfg, sae, "
-            "sam_checkpoint=...) and a HeadConfig of that shape; build_model takes 'warm' or ''"
-        )
+    head_cfg, checkpoint = model_head_config(head, backbone.hidden_size, sae.cfg.d_sae, policy.num_slots, sam)
     torch.manual_seed(seed)
-    head_cfg = cpu_head_config(backbone.hidden_size, sae.cfg.d_sae, policy.num_slots, sam_cfg)
-    head = build_head(head_cfg, sae, image_encoder=True, sam_checkpoint=checkpoint)
-    return SegCompassModel(backbone, head, policy)
+    built = build_head(head_cfg, sae, image_encoder=True, sam_checkpoint=checkpoint)
+    return SegCompassModel(backbone, built, policy)
 
 
 def _warm_head(

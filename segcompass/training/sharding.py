@@ -71,11 +71,6 @@ def reshard_all(module: nn.Module) -> None:
             m.reshard()
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """True when some parameter of `model` is a DTensor (FSDP2)."""
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def full_grad_norm(norm: torch.Tensor) -> torch.Tensor:
     """`clip_grad_norm_`'s result as a plain tensor (it is a DTensor over sharded parameters)."""
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
