@@ -214,12 +214,7 @@ Path({out!r}, f"rank{{dist.get_rank()}}.sha").write_text(digest.hexdigest())
 """
 
 
-@pytest.mark.slow
-def test_two_process_torchrun_keeps_the_ranks_in_sync(data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    out.mkdir()
-    script = tmp_path / "ddp.py"
-    script.write_text(_DDP.format(tests=str(TESTS), out=str(out), data=str(data)))
+def _torchrun(script: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -232,6 +227,15 @@ def test_two_process_torchrun_keeps_the_ranks_in_sync(data: Path, tmp_path: Path
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_keeps_the_ranks_in_sync(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    out.mkdir()
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP.format(tests=str(TESTS), out=str(out), data=str(data)))
+    _torchrun(script)
     r0, r1 = ((out / f"rank{r}.sha").read_text() for r in (0, 1))
     assert r0 == r1, "the two processes ended with different weights"
     init, trained = tiny_model(), load_model(out)
@@ -409,21 +413,6 @@ from segcompass.training import train_joint
 cfg = tiny_train_config(Path({out!r}), steps={steps}, checkpoint_every=1, parallel={parallel!r})
 train_joint(cfg, tiny_model(), open_world(Path({data!r}), "train"), progress=False)
 """
-
-
-def _torchrun(script: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(script),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from segcompass.warmup.cache import publish_folder
+
 from .config import SamWarmupConfig
 from .train import TinySam, prompt_only_iou, prompted_iou, scene_tensors, train
 
@@ -126,28 +128,12 @@ def tiny_sam(
         (tmp / CONFIG_FILE).write_text(config.to_json())
         (tmp / EVAL_FILE).write_text(json.dumps(evaluation, indent=2))
         (tmp / TRAIN_FILE).write_text(json.dumps(info))
-        _publish(tmp, path, replace=force)
+        publish_folder(tmp, path, replace=force, complete=is_complete)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     artifact = load_artifact(path)
     artifact.cached = False
     return artifact
-
-
-def _publish(tmp: Path, path: Path, replace: bool) -> None:
-    """Rename the finished `tmp` folder to `path` (same parent: atomic)."""
-    old = None
-    if path.exists() and (replace or not is_complete(path)):
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        if not is_complete(path):
-            raise
-        logger.info("another process cached %s first; using its copy", path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_sam(spec: str, *, seed: int = 0) -> tuple[Path | None, SamWarmupConfig | None]:

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def warm_up_artifact(
         (tmp / CONFIG_FILE).write_text(config.to_json())
         table.to_csv(tmp / EVAL_FILE, index=False)
         (tmp / TRAIN_FILE).write_text(json.dumps(info))
-        _publish(tmp, path, replace=force)
+        publish_folder(tmp, path, replace=force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     artifact = load_artifact(path, **load_kwargs)
@@ -130,16 +131,20 @@ def warm_up_artifact(
     return artifact
 
 
-def _publish(tmp: Path, path: Path, replace: bool) -> None:
-    """Rename the finished `tmp` folder to `path` (same parent, so the rename is atomic)."""
+def publish_folder(
+    tmp: Path, path: Path, replace: bool, complete: Callable[[Path], bool] = is_complete
+) -> None:
+    """Rename the finished `tmp` folder to `path` (same parent, so the rename is atomic). An existing
+    `path` is moved aside first when `replace` is set or it is not `complete`; when a concurrent writer
+    published a complete copy first, that copy is kept."""
     old = None
-    if path.exists() and (replace or not is_complete(path)):
+    if path.exists() and (replace or not complete(path)):
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
     try:
         os.replace(tmp, path)
     except OSError:
-        if not is_complete(path):  # not a concurrent writer that finished first: a real error
+        if not complete(path):  # not a concurrent writer that finished first: a real error
             raise
         logger.info("another process cached %s first; using its copy", path)
     if old is not None:
