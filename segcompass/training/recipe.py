@@ -179,11 +179,13 @@ def build_model(
 
 
 def _warm_head(
-    cfg: AblationConfig, out: Path, model: SegCompassModel, train_set, data: Path, seed: int
+    cfg: AblationConfig, out: Path, model: SegCompassModel, train_set, data: Path, sae_path: Path, seed: int
 ) -> dict:
     """Warm-start `model.head` in place (or load the cached result); returns its trainable state."""
     wcfg = HeadWarmupConfig(steps=cfg.head_warmup_steps, samples=cfg.head_warmup_samples, seed=seed)
-    key = stage_key(cfg.backbone, cfg.sam, data.name, dataclasses.asdict(wcfg), cfg.max_new_tokens)
+    key = stage_key(
+        cfg.backbone, str(sae_path), cfg.sam, data.name, dataclasses.asdict(wcfg), cfg.max_new_tokens
+    )
     path = out / "head_warmup" / f"seed{seed}-{key}.safetensors"
     if path.exists():
         state = load_file(str(path))
@@ -234,7 +236,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
         untrained = build_model(cfg.backbone, sae_path, seed, policy, cfg.sam)
         rows.append(_row(evaluate(SegCompassPredictor(untrained), val_set, ev), "untrained", seed, {}))
         if cfg.head_warmup_steps > 0:
-            starts[seed] = _warm_head(cfg, out, untrained, train_set, data, seed)
+            starts[seed] = _warm_head(cfg, out, untrained, train_set, data, sae_path, seed)
             rows.append(
                 _row(evaluate(SegCompassPredictor(untrained), val_set, ev), "head warm start", seed, {})
             )
