@@ -28,10 +28,7 @@ def blob_prompt(
     r_eq = math.sqrt(ys.numel() / math.pi)
     lo, hi = sigma_range
     sigma = max(0.75, r_eq * (lo + (hi - lo) * float(torch.rand((), generator=generator))))
-    s = mask.shape[-1]
-    grid = torch.arange(s, dtype=torch.float32)
-    d2 = (grid.view(-1, 1) - float(ys[i])) ** 2 + (grid.view(1, -1) - float(xs[i])) ** 2  # [S, S]
-    return scale * (2.0 * torch.exp(-d2 / (2 * sigma**2)) - 1.0)
+    return _bump_logits(mask.shape[-1], float(ys[i]), float(xs[i]), sigma, scale)
 
 
 def coarse_prompt(mask: Tensor, generator: torch.Generator, scale: float = 6.0, noise: float = 1.5) -> Tensor:
@@ -50,7 +47,11 @@ def centre_blob_prompt(mask: Tensor, scale: float = 6.0, sigma_fraction: float =
     cy, cx = ys.float().mean(), xs.float().mean()
     i = int(torch.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
     sigma = max(0.75, sigma_fraction * math.sqrt(ys.numel() / math.pi))
-    s = mask.shape[-1]
-    grid = torch.arange(s, dtype=torch.float32)
-    d2 = (grid.view(-1, 1) - float(ys[i])) ** 2 + (grid.view(1, -1) - float(xs[i])) ** 2
+    return _bump_logits(mask.shape[-1], float(ys[i]), float(xs[i]), sigma, scale)
+
+
+def _bump_logits(side: int, cy: float, cx: float, sigma: float, scale: float) -> Tensor:
+    """Gaussian bump at (cy, cx) mapped to logits in [−scale, +scale]: [side, side]."""
+    grid = torch.arange(side, dtype=torch.float32)
+    d2 = (grid.view(-1, 1) - cy) ** 2 + (grid.view(1, -1) - cx) ** 2  # [S, S]
     return scale * (2.0 * torch.exp(-d2 / (2 * sigma**2)) - 1.0)

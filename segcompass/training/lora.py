@@ -148,8 +148,3 @@ def merge_lora_state(state: dict[str, Tensor], scaling: float, adapter: str = "d
             value = value + (scaling * (b.float() @ a.float())).to(value.dtype)
         merged[f"{owner}.{leaf}"] = value
     return merged
-
-
-def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """`model`'s state dict as the plain network (see `merge_lora_state`)."""
-    return merge_lora_state(model.state_dict(), lora_scaling(model))
