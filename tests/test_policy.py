@@ -18,6 +18,7 @@ from segcompass.policy import (
     response_mask_of,
     rollouts_from_responses,
 )
+from segcompass.training.recipe import AblationConfig
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,22 @@ def test_rollouts_never_contain_image_placeholders(backbone) -> None:
     policy_forward(backbone, ro, cfg)  # would raise on a mismatch
     with pytest.raises(ValueError, match="placeholder"):
         rollouts_from_responses(backbone, _images(1), ["a"], ["<|image_pad|>"], cfg)
+
+
+def test_default_response_budget_fits_the_worlds_reference_responses(backbone) -> None:
+    """A response cut by max_new_tokens loses its <REF_POS> tokens (zero concentration states): the default
+    budget must hold the synthetic world's reference responses, relational reasoning included."""
+    from segcompass.warmup.tasks import format_response
+    from segcompass.world import WorldConfig, generate_sample
+
+    cfg, ablation = PolicyConfig(), AblationConfig()
+    samples = [generate_sample(WorldConfig(), "val", i) for i in range(60)]
+    lengths = {
+        s.sample_id: len(backbone.tokenizer(format_response(s.reasoning, cfg.num_slots))["input_ids"]) + 1
+        for s in samples
+    }  # + the end-of-turn token
+    relational = [lengths[s.sample_id] for s in samples if s.kind == "relational"]
+    assert relational and max(relational) > 80  # the old budget cut these
+    for budget in (cfg.max_new_tokens, ablation.max_new_tokens):
+        fits = sum(n <= budget for n in lengths.values()) / len(lengths)
+        assert fits >= 0.95, f"only {fits:.0%} of the reference responses fit in {budget} new tokens"

@@ -30,8 +30,9 @@ class PolicyConfig:
     """Image before the instruction in the chat prompt (the families' default)."""
     system: str | None = None
     """System prompt (None: the family's default)."""
-    max_new_tokens: int = 96
-    """Longest response sampled or decoded."""
+    max_new_tokens: int = 128
+    """Longest response sampled or decoded. A response cut here has no concentration tokens; the synthetic
+    world's reference responses are 93 tokens at the 90th percentile and 2 % of them exceed 128."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts (DESIGN.md §4)."""
     top_p: float = 1.0
