@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _head_common import make_sae
 from PIL import Image
 
 from segcompass.backbones import build_tiny
-from segcompass.head import HeadConfig, build_head, freeze_backbone_up_to_hook, head_param_groups
+from segcompass.head import HeadConfig, SlotFusion, build_head, freeze_backbone_up_to_hook, head_param_groups
 
 
 def _grad_norm(params) -> float:
@@ -74,3 +75,30 @@ def test_gradients_reach_trainable_parts_only() -> None:
     trainable = {id(p) for p in llm_params}
     frozen = [p for p in bb.model.parameters() if id(p) not in trainable]
     assert frozen and _all_none(frozen)
+
+
+def test_fusion_standardises_concentration_states_by_fitted_statistics() -> None:
+    torch.manual_seed(0)
+    fusion = SlotFusion(d_model=6, d_c=4)
+    e = torch.randn(2, 3, 6) * 0.5 + 7.0  # [B, K, D]: a large shared mean, small prompt-specific part
+    r = torch.randn(2, 3, 4)
+    paper = fusion.act(fusion.linear(fusion.norm(torch.cat([e, fusion.proj(r)], -1))))
+    assert torch.allclose(fusion(e, r), paper)  # unfitted: the paper's fusion
+    rows = torch.cat([e.flatten(0, 1), torch.zeros(2, 6)])  # two missing-<REF_POS> slots: left out
+    fusion.fit_concentration_stats(rows)
+    mean, std = e.flatten(0, 1).mean(0), e.flatten(0, 1).std(0)
+    assert torch.allclose(fusion.concentration_mean, mean) and torch.allclose(
+        fusion.concentration_scale, std + 1e-4
+    )
+    standard = (e - mean) / (std + 1e-4)
+    want = fusion.act(fusion.linear(fusion.norm(torch.cat([standard, fusion.proj(r)], -1))))
+    assert torch.allclose(fusion(e, r), want, atol=1e-6)
+    assert not torch.allclose(fusion(e, r), paper, atol=1e-3)
+    state = fusion.state_dict()  # saved with the head
+    assert torch.equal(state["concentration_mean"], mean)
+    with pytest.raises(ValueError, match="D=6"):
+        fusion.fit_concentration_stats(torch.randn(5, 5))
+    with pytest.raises(ValueError, match="at least 2 non-zero"):
+        fusion.fit_concentration_stats(torch.cat([torch.randn(1, 6), torch.zeros(4, 6)]))
+    with pytest.raises(ValueError, match="NaN"):
+        fusion.fit_concentration_stats(torch.full((3, 6), float("nan")))

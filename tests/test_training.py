@@ -403,6 +403,27 @@ def test_head_warm_start_trains_the_head_only(data: Path) -> None:
         HeadWarmupConfig(steps=-1)
 
 
+def test_saved_model_keeps_the_concentration_standardisation(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = tiny_model()
+    d = model.head.cfg.d_in
+    model.head.fusion.fit_concentration_stats(torch.randn(10, d) * 3 + 5)
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    for name in ("concentration_mean", "concentration_scale"):
+        assert torch.equal(getattr(loaded.head.fusion, name), getattr(model.head.fusion, name))
+    # a model saved before the standardisation existed loads with it off (the paper's fusion)
+    state = load_file(str(tmp_path / "m" / "head.safetensors"))
+    save_file(
+        {k: v for k, v in state.items() if "concentration_" not in k},
+        str(tmp_path / "m" / "head.safetensors"),
+    )
+    old = load_model(tmp_path / "m")
+    assert torch.equal(old.head.fusion.concentration_mean, torch.zeros(d))
+    assert torch.equal(old.head.fusion.concentration_scale, torch.ones(d))
+
+
 _FSDP = """
 import sys, torch
 sys.path.insert(0, {tests!r})

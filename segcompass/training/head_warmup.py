@@ -1,9 +1,10 @@
 """Supervised warm start of the head on the policy's own greedy responses (optional first stage).
 
 The policy decodes each training prompt once (greedy), one no-grad forward gives the hook-layer and
-concentration states, and the head alone trains on them with L_seg + L_conf (DESIGN.md §4 losses and lr
-multipliers). Cheap next to a joint step (no sampling of G responses, no LLM backward), so a CPU run can
-give the head the few hundred updates it needs before the joint objective starts. The LLM is untouched.
+concentration states, the fusion's standardisation of e_k is fitted on them, and the head alone trains on
+them with L_seg + L_conf (DESIGN.md §4 losses and lr multipliers). Cheap next to a joint step (no sampling
+of G responses, no LLM backward), so a CPU run can give the head the few hundred updates it needs before the
+joint objective starts. The LLM is untouched.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class HeadWarmupConfig:
     """Base learning rate; the head's groups use their multipliers (×30 / ×25 / ×10 / ×5)."""
     seed: int = 0
     """Seeds the order of the batches."""
+    standardise_concentration: bool = True
+    """Fit the fusion's standardisation of e_k (`SlotFusion.fit_concentration_stats`) on the decoded states
+    before training; kept with the head for the joint stage, evaluation and saved models."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.samples < 1 or self.lr <= 0:
@@ -85,6 +89,15 @@ def warm_start_head(
     model.eval()
     batches = _decode_batches(model, SampleSource(dataset, model.head), order, cfg.batch_size, progress)
     decode_s = time.perf_counter() - t0
+    if cfg.standardise_concentration:
+        states = torch.cat([b.concentration_states.flatten(0, 1) for b in batches])  # [n·K, D]
+        found = int((states.abs().sum(-1) > 0).sum())
+        if found >= 2:
+            model.head.fusion.fit_concentration_stats(states)
+        else:
+            logger.warning(
+                "head warm start: %d concentration states found; e_k standardisation left off", found
+            )
     groups = head_param_groups(model.head, cfg.lr, [])
     params = [p for grp in groups for p in grp["params"]]
     opt = build_optimizer(groups)

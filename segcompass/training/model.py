@@ -139,6 +139,9 @@ def head_config_from_dict(data: dict[str, Any]) -> HeadConfig:
     )
 
 
+_OPTIONAL_HEAD_BUFFERS = ("fusion.concentration_mean", "fusion.concentration_scale")
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu") -> SegCompassModel:
     """Load a folder written by `SegCompassModel.save` (or a training run's `final/` / checkpoint)."""
     from sae.training.metadata import load_sae
@@ -157,7 +160,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SegCompassModel:
     head = build_head(head_config_from_dict(meta["head"]), sae, image_encoder=meta["has_image_encoder"])
     state = load_file(str(path / "head.safetensors"))
     missing, unexpected = head.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("concepts.")]
+    # the SAE comes from sae/; models saved before e_k standardisation existed load with it off
+    missing = [k for k in missing if not k.startswith("concepts.") and k not in _OPTIONAL_HEAD_BUFFERS]
     if missing or unexpected:
         raise ValueError(
             f"{path}/head.safetensors does not fit the head: missing {missing}, unexpected {unexpected}"
