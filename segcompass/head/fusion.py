@@ -6,7 +6,7 @@ q_k = SiLU(Linear_{2D→D}(LayerNorm_{2D}([ê_k ; proj(r_k)]))), proj: Linear(d_
 
 Why standardise: the last-layer states of the concentration tokens are mostly the same vector for every
 prompt (the ``<REF_POS>`` embedding carried through the blocks). On the warmed-up tiny backbone the mean state
-has norm 11.7 of the states' 14.4, so the prompt-specific part is a small fraction of each e_k, and the
+has norm 12.0 of the states' 14.4, so the prompt-specific part is a small fraction of each e_k, and the
 LayerNorm over the concatenation (per token, not per feature) does not remove it. Head-only training on the
 same cached states reaches val gIoU 0.178 with standardised states vs 0.136 without after 450 steps
 (results/head_diagnosis.md §5).
