@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from segcompass.artifacts import activation_store, stage_key, trained_sae, world_corpus
+from segcompass.artifacts import (
+    TINY_SAE_ARCHITECTURE,
+    TINY_SAE_DEAD_WINDOW,
+    TINY_SAE_EPOCHS,
+    TINY_SAE_K,
+    activation_store,
+    backbone_key,
+    stage_key,
+    trained_sae,
+    world_corpus,
+)
 from segcompass.backbones import Backbone, resolve_backbone
 from segcompass.world import WorldConfig
 
@@ -44,7 +54,12 @@ class PipelineConfig:
     """Put the instruction before the image in the analysis prompts, so image tokens can depend on it."""
     sae_preset: str = "tiny"
     """SAE preset of `segcompass-sae train` (tiny: 2048 atoms, activation normalisation)."""
-    sae_epochs: float = 3.0
+    sae_architecture: str = TINY_SAE_ARCHITECTURE
+    """SAE architecture (`segcompass-sae train --architecture`): batchtopk keeps the world's words far better
+    than standard L1 at this budget and still has a per-token L0."""
+    sae_k: float = TINY_SAE_K
+    """Active atoms per token for topk / batchtopk."""
+    sae_epochs: float = TINY_SAE_EPOCHS
     """Passes over the SAE training tokens."""
     batch_size: int = 8
     """Documents per capture forward."""
@@ -87,7 +102,15 @@ def _store(
 
 
 def _sae(store: Path, out: Path, name: str, cfg: PipelineConfig) -> Path:
-    return trained_sae(store, out / "sae" / name, preset=cfg.sae_preset, epochs=cfg.sae_epochs, seed=cfg.seed)
+    return trained_sae(
+        store,
+        out / "sae" / name,
+        preset=cfg.sae_preset,
+        architecture=cfg.sae_architecture,
+        k=cfg.sae_k,
+        epochs=cfg.sae_epochs,
+        seed=cfg.seed,
+    )
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
@@ -113,11 +136,15 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         # Each stage's folder is keyed by every setting that decides its content, so a changed setting
         # never reuses a stale stage.
         name = spec.replace(":", "-").replace("/", "_")
-        train_key = _key(spec, cfg.seed, sae_corpus.name)
+        train_key = _key(backbone_key(spec, backbone), cfg.seed, sae_corpus.name)
         train_store = _store(backbone, sae_corpus, out, f"{name}-sae-train-{train_key}", cfg, analysis=False)
-        sae_key = _key(train_key, cfg.sae_preset, cfg.sae_epochs)
+        sae_key = _key(
+            train_key, cfg.sae_preset, cfg.sae_architecture, cfg.sae_k, cfg.sae_epochs, TINY_SAE_DEAD_WINDOW
+        )
         saes[role] = _sae(train_store, out, f"{name}-{sae_key}", cfg)
-        analysis_key = _key(spec, cfg.seed, analysis_corpus.name, cfg.instruction_first)
+        analysis_key = _key(
+            backbone_key(spec, backbone), cfg.seed, analysis_corpus.name, cfg.instruction_first
+        )
         stores[role] = _store(backbone, analysis_corpus, out, f"{name}-analysis-{analysis_key}", cfg, True)
     control = (
         {"control_store": str(stores["control"]), "control_sae": str(saes["control"])}

@@ -65,10 +65,43 @@ def activation_store(
     return folder
 
 
+TINY_SAE_ARCHITECTURE = "batchtopk"
+"""Architecture of the default tiny SAEs. Standard L1 SAEs at a few hundred steps keep a third of the
+world's word identity; BatchTopK keeps twice that at a higher explained variance (results/head_diagnosis.md
+§4), and unlike TopK its saved (JumpReLU) form has a per-token L0, which the sparsity analysis compares."""
+TINY_SAE_K = 16.0
+"""Active atoms per token of the default tiny SAEs (BatchTopK: on average)."""
+TINY_SAE_EPOCHS = 20.0
+"""Passes over the corpus tokens of the default tiny SAEs."""
+TINY_SAE_DEAD_WINDOW = 50
+"""sae-lens's dead-feature window (steps) of the default tiny SAEs: the TopK auxiliary loss revives atoms
+dead for this long; at the 1000-step default it never acts in a ~1000-step run (dead atoms 0.93 → 0.57 on
+the default world, explained variance 0.988 → 0.996)."""
+TINY_SAE_RECIPE = ("tiny", TINY_SAE_ARCHITECTURE, TINY_SAE_K, TINY_SAE_EPOCHS, TINY_SAE_DEAD_WINDOW)
+"""Everything that decides a default tiny SAE besides its store and seed (for stage keys)."""
+
+
+def backbone_key(spec: str, backbone: Backbone) -> str:
+    """Stage-key part naming a backbone: the spec and what it resolved to (a `warm:` spec resolves to a
+    cache folder named by its warm-up config, so a new warm-up default never reuses stages of the old one)."""
+    return f"{spec}@{backbone.name_or_path}"
+
+
 def trained_sae(
-    store: Path, folder: Path, *, preset: str = "tiny", epochs: float = 3.0, seed: int = 0
+    store: Path,
+    folder: Path,
+    *,
+    preset: str = "tiny",
+    architecture: str = TINY_SAE_ARCHITECTURE,
+    k: float = TINY_SAE_K,
+    epochs: float = TINY_SAE_EPOCHS,
+    dead_feature_window: int = TINY_SAE_DEAD_WINDOW,
+    seed: int = 0,
 ) -> Path:
-    """Train an SAE on `store` into `folder` with `segcompass-sae train`'s preset (resumes; reused)."""
+    """Train an SAE on `store` into `folder` through `segcompass-sae train` (resumes; reused when done).
+
+    `architecture` and `k` are `TrainConfig`'s (k only counts for topk / batchtopk); key `folder` by them.
+    """
     from sae.training import TrainConfig, train_sae
 
     folder = Path(folder)
@@ -79,7 +112,10 @@ def trained_sae(
         store=str(store),
         out=str(folder),
         preset=preset,
+        architecture=architecture,
+        k=k,
         epochs=epochs,
+        dead_feature_window=dead_feature_window,
         seed=seed,
         resume=(folder / "checkpoints").exists(),
     )

@@ -75,6 +75,19 @@ def test_default_pipeline_runs_every_stage_and_reuses_its_outputs(tmp_path, caps
     assert next((tmp_path / "sae").iterdir()).joinpath("cfg.json").stat().st_mtime_ns == sae_stamp
 
 
+def test_stage_keys_follow_what_a_backbone_spec_resolves_to():
+    from types import SimpleNamespace
+
+    from segcompass.artifacts import backbone_key, stage_key
+
+    # `warm:qwen2_5_vl` resolves to a cache folder named by the warm-up config: a new warm-up default must
+    # get new activation stores and SAEs, not the old backbone's.
+    old = SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-894007fa96c2562a")
+    new = SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-0123456789abcdef")
+    keys = {stage_key(backbone_key("warm:qwen2_5_vl", b), 0, "corpus") for b in (old, new, old)}
+    assert len(keys) == 2
+
+
 def test_every_subcommand_of_the_three_clis_renders_its_help(capsys):
     from analysis.cli import COMMANDS as ANALYZE
     from sae.cli import COMMANDS as SAE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -28,8 +29,9 @@ from segcompass.warmup import (
     warm_up,
 )
 from segcompass.warmup import cache as cache_module
-from segcompass.warmup.tasks import describe_example, format_example
+from segcompass.warmup.tasks import describe_example, format_example, format_reasoning
 from segcompass.world import COLOURS, SHAPES, WorldConfig, generate_sample
+from segcompass.world.language import referring_expression
 from segcompass.world.scene import Scene, SceneObject, WorldSample
 
 # A budget that trains in a few seconds.
@@ -177,7 +179,9 @@ def test_format_target_has_exactly_k_concentration_tokens_after_think(tiny, k):
     sample = generate_sample(WorldConfig(), "val", 5)
     ex = format_example(sample, k)
     assert ex.prompt == sample.instruction
-    assert ex.response == f"<think>{sample.reasoning}</think>" + "<REF_POS>" * k
+    assert ex.response == f"<think>{format_reasoning(sample)}</think>" + "<REF_POS>" * k
+    v1 = format_example(sample, k, restate_target=False)
+    assert v1.response == f"<think>{sample.reasoning}</think>" + "<REF_POS>" * k
     assert format_ok(ex.response, k) and not format_ok(ex.response, k + 1)
     assert not format_ok(ex.response + " more", k) and not format_ok("<think></think>" + "<REF_POS>" * k, k)
     batch = encode(tiny, [ex])
@@ -286,3 +290,32 @@ def test_warm_spec_resolves_through_the_registry(monkeypatch):
     assert resolve_backbone("warm:llava", seed=3, hook_layer=1) == "backbone"
     (config, kwargs), *_ = calls
     assert config == WarmupConfig(family="llava", seed=3) and kwargs == {"hook_layer": 1}
+
+
+def test_format_reasoning_restates_the_referring_expression_without_its_template():
+    world = WorldConfig()
+    for i in range(40):
+        sample = generate_sample(world, "val", i)
+        phrase = referring_expression(sample.instruction)
+        assert phrase.startswith(("the ", "every ", "all the ")), sample.instruction
+        assert phrase in sample.instruction and len(phrase) >= len(sample.instruction) - len(
+            "Please segment ."
+        )
+        assert format_reasoning(sample) == f"{sample.reasoning} Looking for {phrase}."
+    assert referring_expression("Please segment the red circle.") == "the red circle"
+    assert (
+        referring_expression("Where is the shape left of the blue star?") == "the shape left of the blue star"
+    )
+    assert referring_expression("Show me all the squares.") == "all the squares"
+    assert referring_expression("  the cyan cross ") == "the cyan cross"
+    assert referring_expression("a free-form request") == "a free-form request"  # no template: unchanged
+
+
+def test_v1_configs_load_with_v1_format_responses():
+    cfg = WarmupConfig()
+    assert cfg.restate_target and WarmupConfig.from_json(cfg.to_json()) == cfg
+    data = json.loads(cfg.to_json())
+    data.pop("restate_target")
+    data["warmup_version"] = 1
+    old = WarmupConfig.from_json(json.dumps(data))
+    assert not old.restate_target and old.key() != cfg.key()

@@ -115,6 +115,7 @@ def warm_up_artifact(
         "scene_s": result.scene_s,
         "losses": result.losses,
         "tasks": result.tasks,
+        "referent_accuracy": result.referent_accuracy,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

@@ -76,6 +76,11 @@ def main(cfg: WarmupCommandConfig) -> WarmupArtifact:
         print(f"\nWarm-up {artifact.config.key()} ({origin}; training took {info.get('wall_s', 0):.0f} s)")
         print("Held-out evaluation (accuracy by candidate log-likelihood; format by greedy decoding):")
         print(artifact.evaluation.to_string(index=False))
+        if info.get("referent_accuracy"):
+            print(
+                "Referent probe of the <REF_POS> states (held-out, teacher-forced):",
+                info["referent_accuracy"],
+            )
     print(f"\nCached backbone: {artifact.path}")
     print(f"Load it with load_backbone({str(artifact.path)!r})")
     if artifact.config.key() == WarmupConfig(family=cfg.family, seed=cfg.seed).key():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from segcompass.backbones.family import TinySpec
 from segcompass.world.config import WorldConfig
 
-WARMUP_VERSION = 1
+WARMUP_VERSION = 2
 """Bumped whenever task construction or the training loop changes what a config produces; part of the
 cache key, so old cached backbones are never mistaken for new ones."""
 
@@ -19,7 +20,7 @@ TASKS: tuple[str, ...] = ("describe", "qa", "format")
 
 
 def _default_task_weights() -> dict[str, float]:
-    return {"describe": 0.25, "qa": 0.5, "format": 0.25}
+    return {"describe": 0.15, "qa": 0.35, "format": 0.5}
 
 
 @dataclass
@@ -58,6 +59,12 @@ class WarmupConfig:
     """bf16 autocast for forward and backward (measured slower for training here; see results/warmup.md)."""
     task_weights: dict[str, float] = field(default_factory=_default_task_weights)
     """Probability that a step's batch is of each task (`describe`, `qa`, `format`)."""
+    referent_weight: float = 1.0
+    """Weight of the referent objective on format batches (`referent.py`: a linear probe of each
+    `<REF_POS>` state predicts the instruction's target descriptor words; the probe is discarded). 0: off."""
+    restate_target: bool = True
+    """End the format task's reasoning with "Looking for {the instruction's referring expression}." (v2);
+    False reproduces warm-up v1's format responses (the world's reasoning as is)."""
     train_scenes: int = 1000
     """Scenes generated for training (each yields fresh questions every time it is drawn)."""
     val_scenes: int = 100
@@ -81,6 +88,8 @@ class WarmupConfig:
         unknown = set(self.task_weights) - set(TASKS)
         if unknown or not any(w > 0 for w in self.task_weights.values()):
             raise ValueError(f"task_weights needs positive weights over {TASKS}, got {self.task_weights}")
+        if not (self.referent_weight >= 0 and math.isfinite(self.referent_weight)):
+            raise ValueError(f"referent_weight must be a finite number >= 0, got {self.referent_weight}")
         if self.train_scenes < 1 or self.val_scenes < 1:
             raise ValueError("train_scenes and val_scenes must be >= 1")
         bad = set(self.tiny) - {f.name for f in fields(TinySpec)}
@@ -107,7 +116,10 @@ class WarmupConfig:
 
     @classmethod
     def from_json(cls, text: str) -> WarmupConfig:
-        """Inverse of `to_json` (the version entry is dropped)."""
+        """Inverse of `to_json` (the version entry is dropped; a v1 config gets `restate_target=False`)."""
         data = json.loads(text)
-        data.pop("warmup_version", None)
+        version = data.pop("warmup_version", WARMUP_VERSION)
+        if version < 2:
+            data.setdefault("restate_target", False)
+            data.setdefault("referent_weight", 0.0)
         return cls(**data)

@@ -73,8 +73,16 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def forward_logits(backbone: Backbone, batch: EncodedBatch, bf16: bool = False) -> torch.Tensor:
     """The model's logits [B, T, V] (bf16 autocast optional)."""
+    return forward_outputs(backbone, batch, bf16)[0]
+
+
+def forward_outputs(
+    backbone: Backbone, batch: EncodedBatch, bf16: bool = False, last_states: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits [B, T, V], last-layer states [B, T, D] when `last_states` else None) of one forward."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return backbone.model(**batch.inputs).logits
+        out = backbone.model(**batch.inputs, output_hidden_states=last_states)
+    return out.logits, (out.hidden_states[-1] if last_states else None)
 
 
 @torch.no_grad()

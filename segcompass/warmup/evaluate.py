@@ -64,7 +64,9 @@ def build_eval_set(config: WarmupConfig, scenes: list[WorldSample] | None = None
             example = question_example(scene, q, rng, max_count)
             if example is not None:
                 questions[q].append(example)
-    formats = [format_example(s, config.num_slots) for s in scenes[: config.format_eval]]
+    formats = [
+        format_example(s, config.num_slots, config.restate_target) for s in scenes[: config.format_eval]
+    ]
     return EvalSet(questions, formats, [describe_example(s) for s in scenes])
 
 

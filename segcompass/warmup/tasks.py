@@ -5,7 +5,9 @@ Three tasks:
 - ``describe``: "Describe the image." → the sample's scene description;
 - ``qa``: attribute questions about one object, answered from the scene graph — its colour, its shape, its
   coarse 3 × 3 position, or how many shapes of a colour / kind there are;
-- ``format``: the sample's instruction → ``<think>{reasoning}</think>`` + exactly K ``<REF_POS>``.
+- ``format``: the sample's instruction → ``<think>{reasoning}</think>`` + exactly K ``<REF_POS>``; by default
+  the reasoning ends by restating the referring expression ("… Looking for the red circle."), so that the
+  states of the `<REF_POS>` tokens that follow sit right after the words naming the referent.
 
 The position question is worded "In which part of the image is the X?" rather than "Where is the X?",
 because "Where is {np}?" is one of the world's instruction templates, whose answer is the output format.
@@ -21,9 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from segcompass.world.language import location_words
+from segcompass.world.language import location_words, referring_expression
 from segcompass.world.scene import SceneObject, WorldSample
 from segcompass.world.vocab import COLOURS, SHAPE_PLURALS, SHAPES
+
+from .referent import referent_labels
 
 DESCRIBE_PROMPT = "Describe the image."
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "position", "count")
@@ -50,6 +54,8 @@ class Example:
     """For ``qa``: one of `QUESTION_TYPES`."""
     candidates: tuple[str, ...] = ()
     """For ``qa``: every answer the question admits (the response is one of them)."""
+    referent: tuple[int, ...] = ()
+    """For ``format``: `referent.referent_labels` of the instruction (what the probe of e_k predicts)."""
 
 
 def format_response(reasoning: str, num_slots: int) -> str:
@@ -62,9 +68,18 @@ def describe_example(sample: WorldSample) -> Example:
     return Example(sample.image, DESCRIBE_PROMPT, sample.description, "describe")
 
 
-def format_example(sample: WorldSample, num_slots: int) -> Example:
+def format_reasoning(sample: WorldSample, restate_target: bool = True) -> str:
+    """The sample's reasoning, ending with "Looking for {referring expression}." when `restate_target`."""
+    if not restate_target:
+        return sample.reasoning
+    return f"{sample.reasoning} Looking for {referring_expression(sample.instruction)}."
+
+
+def format_example(sample: WorldSample, num_slots: int, restate_target: bool = True) -> Example:
     """The sample's instruction → reasoning in think tags + K concentration tokens."""
-    return Example(sample.image, sample.instruction, format_response(sample.reasoning, num_slots), "format")
+    response = format_response(format_reasoning(sample, restate_target), num_slots)
+    referent = referent_labels(sample) if sample.query is not None else ()
+    return Example(sample.image, sample.instruction, response, "format", referent=referent)
 
 
 def _unique_phrase(obj: SceneObject, objects: list[SceneObject], attrs: tuple[str, ...]) -> str | None:
@@ -137,13 +152,18 @@ def random_question(sample: WorldSample, rng: np.random.Generator, max_count: in
 
 
 def make_example(
-    sample: WorldSample, task: str, rng: np.random.Generator, num_slots: int, max_count: int = 8
+    sample: WorldSample,
+    task: str,
+    rng: np.random.Generator,
+    num_slots: int,
+    max_count: int = 8,
+    restate_target: bool = True,
 ) -> Example:
-    """An example of `task` from `sample`."""
+    """An example of `task` from `sample` (`restate_target`: see `format_reasoning`)."""
     if task == "describe":
         return describe_example(sample)
     if task == "format":
-        return format_example(sample, num_slots)
+        return format_example(sample, num_slots, restate_target)
     if task == "qa":
         return random_question(sample, rng, max_count)
     raise ValueError(f"unknown warm-up task {task!r}")
@@ -168,4 +188,5 @@ def lite_sample(sample: WorldSample) -> WorldSample:
         target_ids=sample.target_ids,
         reasoning=sample.reasoning,
         description=sample.description,
+        query=sample.query,
     )

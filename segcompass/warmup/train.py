@@ -14,13 +14,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from segcompass.backbones import Backbone, build_tiny
+from segcompass.backbones import Backbone, TokenType, build_tiny
 from segcompass.world.generate import generate_split
 from segcompass.world.scene import WorldSample
 
 from .config import TASKS, WarmupConfig
-from .encode import encode, forward_logits, response_loss
-from .tasks import lite_sample, make_example
+from .encode import encode, forward_outputs, response_loss
+from .referent import REFERENT_FIELDS, ReferentProbe, referent_loss
+from .tasks import Example, format_example, lite_sample, make_example
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class TrainResult:
     """Seconds for the whole call (scene generation included)."""
     scene_s: float = 0.0
     """Seconds spent generating the training scenes."""
+    referent_accuracy: dict[str, float] = field(default_factory=dict)
+    """Held-out (val scenes, teacher-forced format responses) accuracy of the referent probe per field,
+    beside the majority rate as ``<field>_majority``; empty when the referent objective is off."""
 
 
 def seed_everything(seed: int) -> None:
@@ -83,6 +87,50 @@ def make_optimizer(model: torch.nn.Module, config: WarmupConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
 
 
+def step_loss(
+    backbone: Backbone, examples: list[Example], config: WarmupConfig, probe: ReferentProbe | None
+) -> torch.Tensor:
+    """Response cross-entropy of a batch, plus `referent_weight` × the referent loss when `probe` is given."""
+    batch = encode(backbone, examples)
+    logits, last = forward_outputs(backbone, batch, config.bf16, last_states=probe is not None)  # [B, T, V]
+    loss = response_loss(logits, batch.labels)
+    if probe is not None:
+        labels = torch.tensor([e.referent for e in examples], dtype=torch.long)  # [B, F]
+        loss = (
+            loss
+            + config.referent_weight * referent_loss(probe, last, batch.prepared.token_types, labels).loss
+        )
+    return loss
+
+
+@torch.no_grad()
+def referent_accuracy(
+    backbone: Backbone,
+    probe: ReferentProbe,
+    scenes: list[WorldSample],
+    config: WarmupConfig,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Probe accuracy per field over the concentration tokens of `scenes`' format examples, with majority rates."""
+    examples = [format_example(s, config.num_slots, config.restate_target) for s in scenes]
+    hits: dict[str, float] = {}
+    count = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        batch = encode(backbone, chunk)
+        _, last = forward_outputs(backbone, batch, config.bf16, last_states=True)
+        labels = torch.tensor([e.referent for e in chunk], dtype=torch.long)
+        n = int((batch.prepared.token_types == int(TokenType.CONCENTRATION)).sum())
+        acc = referent_loss(probe, last, batch.prepared.token_types, labels).accuracy
+        hits = {f: hits.get(f, 0.0) + a * n for f, a in acc.items()}
+        count += n
+    labels = np.asarray([e.referent for e in examples])  # [N, F]
+    out = {f: h / max(count, 1) for f, h in hits.items()}
+    for j, field_name in enumerate(REFERENT_FIELDS):
+        out[f"{field_name}_majority"] = float(np.bincount(labels[:, j]).max() / len(labels))
+    return out
+
+
 def train(
     config: WarmupConfig,
     backbone: Backbone | None = None,
@@ -104,6 +152,10 @@ def train(
     scene_s = time.perf_counter() - start
     model = backbone.model.train()
     optimizer = make_optimizer(model, config)
+    probe = None
+    if config.referent_weight > 0:
+        probe = ReferentProbe(backbone.hidden_size).train()
+        optimizer.add_param_group({"params": list(probe.parameters()), "weight_decay": config.weight_decay})
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5747]))
     tasks = [t for t in TASKS if config.task_weights.get(t, 0) > 0]
@@ -115,12 +167,14 @@ def train(
     for step in bar:
         task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
         picks = rng.choice(len(scenes), size=config.batch_size, replace=config.batch_size > len(scenes))
-        examples = [make_example(scenes[int(i)], task, rng, config.num_slots, max_count) for i in picks]
-        batch = encode(backbone, examples)
-        logits = forward_logits(backbone, batch, config.bf16)  # [B, T, V]
-        loss = response_loss(logits, batch.labels)
+        examples = [
+            make_example(scenes[int(i)], task, rng, config.num_slots, max_count, config.restate_target)
+            for i in picks
+        ]
+        loss = step_loss(backbone, examples, config, probe if task == "format" else None)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -134,6 +188,10 @@ def train(
         if step % 100 == 0 or step == config.steps - 1:
             logger.debug("step %d task %s loss %.4f lr %.2e", step, task, value, scheduler.get_last_lr()[0])
     model.eval()
+    if probe is not None:
+        val = build_scenes(config, "val", config.val_scenes)
+        result.referent_accuracy = referent_accuracy(backbone, probe, val, config)
+        logger.info("referent probe, held-out: %s", result.referent_accuracy)
     result.wall_s = time.perf_counter() - start
     result.scene_s = scene_s
     logger.info(

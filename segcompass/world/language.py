@@ -75,6 +75,22 @@ def realise(query: Query, rng: np.random.Generator) -> str:
     return template.format(np=np_text)
 
 
+def referring_expression(instruction: str) -> str:
+    """The noun phrase inside an instruction: `realise` with its template removed.
+
+    "Please segment the red circle." → "the red circle"; "Where is every square?" → "every square"; an
+    instruction in no template (typed by a user) is returned stripped of surrounding space.
+    """
+    text = instruction.strip()
+    for template in sorted(set(_SINGULAR_TEMPLATES + _PLURAL_TEMPLATES), key=len, reverse=True):
+        prefix, suffix = template.split("{np}")
+        if not (prefix or suffix):
+            continue
+        if text.startswith(prefix) and text.endswith(suffix) and len(text) > len(prefix) + len(suffix):
+            return text[len(prefix) : len(text) - len(suffix)].strip()
+    return text
+
+
 def location_words(obj: SceneObject, width: int, height: int) -> str:
     """Coarse 3 x 3 location: "top left", "centre", "bottom" ..."""
     row = ("top", "", "bottom")[min(2, int(3 * obj.cy / height))]
