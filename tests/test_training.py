@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from _training_common import RESPONSE, K, open_world, tiny_model, tiny_train_config, world_data
@@ -295,9 +296,14 @@ def test_train_then_evaluate_the_checkpoint_from_the_command_line(data: Path, tm
     common = ["--data", "grefcoco", "--data-root", str(data)]
     argv = ["train", *common, "--backbone", "tiny:qwen2_5_vl", "--sae", str(sae_dir), "--out", str(tmp_path / "run"),
             "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
-            "--threads", "1", "--sam", ""]  # fmt: skip
+            "--threads", "1", "--sam", "", "--head-warmup-steps", "2", "--head-warmup-samples", "4"]  # fmt: skip
     assert main(argv) == 0
     assert (tmp_path / "run" / "final" / "segcompass_model.json").exists()
+    (warm,) = (tmp_path / "run" / "head_warmup").glob("*.safetensors")
+    assert len(pd.read_csv(warm.with_suffix(".csv"))) == 2  # the head warm start ran its 2 steps
+    stamp = warm.stat().st_mtime_ns
+    assert main(argv) == 0  # a rerun resumes the finished run and reuses the warm start
+    assert warm.stat().st_mtime_ns == stamp and len(list((tmp_path / "run" / "head_warmup").iterdir())) == 2
     argv = ["evaluate", *common, "--split", "val", "--predictor", "checkpoint", "--checkpoint", str(tmp_path / "run"),
             "--out", str(tmp_path / "eval"), "--progress", "false"]  # fmt: skip
     assert main(argv) == 0

@@ -10,11 +10,14 @@ joint objective starts. The LLM is untouched.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from segcompass.data import RefDataset
@@ -121,3 +124,29 @@ def warm_start_head(
         "head warm start: %d steps in %.0f s (decoding %.0f s)", cfg.steps, time.perf_counter() - t0, decode_s
     )
     return pd.DataFrame(rows)
+
+
+def cached_warm_start(
+    model: SegCompassModel, dataset: RefDataset, cfg: HeadWarmupConfig, path: Path, progress: bool = True
+) -> dict[str, torch.Tensor]:
+    """`warm_start_head`, or load its result from `path` (safetensors: the head's state without the frozen
+    SAE, buffers included — the e_k standardisation lives there). Written atomically with a `.csv` of the
+    losses beside it. Name `path` by everything that decides the result (config, backbone, SAE, data)."""
+    path = Path(path)
+    if path.exists():
+        state = load_file(str(path))
+        model.head.load_state_dict(state, strict=False)
+        logger.info("head warm start loaded from %s", path)
+        return state
+    history = warm_start_head(model, dataset, cfg, progress)
+    state = {
+        k: v.detach().contiguous()
+        for k, v in model.head.state_dict().items()
+        if not k.startswith("concepts.")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may all write it
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    history.to_csv(path.with_suffix(".csv"), index=False)
+    return state

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 
 from segcompass.artifacts import (
     TINY_SAE_RECIPE,
@@ -37,7 +35,7 @@ from segcompass.sam_warmup import SamWarmupConfig, resolve_sam
 from segcompass.world import WorldConfig, write_refcoco_style
 
 from .config import JointTrainConfig
-from .head_warmup import HeadWarmupConfig, warm_start_head
+from .head_warmup import HeadWarmupConfig, cached_warm_start
 from .loop import train_joint
 from .model import SegCompassModel
 from .predictor import SegCompassPredictor
@@ -204,23 +202,7 @@ def _warm_head(
         dataclasses.asdict(wcfg),
         cfg.max_new_tokens,
     )
-    path = out / "head_warmup" / f"seed{seed}-{key}.safetensors"
-    if path.exists():
-        state = load_file(str(path))
-        model.head.load_state_dict(state, strict=False)
-        return state
-    history = warm_start_head(model, train_set, wcfg)
-    state = {
-        k: v.detach().contiguous()
-        for k, v in model.head.state_dict().items()
-        if not k.startswith("concepts.")
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
-    history.to_csv(path.with_suffix(".csv"), index=False)
-    return state
+    return cached_warm_start(model, train_set, wcfg, out / "head_warmup" / f"seed{seed}-{key}.safetensors")
 
 
 def _row(result, arm: str, seed: int | None, extra: dict) -> dict:
