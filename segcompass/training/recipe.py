@@ -187,22 +187,32 @@ def build_model(
     return SegCompassModel(backbone, built, policy)
 
 
-def _warm_head(
-    cfg: AblationConfig, out: Path, model: SegCompassModel, train_set, data: Path, sae_path: Path, seed: int
-) -> dict:
-    """Warm-start `model.head` in place (or load the cached result); returns its trainable state."""
-    wcfg = HeadWarmupConfig(
+def _warm_config(cfg: AblationConfig, seed: int) -> HeadWarmupConfig:
+    return HeadWarmupConfig(
         steps=cfg.head_warmup_steps, samples=cfg.head_warmup_samples, lr=cfg.head_warmup_lr, seed=seed
     )
-    key = stage_key(
+
+
+def _start_key(cfg: AblationConfig, model: SegCompassModel, data: Path, sae_path: Path, seed: int) -> str:
+    """Key of everything an arm starts from: backbone, SAE, SAM, data, response budget, head warm start."""
+    warm = dataclasses.asdict(_warm_config(cfg, seed)) if cfg.head_warmup_steps > 0 else None
+    return stage_key(
         backbone_key(cfg.backbone, model.backbone),
         str(sae_path),
         cfg.sam,
         data.name,
-        dataclasses.asdict(wcfg),
+        warm,
         cfg.max_new_tokens,
     )
-    return cached_warm_start(model, train_set, wcfg, out / "head_warmup" / f"seed{seed}-{key}.safetensors")
+
+
+def _warm_head(
+    cfg: AblationConfig, out: Path, model: SegCompassModel, train_set, data: Path, sae_path: Path, seed: int
+) -> dict:
+    """Warm-start `model.head` in place (or load the cached result); returns its trainable state."""
+    key = _start_key(cfg, model, data, sae_path, seed)
+    path = out / "head_warmup" / f"seed{seed}-{key}.safetensors"
+    return cached_warm_start(model, train_set, _warm_config(cfg, seed), path)
 
 
 def _row(result, arm: str, seed: int | None, extra: dict) -> dict:
@@ -245,13 +255,19 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
             model = build_model(cfg.backbone, sae_path, seed, policy, cfg.sam)
             if seed in starts:
                 model.head.load_state_dict(starts[seed], strict=False)
+            # The run folder is keyed by its starting point, so a changed warm start or backbone never
+            # resumes (and silently reuses) a finished run of the old one.
+            start = _start_key(cfg, model, data, sae_path, seed)
             train_cfg = JointTrainConfig(
-                out=str(out / "runs" / f"{objective}-seed{seed}"), objective=objective, steps=cfg.steps,
+                out=str(out / "runs" / f"{objective}-seed{seed}-{start}"), objective=objective, steps=cfg.steps,
                 prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr, seed=seed,
                 checkpoint_every=max(1, cfg.steps // 4), policy=policy, threads=cfg.threads,
             )  # fmt: skip
             res = train_joint(
-                train_cfg, model, train_set, context={"backbone": cfg.backbone, "sae": str(sae_path)}
+                train_cfg,
+                model,
+                train_set,
+                context={"backbone": cfg.backbone, "sae": str(sae_path), "start": start},
             )
             h = res.history
             n = max(1, min(10, len(h) // 4))
