@@ -76,7 +76,7 @@ class AblationConfig:
     head_warmup_steps: int = 1500
     """Supervised warm start of the head on the policy's greedy responses before every arm (0: none); shared
     by the arms of a seed and reported as its own row. Head-only on the v2 warm-up's states, held-out gIoU
-    climbs from 0.18 at 150 steps to 0.26 at 900 (lr 2e-4; results/training_ablation.md)."""
+    climbs from 0.18 at 150 steps to 0.26 at 900 (lr 2e-4; results/head_diagnosis.md §6)."""
     head_warmup_lr: float = 2e-4
     """Base learning rate of the head warm start (its groups use the head's multipliers)."""
     head_warmup_samples: int = 400

@@ -1,0 +1,51 @@
+"""The ablation recipe: its table, and what keys its cached stages and arm runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def test_ablation_table_reports_mean_and_sd_over_seeds() -> None:
+    import pandas as pd
+
+    from segcompass.training.recipe import AblationConfig, ablation_markdown
+
+    table = pd.DataFrame(
+        [
+            {"arm": "union_baseline", "seed": None, "gIoU (lisa)": 0.30},
+            {"arm": "joint", "seed": 0, "gIoU (lisa)": 0.20},
+            {"arm": "joint", "seed": 1, "gIoU (lisa)": 0.40},
+        ]
+    )
+    md = ablation_markdown(table, AblationConfig())
+    assert "| union_baseline | 1 | 0.300 |" in md
+    assert "| joint | 2 | 0.300 ± 0.141 |" in md  # sample sd of (0.2, 0.4) = 0.1414
+
+
+def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None:
+    """A finished arm run is resumed (= reused) only when it starts from the same warm start, backbone, SAE
+    and data: a new warm-start recipe once silently reused the old arms' final checkpoints."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from segcompass.training.recipe import AblationConfig, _start_key
+
+    cfg = AblationConfig()
+    model = SimpleNamespace(
+        backbone=SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-079fe21006abfb8f")
+    )
+    data, sae = tmp_path / "refs-1", tmp_path / "sae"
+    key = _start_key(cfg, model, data, sae, 0)
+    assert key == _start_key(replace(cfg, steps=cfg.steps + 1, results_md="x"), model, data, sae, 0)
+    other_backbone = SimpleNamespace(backbone=SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-0"))
+    changed = [
+        _start_key(replace(cfg, head_warmup_steps=10), model, data, sae, 0),
+        _start_key(replace(cfg, head_warmup_lr=1e-3), model, data, sae, 0),
+        _start_key(replace(cfg, head_warmup_steps=0), model, data, sae, 0),
+        _start_key(replace(cfg, max_new_tokens=64), model, data, sae, 0),
+        _start_key(cfg, other_backbone, data, sae, 0),
+        _start_key(cfg, model, tmp_path / "refs-2", sae, 0),
+        _start_key(cfg, model, data, tmp_path / "sae2", 0),
+        _start_key(cfg, model, data, sae, 1),
+    ]
+    assert len(set(changed)) == len(changed) and key not in changed
