@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 
 def test_ablation_table_reports_mean_and_sd_over_seeds() -> None:
@@ -20,6 +23,26 @@ def test_ablation_table_reports_mean_and_sd_over_seeds() -> None:
     md = ablation_markdown(table, AblationConfig())
     assert "| union_baseline | 1 | 0.300 |" in md
     assert "| joint | 2 | 0.300 ± 0.141 |" in md  # sample sd of (0.2, 0.4) = 0.1414
+    assert "by instruction kind" not in md
+
+
+def test_ablation_row_has_gIoU_per_instruction_kind() -> None:
+    import pandas as pd
+
+    from segcompass.training.ablation_table import table_row
+
+    per = pd.DataFrame(
+        {
+            "convention": ["lisa"] * 3 + ["rela"] * 3,
+            "kind": ["plain", "plain", "no_target"] * 2,
+            "iou": [1.0, 0.5, 1.0, 0.9, 0.5, 0.0],
+        }
+    )
+    summary = SimpleNamespace(giou=0.5, ciou=0.4, n_acc=0.0, t_acc=1.0)
+    result = SimpleNamespace(summaries={"rela": summary}, per_sample=per)
+    row = table_row(result, "joint", 0, {"x": 1.0})
+    assert row["gIoU · plain"] == pytest.approx(0.7) and row["gIoU · no_target"] == 0.0  # rela rows only
+    assert (row["gIoU (rela)"], row["N-acc (rela)"], row["x"]) == (0.5, 0.0, 1.0)
 
 
 def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None:

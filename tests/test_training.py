@@ -128,6 +128,10 @@ def test_rl_objective_leaves_the_head_at_its_initial_weights(data: Path, tmp_pat
     res = train_joint(tiny_train_config(tmp_path / "rl", objective="rl", steps=1), model, open_world(data, "train"),
                       progress=False)  # fmt: skip
     assert res.history["loss/seg"].eq(0).all()
+    # a finished 1-step run cannot be "resumed" as a shorter one (it would hand back the longer run's model)
+    with pytest.raises(ValueError, match="checkpoint at step 1, past steps=0"):
+        train_joint(tiny_train_config(tmp_path / "rl", objective="rl", steps=0), model, open_world(data, "train"),
+                    progress=False)  # fmt: skip
     for n, p in model.head.named_parameters():
         assert torch.equal(head_before[n], p.detach()), n
 
@@ -390,6 +394,41 @@ def test_head_warm_start_trains_the_head_only(data: Path) -> None:
     assert any(n.startswith("head.slot_mapper.") for n in moved)
     with pytest.raises(ValueError, match="steps >= 0"):
         HeadWarmupConfig(steps=-1)
+
+
+def test_head_warm_start_schedule_and_ema(data: Path) -> None:
+    from segcompass.training import HeadWarmupConfig, warm_start_head
+
+    cos = HeadWarmupConfig(steps=4)
+    assert [cos.lr_factor(t) for t in range(5)] == pytest.approx(
+        [1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6
+    )
+    assert HeadWarmupConfig(steps=4, schedule="constant").lr_factor(3) == 1.0
+    # one step: the EMA's first decay is min(0.995, 1/10) = 0.1, so the head ends at 0.1·init + 0.9·w1,
+    # w1 = the weights after the same step without the EMA
+    base = dict(steps=1, batch_size=2, samples=2, schedule="constant")
+    init = tiny_model()
+    start = {n: p.detach().clone() for n, p in init.head.named_parameters() if p.requires_grad}
+    plain, averaged = tiny_model(), tiny_model()
+    for m in (plain, averaged):
+        m.load_state_dict(init.state_dict())
+    warm_start_head(plain, open_world(data, "train"), HeadWarmupConfig(**base, ema_decay=0.0), progress=False)
+    warm_start_head(
+        averaged, open_world(data, "train"), HeadWarmupConfig(**base, ema_decay=0.995), progress=False
+    )
+    w1 = dict(plain.head.named_parameters())
+    moved = 0
+    for n, p in averaged.head.named_parameters():
+        if n in start:
+            torch.testing.assert_close(
+                p.detach(), 0.1 * start[n] + 0.9 * w1[n].detach(), rtol=1e-5, atol=1e-6
+            )
+            moved += not torch.equal(start[n], w1[n].detach())
+    assert moved > 0
+    with pytest.raises(ValueError, match="ema_decay"):
+        HeadWarmupConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="schedule"):
+        HeadWarmupConfig(schedule="step")  # type: ignore[arg-type]
 
 
 def test_saved_model_keeps_the_concentration_standardisation(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@
 
 - :class:`Predictor` / :class:`Prediction` — what a model provides (slot masks in the head's frame).
 - :func:`evaluate` → :class:`EvalResult`; :func:`evaluate_many` → a side-by-side table.
+- :func:`calibrate_thresholds` → :class:`Calibration` — mask / confidence thresholds chosen on held-out data.
 - Baselines: :class:`EmptyPredictor`, :class:`UnionOfObjectsPredictor`, :class:`OraclePredictor`.
 - :func:`head_to_image_frame` / :func:`image_to_head_frame` — the letterbox and its inverse.
 - :func:`open_dataset`, :func:`build_predictor` — what the ``segcompass evaluate`` command line uses.
@@ -22,6 +23,7 @@ from segcompass.evaluation.baselines import (
     UnionOfObjectsPredictor,
     UnsupportedDatasetError,
 )
+from segcompass.evaluation.calibrate import Calibration, calibrate_thresholds
 from segcompass.evaluation.config import EvalConfig, EvalResult
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.evaluation.factory import (
@@ -36,6 +38,7 @@ from segcompass.evaluation.run import evaluate, evaluate_many
 
 __all__ = [
     "PREDICTOR_KINDS",
+    "Calibration",
     "EmptyPredictor",
     "EvalConfig",
     "EvalResult",
@@ -46,6 +49,7 @@ __all__ = [
     "UnionOfObjectsPredictor",
     "UnsupportedDatasetError",
     "build_predictor",
+    "calibrate_thresholds",
     "evaluate",
     "evaluate_many",
     "head_to_image_frame",

@@ -41,6 +41,10 @@ class TargetOptions:
     """What to evaluate: checkpoint (a trained model via segcompass.training.load_predictor, needs
     --checkpoint), union (one slot = all annotated objects of the image), empty (predicts nothing) or
     oracle (the ground truth; a sanity check)."""
+    calibrate_split: str = ""
+    """Choose the mask and confidence thresholds first, on this other split of the same data set
+    (calibrate_thresholds: best gIoU under the rela convention over a grid), instead of taking
+    --mask-threshold / --confidence-threshold as given; the choice is printed and written into the protocol."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
 
@@ -75,12 +79,31 @@ def run_evaluate_command(cfg: EvaluateCommandConfig) -> EvalResult:
         torch.set_num_threads(cfg.threads)
     if cfg.predictor == "checkpoint" and not cfg.checkpoint:
         raise ValueError("--predictor checkpoint needs --checkpoint PATH (or pick union, empty or oracle)")
-    dataset = open_dataset(
-        cfg.data, cfg.data_root, cfg.split, images_dir=cfg.images_dir or None, refs=cfg.refs or None,
-        instances=cfg.instances or None, skip_missing=cfg.skip_missing,
-    )  # fmt: skip
+    if cfg.calibrate_split and cfg.calibrate_split == cfg.split:
+        raise ValueError(
+            f"--calibrate-split {cfg.calibrate_split!r} is the split being scored: choose thresholds on another one"
+        )
+
+    def _open(split: str):
+        return open_dataset(
+            cfg.data, cfg.data_root, split, images_dir=cfg.images_dir or None, refs=cfg.refs or None,
+            instances=cfg.instances or None, skip_missing=cfg.skip_missing,
+        )  # fmt: skip
+
+    dataset = _open(cfg.split)
     predictor = build_predictor(cfg.predictor, dataset, cfg.checkpoint)
-    result = evaluate(predictor, dataset, cfg.eval_config())
+    eval_cfg, extra = cfg.eval_config(), {}
+    if cfg.calibrate_split:
+        from segcompass.evaluation.calibrate import calibrate_thresholds
+
+        cal = calibrate_thresholds(predictor, _open(cfg.calibrate_split), eval_cfg)
+        eval_cfg = cal.apply(eval_cfg)
+        extra = {"calibrated_on": cfg.calibrate_split, "calibration_samples": cal.num_samples,
+                 "calibration_giou": cal.value, "calibration_giou_at_given": cal.default_value}  # fmt: skip
+        print(f"calibrated on {cfg.calibrate_split} ({cal.num_samples} samples): mask threshold "
+              f"{cal.mask_threshold}, confidence threshold {cal.confidence_threshold} (gIoU {cal.value:.4f} vs "
+              f"{cal.default_value:.4f} at the given thresholds)")  # fmt: skip
+    result = evaluate(predictor, dataset, eval_cfg, extra)
     table = result.summary_table()
     print(table.to_string(index=False))  # the command's product, on stdout
     if result.paths:

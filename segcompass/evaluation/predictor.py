@@ -26,9 +26,10 @@ class Prediction:
     sample_id: str
     """The `RefSample.sample_id` this prediction is for."""
     slot_masks: Tensor
-    """bool [K, S, S] per-slot masks in the head's frame."""
+    """[K, S, S] per-slot masks in the head's frame: bool, or probabilities (cut at the evaluation's
+    mask_threshold, which `calibrate_thresholds` can choose)."""
     slot_confidence: Tensor
-    """float [K] per-slot probabilities; a slot is used when ≥ the evaluation's threshold (0.5)."""
+    """float [K] per-slot probabilities; a slot is used when ≥ the evaluation's confidence_threshold."""
     response: str = ""
     """The policy's decoded response (empty for models without a policy)."""
     extras: dict[str, float] = field(default_factory=dict)

@@ -10,10 +10,12 @@ joint objective starts. The LLM is untouched.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -44,6 +46,13 @@ class HeadWarmupConfig:
     """Base learning rate; the head's groups use their multipliers (×30 / ×25 / ×10 / ×5)."""
     seed: int = 0
     """Seeds the order of the batches."""
+    schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning-rate schedule over the steps: constant, or cosine decay to 0 (the default: the head's val gIoU
+    moves by ±0.03 between nearby steps at a constant rate; results/head_diagnosis.md §7)."""
+    ema_decay: float = 0.995
+    """Decay of an exponential moving average of the head's weights, which replaces them at the end
+    (0: keep the last weights). Step t uses min(ema_decay, (1 + t) / (10 + t)), so short runs are not
+    pulled back to the initial weights."""
     standardise_concentration: bool = True
     """Fit the fusion's standardisation of e_k (`SlotFusion.fit_concentration_stats`) on the decoded states
     before training; kept with the head for the joint stage, evaluation and saved models."""
@@ -51,6 +60,16 @@ class HeadWarmupConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.samples < 1 or self.lr <= 0:
             raise ValueError("need steps >= 0, batch_size >= 1, samples >= 1 and lr > 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of every group's learning rate at `step` (0-based)."""
+        if self.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(1, self.steps)))
 
 
 @dataclass
@@ -104,6 +123,9 @@ def warm_start_head(
     groups = head_param_groups(model.head, cfg.lr, [])
     params = [p for grp in groups for p in grp["params"]]
     opt = build_optimizer(groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    trainable = [(name, p) for name, p in model.head.named_parameters() if p.requires_grad]
+    ema = {name: p.detach().clone() for name, p in trainable} if cfg.ema_decay > 0 else None
     model.head.train()
     rows = []
     for step in tqdm(range(cfg.steps), desc="head warm start", disable=not progress):
@@ -115,8 +137,18 @@ def warm_start_head(
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                for name, p in trainable:
+                    ema[name].lerp_(p.detach(), 1.0 - decay)
         rows.append({"step": step, "loss": float(losses.total.detach()), "seg": float(losses.seg.detach()),
                      "conf": float(losses.conf.detach())})  # fmt: skip
+    if ema is not None:
+        with torch.no_grad():
+            for name, p in trainable:
+                p.copy_(ema[name])
     model.train(was)
     for p in model.head.parameters():
         p.grad = None

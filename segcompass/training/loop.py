@@ -181,6 +181,11 @@ def train_joint(
     history: list[dict[str, Any]] = []
     if found:
         step_done, path = found[-1]
+        if step_done > cfg.steps:
+            raise ValueError(
+                f"{out} holds a checkpoint at step {step_done}, past steps={cfg.steps}: resuming would return the "
+                f"step-{step_done} model as if it had trained {cfg.steps} steps; use another out folder or steps ≥ {step_done}"
+            )
         state = load_checkpoint(path, model, optimizer, scheduler, fp, sharded=sharded)
         cursor.load_state_dict(state["cursor"])
         start = step_done

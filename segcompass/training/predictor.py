@@ -38,7 +38,9 @@ class SegCompassPredictor:
         rollouts = generate_rollouts(model.backbone, images, texts, model.policy, greedy=True)
         emb = model.head.embed_images(images, self.cache)  # [B, 256, g, g]
         out = model(rollouts, emb).head
-        masks = out.slot_masks > 0  # [B, K, S, S]
+        masks = torch.sigmoid(
+            out.slot_masks.float()
+        )  # [B, K, S, S] probabilities; EvalConfig.mask_threshold cuts
         conf = out.slot_confidence  # [B, K]
         cot = rollouts.cot_lengths()
         found = rollouts.token_types == TokenType.CONCENTRATION  # [B, P + R]

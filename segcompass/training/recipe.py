@@ -26,7 +26,7 @@ from segcompass.artifacts import (
     world_corpus,
 )
 from segcompass.backbones import resolve_backbone
-from segcompass.evaluation import EvalConfig, evaluate
+from segcompass.evaluation import EvalConfig, calibrate_thresholds, evaluate
 from segcompass.evaluation.baselines import EmptyPredictor, UnionOfObjectsPredictor
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.head import HeadConfig, LossConfig, SamEncoderConfig, build_head
@@ -34,6 +34,7 @@ from segcompass.policy import PolicyConfig
 from segcompass.sam_warmup import SamWarmupConfig, resolve_sam
 from segcompass.world import WorldConfig, write_refcoco_style
 
+from .ablation_table import ablation_markdown, table_row
 from .config import JointTrainConfig
 from .head_warmup import HeadWarmupConfig, cached_warm_start
 from .loop import train_joint
@@ -48,7 +49,7 @@ def _objectives() -> list[str]:
 
 
 def _seeds() -> list[int]:
-    return [0, 1]
+    return [0, 1, 2]
 
 
 @dataclass
@@ -67,20 +68,26 @@ class AblationConfig:
     """Arms: ``joint`` (pg + KL + seg + conf), ``rl`` (pg + KL), ``seg`` (seg + conf)."""
     seeds: list[int] = field(default_factory=_seeds)
     """Seeds of each arm (head init, data order, rollouts)."""
-    train_samples: int = 400
+    train_samples: int = 2000
     """World samples (train split) to train on."""
     val_samples: int = 100
     """Held-out world samples (val split) to evaluate on."""
-    steps: int = 120
-    """Optimiser steps per run."""
-    head_warmup_steps: int = 1500
+    calibration_samples: int = 100
+    """World samples of a third split ("calib") on which every model's mask / confidence thresholds are
+    chosen (`calibrate_thresholds`) before it is scored on val; 0: the 0.5 / 0.5 defaults only."""
+    steps: int = 60
+    """Optimiser steps per run (joint / RL / seg after the warm start). At 120 the joint arm's seeds spread
+    further apart (held-out gIoU 0.300 / 0.243 vs 0.281 / 0.275 at 60; results/training_ablation.md)."""
+    head_warmup_steps: int = 1200
     """Supervised warm start of the head on the policy's greedy responses before every arm (0: none); shared
-    by the arms of a seed and reported as its own row. Head-only on the v2 warm-up's states, held-out gIoU
-    climbs from 0.18 at 150 steps to 0.26 at 900 (lr 2e-4; results/head_diagnosis.md §6)."""
+    by the arms of a seed and reported as its own row (cosine lr, EMA of the weights: `HeadWarmupConfig`;
+    results/head_diagnosis.md §6–7)."""
     head_warmup_lr: float = 2e-4
     """Base learning rate of the head warm start (its groups use the head's multipliers)."""
-    head_warmup_samples: int = 400
-    """Training prompts the warm start decodes (once) and cycles through."""
+    head_warmup_samples: int = 2000
+    """Training prompts the warm start decodes (once) and cycles through. With 400 the head memorises them
+    (train gIoU 0.41 vs val 0.25) and its thresholds cannot be calibrated; 2000 keep train ≈ val
+    (results/head_diagnosis.md §7)."""
     prompts_per_step: int = 4
     """Prompts per step."""
     group_size: int = 4
@@ -101,11 +108,23 @@ class AblationConfig:
     """Also write the Markdown table here (e.g. results/training_ablation.md)."""
 
 
+CALIBRATION_SPLIT_SEED = 3
+"""World split seed of the ablation's "calib" split (train 0, val 1, test 2)."""
+
+
+def _world(cfg: AblationConfig) -> WorldConfig:
+    seeds = {**WorldConfig().split_seeds, "calib": CALIBRATION_SPLIT_SEED}
+    return WorldConfig(seed=cfg.world_seed, split_seeds=seeds)
+
+
 def _data(cfg: AblationConfig, out: Path) -> Path:
-    world = WorldConfig(seed=cfg.world_seed)
-    folder = out / "data" / f"refs-{stage_key(dataclasses.asdict(world), cfg.train_samples, cfg.val_samples)}"
+    world = _world(cfg)
+    splits = {"train": cfg.train_samples, "val": cfg.val_samples}
+    if cfg.calibration_samples > 0:
+        splits["calib"] = cfg.calibration_samples
+    folder = out / "data" / f"refs-{stage_key(dataclasses.asdict(world), splits)}"
     if not (folder / "instances.json").exists():
-        write_refcoco_style(folder, world, {"train": cfg.train_samples, "val": cfg.val_samples})
+        write_refcoco_style(folder, world, splits)
     return folder
 
 
@@ -215,18 +234,18 @@ def _warm_head(
     return cached_warm_start(model, train_set, _warm_config(cfg, seed), path)
 
 
-def _row(result, arm: str, seed: int | None, extra: dict) -> dict:
-    row = {"arm": arm, "seed": seed, **extra}
-    for conv, summary in result.summaries.items():
-        row[f"gIoU ({conv})"] = summary.giou
-        row[f"cIoU ({conv})"] = summary.ciou
-        if conv == "rela":
-            row["N-acc (rela)"], row["T-acc (rela)"] = summary.n_acc, summary.t_acc
-    per = result.per_sample
-    if "extra_format_reward" in per or "format_reward" in per:
-        col = "format_reward" if "format_reward" in per else "extra_format_reward"
-        row["format (greedy)"] = float(per[col].mean())
-    return row
+def _scored(predictor, val_set, calib_set, ev: EvalConfig, arm: str, seed: int | None, extra: dict) -> dict:
+    """The row of one model: val metrics at thresholds calibrated on `calib_set` (if any), plus gIoU at the
+    0.5 / 0.5 defaults and the chosen thresholds."""
+    if calib_set is None:
+        return table_row(evaluate(predictor, val_set, ev), arm, seed, extra)
+    cal = calibrate_thresholds(predictor, calib_set, ev)
+    default = evaluate(predictor, val_set, ev).summaries["rela"].giou
+    logger.info("%s seed %s: thresholds mask %.2f / confidence %.2f (calib gIoU %.3f vs %.3f at 0.5 / 0.5)",
+                arm, seed, cal.mask_threshold, cal.confidence_threshold, cal.value, cal.default_value)  # fmt: skip
+    extra = {**extra, "gIoU at 0.5 / 0.5 (rela)": default, "mask thr": cal.mask_threshold,
+             "conf thr": cal.confidence_threshold}  # fmt: skip
+    return table_row(evaluate(predictor, val_set, cal.apply(ev)), arm, seed, extra)
 
 
 def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
@@ -235,20 +254,21 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     out = Path(cfg.out)
     data = _data(cfg, out)
     train_set, val_set = open_dataset("grefcoco", data, "train"), open_dataset("grefcoco", data, "val")
+    calib_set = open_dataset("grefcoco", data, "calib") if cfg.calibration_samples > 0 else None
     sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone))
     policy = PolicyConfig(max_new_tokens=cfg.max_new_tokens)
     ev = EvalConfig(progress=False, img_size=256, convention="both")
     rows = []
     for base in (EmptyPredictor(), UnionOfObjectsPredictor(val_set)):
-        rows.append(_row(evaluate(base, val_set, ev), base.name, None, {}))
+        rows.append(table_row(evaluate(base, val_set, ev), base.name, None, {}))
     starts = {}
     for seed in cfg.seeds:
         untrained = build_model(cfg.backbone, sae_path, seed, policy, cfg.sam)
-        rows.append(_row(evaluate(SegCompassPredictor(untrained), val_set, ev), "untrained", seed, {}))
+        rows.append(_scored(SegCompassPredictor(untrained), val_set, calib_set, ev, "untrained", seed, {}))
         if cfg.head_warmup_steps > 0:
             starts[seed] = _warm_head(cfg, out, untrained, train_set, data, sae_path, seed)
             rows.append(
-                _row(evaluate(SegCompassPredictor(untrained), val_set, ev), "head warm start", seed, {})
+                _scored(SegCompassPredictor(untrained), val_set, calib_set, ev, "head warm start", seed, {})
             )
     for objective in cfg.objectives:
         for seed in cfg.seeds:
@@ -277,7 +297,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 "train format first": float(h["reward/format"].head(n).mean()),
                 "train format last": float(h["reward/format"].tail(n).mean()),
             }
-            rows.append(_row(evaluate(SegCompassPredictor(model), val_set, ev), objective, seed, extra))
+            rows.append(_scored(SegCompassPredictor(model), val_set, calib_set, ev, objective, seed, extra))
     table = pd.DataFrame(rows)
     table.to_csv(out / "ablation.csv", index=False)
     md = ablation_markdown(table, cfg)
@@ -285,27 +305,3 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     if cfg.results_md:
         Path(cfg.results_md).write_text(md)
     return table
-
-
-def ablation_markdown(table: pd.DataFrame, cfg: AblationConfig) -> str:
-    """Mean ± sd over seeds per arm, then every run."""
-    num = [c for c in table.columns if c not in ("arm", "seed")]
-    grouped = table.groupby("arm", sort=False)[num]
-    mean, sd = grouped.mean(), grouped.std()
-    lines = ["| arm | n | " + " | ".join(num) + " |", "|---|---|" + "---|" * len(num)]
-    for arm in mean.index:
-        n = int(grouped.size()[arm])
-        cells = [
-            "" if pd.isna(mean.loc[arm, c]) else
-            (f"{mean.loc[arm, c]:.3f}" + (f" ± {sd.loc[arm, c]:.3f}" if n > 1 and not pd.isna(sd.loc[arm, c]) else ""))
-            for c in num
-        ]  # fmt: skip
-        lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " |")
-    head = (
-        f"Synthetic world (seed {cfg.world_seed}): {cfg.train_samples} train / {cfg.val_samples} held-out val samples; "
-        f"backbone {cfg.backbone}; SAM {cfg.sam or 'random init'}; head warm start {cfg.head_warmup_steps} steps "
-        f"on {cfg.head_warmup_samples} greedy-decoded prompts; then "
-        f"{cfg.steps} steps × {cfg.prompts_per_step} prompts × G {cfg.group_size}, lr {cfg.lr}; "
-        "greedy evaluation, one sample per sentence, masks scored in the image frame.\n\n"
-    )
-    return head + "\n".join(lines) + "\n"
