@@ -35,7 +35,7 @@ DEFAULT_MASK_THRESHOLDS: tuple[float, ...] = (0.5, 0.4, 0.3, 0.2)
 """Mask-probability cuts tried by default (0.5 first: ties keep the default)."""
 DEFAULT_CONFIDENCE_THRESHOLDS: tuple[float, ...] = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
 """Slot-confidence cuts tried by default."""
-_METRICS = {"gIoU": "giou", "cIoU": "ciou"}
+_METRICS = ("gIoU", "cIoU")
 
 
 @dataclass

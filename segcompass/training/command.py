@@ -41,7 +41,7 @@ class TrainCommandConfig(JointTrainConfig):
     head_warmup_steps: int = 0
     """Head warm start before joint training (`HeadWarmupConfig`: the policy decodes the training prompts
     once, the head alone trains on their states and fits the e_k standardisation); 0: none. The ablation uses
-    1500 on the synthetic world. Cached under `<out>/head_warmup/`, so a resumed run does not redo it."""
+    1200 steps on 2000 prompts on the synthetic world. Cached under `<out>/head_warmup/`, so a resumed run does not redo it."""
     head_warmup_lr: float = 2e-4
     """Base learning rate of the head warm start."""
     head_warmup_samples: int = 400

@@ -38,9 +38,8 @@ class SegCompassPredictor:
         rollouts = generate_rollouts(model.backbone, images, texts, model.policy, greedy=True)
         emb = model.head.embed_images(images, self.cache)  # [B, 256, g, g]
         out = model(rollouts, emb).head
-        masks = torch.sigmoid(
-            out.slot_masks.float()
-        )  # [B, K, S, S] probabilities; EvalConfig.mask_threshold cuts
+        # probabilities [B, K, S, S]: the evaluation's mask_threshold cuts them
+        masks = torch.sigmoid(out.slot_masks.float())
         conf = out.slot_confidence  # [B, K]
         cot = rollouts.cot_lengths()
         found = rollouts.token_types == TokenType.CONCENTRATION  # [B, P + R]

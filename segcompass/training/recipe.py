@@ -234,9 +234,24 @@ def _warm_head(
     return cached_warm_start(model, train_set, _warm_config(cfg, seed), path)
 
 
+class _Replay:
+    """A predictor that decodes each sample once and replays its prediction when asked again (greedy
+    decoding is deterministic, so scoring val at two threshold pairs needs one pass of the policy)."""
+
+    def __init__(self, predictor) -> None:
+        self.inner, self.name, self.seen = predictor, predictor.name, {}
+
+    def predict(self, samples):
+        new = [s for s in samples if s.sample_id not in self.seen]
+        if new:
+            self.seen.update((p.sample_id, p) for p in self.inner.predict(new))
+        return [self.seen[s.sample_id] for s in samples]
+
+
 def _scored(predictor, val_set, calib_set, ev: EvalConfig, arm: str, seed: int | None, extra: dict) -> dict:
     """The row of one model: val metrics at thresholds calibrated on `calib_set` (if any), plus gIoU at the
     0.5 / 0.5 defaults and the chosen thresholds."""
+    predictor = _Replay(predictor)
     if calib_set is None:
         return table_row(evaluate(predictor, val_set, ev), arm, seed, extra)
     cal = calibrate_thresholds(predictor, calib_set, ev)
