@@ -51,24 +51,41 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
     from dataclasses import replace
     from types import SimpleNamespace
 
+    from segcompass.head import HeadConfig
     from segcompass.training.recipe import AblationConfig, _start_key
 
     cfg = AblationConfig()
-    model = SimpleNamespace(
-        backbone=SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-079fe21006abfb8f")
-    )
+    head_cfg = HeadConfig.tiny(16)
+    backbone = SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-079fe21006abfb8f")
+    model = SimpleNamespace(backbone=backbone, head=SimpleNamespace(cfg=head_cfg))
     data, sae = tmp_path / "refs-1", tmp_path / "sae"
     key = _start_key(cfg, model, data, sae, 0)
     assert key == _start_key(replace(cfg, steps=cfg.steps + 1, results_md="x"), model, data, sae, 0)
-    other_backbone = SimpleNamespace(backbone=SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-0"))
+    other_backbone = SimpleNamespace(
+        backbone=SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-0"), head=model.head
+    )
+    other_head = SimpleNamespace(
+        backbone=backbone, head=SimpleNamespace(cfg=replace(head_cfg, conf_evidence=True))
+    )
     changed = [
         _start_key(replace(cfg, head_warmup_steps=10), model, data, sae, 0),
         _start_key(replace(cfg, head_warmup_lr=1e-3), model, data, sae, 0),
         _start_key(replace(cfg, head_warmup_steps=0), model, data, sae, 0),
         _start_key(replace(cfg, max_new_tokens=64), model, data, sae, 0),
         _start_key(cfg, other_backbone, data, sae, 0),
+        _start_key(cfg, other_head, data, sae, 0),
         _start_key(cfg, model, tmp_path / "refs-2", sae, 0),
         _start_key(cfg, model, data, tmp_path / "sae2", 0),
         _start_key(cfg, model, data, sae, 1),
     ]
     assert len(set(changed)) == len(changed) and key not in changed
+
+
+def test_head_lr_scale_scales_the_head_groups_only() -> None:
+    from segcompass.training.recipe import _head_multipliers
+
+    assert _head_multipliers(0.1) == pytest.approx(
+        {"codebook": 3.0, "heads": 2.5, "sam_prompt_encoder": 1.0, "sam_mask_decoder": 0.5, "llm": 1.0}
+    )
+    assert _head_multipliers(1.0) == {"codebook": 30.0, "heads": 25.0, "sam_prompt_encoder": 10.0,
+                                      "sam_mask_decoder": 5.0, "llm": 1.0}  # fmt: skip

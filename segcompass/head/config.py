@@ -156,6 +156,11 @@ class HeadConfig:
     """Side of the heatmap logits (the SAM dense-mask prompt size, 4 × the embedding grid)."""
     conf_hidden: int = 256
     """Hidden width of the confidence MLP."""
+    conf_evidence: bool = False
+    """Give the confidence MLP the slot's image evidence as well as its query (attention-pooled SAM
+    embedding + peak logit; `SlotMapper`). False: the paper's query-only confidence. The CPU preset turns it
+    on: the tiny backbone does not ground the referent, so a query-only confidence cannot see that the
+    named object is absent."""
     conf_threshold: float = 0.5
     """A slot is confident when sigmoid(confidence logit) ≥ this (DESIGN.md decision)."""
     sam_encoder: SamEncoderConfig = field(default_factory=SamEncoderConfig)

@@ -62,6 +62,7 @@ class SegCompassHead(nn.Module):
             cfg.mapper_fuser_channels,
             cfg.heatmap_size,
             cfg.conf_hidden,
+            cfg.conf_evidence,
         )
         self.mask_head = SamMaskHead(cfg.sam_decoder, enc.out_chans, enc.grid_size, enc.img_size)
         self.image_encoder = image_encoder

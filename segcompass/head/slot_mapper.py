@@ -1,4 +1,12 @@
-"""Slot mapper: slot queries × SAM image keys → heatmap logits H_k (256²) and confidence logits c_k."""
+"""Slot mapper: slot queries × SAM image keys → heatmap logits H_k (256²) and confidence logits c_k.
+
+The paper's confidence is an MLP on the slot query alone. The query comes from the backbone's states, so
+on a backbone that grounds the referent in the image (a 7B MLLM) it can know whether the target is there;
+on one that does not (the tiny CPU backbone) it cannot, and a slot asked for "the purple star" is as
+confident in a scene without one. ``conf_evidence`` adds what the slot found in the image to the
+confidence input: the image embedding pooled under the slot's attention (softmax of its fused logits over
+the grid) and the peak fused logit, projected to D and added to the query (results/head_diagnosis.md §8).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +40,8 @@ class SlotMapper(nn.Module):
         fuser_channels: hidden channels of the 3×3 conv fuser of the per-head logits.
         heatmap_size: output side (bilinear upsampling from the grid).
         conf_hidden: hidden width of the confidence MLP.
+        conf_evidence: add the slot's image evidence (attention-pooled embedding, peak logit) to the
+            confidence MLP's input; False is the paper's query-only confidence.
     """
 
     def __init__(
@@ -43,6 +53,7 @@ class SlotMapper(nn.Module):
         fuser_channels: int = 16,
         heatmap_size: int = 256,
         conf_hidden: int = 256,
+        conf_evidence: bool = False,
     ):
         super().__init__()
         self.heads, self.head_dim, self.heatmap_size = heads, head_dim, heatmap_size
@@ -54,6 +65,7 @@ class SlotMapper(nn.Module):
             nn.Conv2d(fuser_channels, 1, 3, padding=1),
         )
         self.confidence = nn.Sequential(nn.Linear(d_model, conf_hidden), nn.GELU(), nn.Linear(conf_hidden, 1))
+        self.evidence = nn.Linear(embed_dim + 1, d_model) if conf_evidence else None
 
     def forward(self, queries: Tensor, image_embeddings: Tensor) -> SlotMapperOutput:
         """queries: [B, K, D]; image_embeddings: [B, C, g, g]."""
@@ -67,5 +79,18 @@ class SlotMapper(nn.Module):
         fused = self.fuser(logits.reshape(b * k, self.heads, g, g))  # [B·K, 1, g, g]
         heat = F.interpolate(fused, size=(self.heatmap_size,) * 2, mode="bilinear", align_corners=False)
         heat = heat.view(b, k, self.heatmap_size, self.heatmap_size)  # [B, K, S, S]
-        conf = self.confidence(queries).squeeze(-1)  # [B, K]
+        conf_in = queries
+        if self.evidence is not None:
+            conf_in = queries + self.evidence(self._evidence(fused.view(b, k, g * g), image_embeddings))
+        conf = self.confidence(conf_in).squeeze(-1)  # [B, K]
         return SlotMapperOutput(heat, logits, conf)
+
+    @staticmethod
+    def _evidence(fused: Tensor, image_embeddings: Tensor) -> Tensor:
+        """fused: [B, K, g²] slot logits on the grid → [B, K, C + 1]: the embedding pooled under the
+        softmax of each slot's logits, and the slot's peak logit."""
+        attn = fused.float().softmax(-1)  # [B, K, g²]
+        emb = image_embeddings.flatten(2).float()  # [B, C, g²]
+        pooled = torch.einsum("bkn,bcn->bkc", attn, emb)  # [B, K, C]
+        peak = fused.float().amax(-1, keepdim=True)  # [B, K, 1]
+        return torch.cat([pooled, peak], dim=-1).to(fused.dtype)

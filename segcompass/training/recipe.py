@@ -29,7 +29,7 @@ from segcompass.backbones import resolve_backbone
 from segcompass.evaluation import EvalConfig, calibrate_thresholds, evaluate
 from segcompass.evaluation.baselines import EmptyPredictor, UnionOfObjectsPredictor
 from segcompass.evaluation.datasets import open_dataset
-from segcompass.head import HeadConfig, LossConfig, SamEncoderConfig, build_head
+from segcompass.head import LR_MULTIPLIERS, HeadConfig, LossConfig, SamEncoderConfig, build_head
 from segcompass.policy import PolicyConfig
 from segcompass.sam_warmup import SamWarmupConfig, resolve_sam
 from segcompass.world import WorldConfig, write_refcoco_style
@@ -70,14 +70,16 @@ class AblationConfig:
     """Seeds of each arm (head init, data order, rollouts)."""
     train_samples: int = 2000
     """World samples (train split) to train on."""
-    val_samples: int = 100
-    """Held-out world samples (val split) to evaluate on."""
-    calibration_samples: int = 100
+    val_samples: int = 300
+    """Held-out world samples (val split) to evaluate on (with 100 the differences between arms and to the
+    union baseline were below the split's noise; results/training_ablation.md)."""
+    calibration_samples: int = 300
     """World samples of a third split ("calib") on which every model's mask / confidence thresholds are
     chosen (`calibrate_thresholds`) before it is scored on val; 0: the 0.5 / 0.5 defaults only."""
     steps: int = 60
     """Optimiser steps per run (joint / RL / seg after the warm start). At 120 the joint arm's seeds spread
-    further apart (held-out gIoU 0.300 / 0.243 vs 0.281 / 0.275 at 60; results/training_ablation.md)."""
+    further apart (previous table, 100 val samples: held-out gIoU 0.300 / 0.243 vs 0.281 / 0.275 at 60;
+    results/training_ablation.md)."""
     head_warmup_steps: int = 1200
     """Supervised warm start of the head on the policy's greedy responses before every arm (0: none); shared
     by the arms of a seed and reported as its own row (cosine lr, EMA of the weights: `HeadWarmupConfig`;
@@ -93,7 +95,9 @@ class AblationConfig:
     group_size: int = 4
     """G: sampled responses per prompt."""
     lr: float = 1e-4
-    """Base learning rate (LLM blocks after the hook; the head's groups ×30/×25/×10/×5)."""
+    """Base learning rate (LLM blocks after the hook; the head's groups ×30/×25/×10/×5 × `head_lr_scale`)."""
+    head_lr_scale: float = 1.0
+    """Scales the head's learning-rate multipliers in the arms (after its warm start), not the LLM's."""
     max_new_tokens: int = 128
     """Longest response. The world's reference responses are 62 tokens at the median and 93 at the 90th
     percentile (relational ones 87 on average); at 80, 31 % of them — 95 % of the relational ones — would be
@@ -142,7 +146,9 @@ def cpu_head_config(
     d_in: int, d_sae: int, num_slots: int = 4, sam: SamWarmupConfig | None = None
 ) -> HeadConfig:
     """The tiny head at a reduced SAM geometry (256² input → 16² grid → 64² masks) for CPU runs; the focal
-    term from step 0 and a small confidence weight in the matching (see tests/test_head_overfit.py).
+    term from step 0, a small confidence weight in the matching (see tests/test_head_overfit.py) and a
+    confidence that reads the slot's image evidence (`HeadConfig.conf_evidence`: the tiny backbone does not
+    ground the referent, so a query-only confidence cannot see that it is absent; head_diagnosis.md §8).
 
     Args:
         sam: take the SAM encoder / decoder shape of this tiny-SAM warm-up (default: the test-size tiny SAM).
@@ -151,10 +157,12 @@ def cpu_head_config(
     if sam is not None:
         return HeadConfig.tiny(
             d_in, d_sae, num_slots=num_slots, sam_encoder=sam.encoder_config(),
-            sam_decoder=sam.decoder_config(), heatmap_size=sam.mask_size, loss=loss,
+            sam_decoder=sam.decoder_config(), heatmap_size=sam.mask_size, loss=loss, conf_evidence=True,
         )  # fmt: skip
     enc = dataclasses.replace(SamEncoderConfig.tiny(), img_size=256)
-    return HeadConfig.tiny(d_in, d_sae, num_slots=num_slots, sam_encoder=enc, heatmap_size=64, loss=loss)
+    return HeadConfig.tiny(
+        d_in, d_sae, num_slots=num_slots, sam_encoder=enc, heatmap_size=64, loss=loss, conf_evidence=True
+    )
 
 
 def model_head_config(
@@ -213,12 +221,15 @@ def _warm_config(cfg: AblationConfig, seed: int) -> HeadWarmupConfig:
 
 
 def _start_key(cfg: AblationConfig, model: SegCompassModel, data: Path, sae_path: Path, seed: int) -> str:
-    """Key of everything an arm starts from: backbone, SAE, SAM, data, response budget, head warm start."""
+    """Key of everything an arm starts from: backbone, SAE, SAM, head architecture, data, response budget,
+    head warm start. (The head's config is part of it: a cached warm start is loaded with strict=False, so
+    one of a different architecture would otherwise load silently with its new parts at random init.)"""
     warm = dataclasses.asdict(_warm_config(cfg, seed)) if cfg.head_warmup_steps > 0 else None
     return stage_key(
         backbone_key(cfg.backbone, model.backbone),
         str(sae_path),
         cfg.sam,
+        dataclasses.asdict(model.head.cfg),
         data.name,
         warm,
         cfg.max_new_tokens,
@@ -232,6 +243,11 @@ def _warm_head(
     key = _start_key(cfg, model, data, sae_path, seed)
     path = out / "head_warmup" / f"seed{seed}-{key}.safetensors"
     return cached_warm_start(model, train_set, _warm_config(cfg, seed), path)
+
+
+def _head_multipliers(scale: float) -> dict[str, float]:
+    """The head's lr multipliers × `scale` (the LLM's stays 1)."""
+    return {k: v * (1.0 if k == "llm" else scale) for k, v in LR_MULTIPLIERS.items()}
 
 
 class _Replay:
@@ -297,6 +313,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 out=str(out / "runs" / f"{objective}-seed{seed}-{start}"), objective=objective, steps=cfg.steps,
                 prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr, seed=seed,
                 checkpoint_every=max(1, cfg.steps // 4), policy=policy, threads=cfg.threads,
+                lr_multipliers=_head_multipliers(cfg.head_lr_scale),
             )  # fmt: skip
             res = train_joint(
                 train_cfg,
