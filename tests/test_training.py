@@ -94,6 +94,29 @@ def test_gradients_reach_post_hook_layers_and_head_only(data: Path, objective: s
         assert any(v > 0 for v in _grads(part).values()), type(part).__name__
 
 
+def test_head_loss_llm_grad_scales_only_the_gradient_into_the_llm(data: Path) -> None:
+    """0: L_seg / L_conf train the head and send nothing into the LLM; ½: half the gradient; same forward."""
+    grads, outs = {}, {}
+    for scale in (1.0, 0.5, 0.0):
+        model = tiny_model()
+        cfg = tiny_train_config(data / "unused", objective="seg", head_loss_llm_grad=scale)
+        setup_trainable(model, cfg)
+        ro, emb, targets = _teacher_forced(model, data)
+        out = model(ro, emb, targets, llm_grad_scale=cfg.head_loss_llm_grad)
+        (out.head.losses.seg + out.head.losses.conf).backward()
+        last = model.backbone.decoder_layers[-1]
+        grads[scale] = torch.cat(
+            [p.grad.flatten() for p in last.parameters() if p.grad is not None] or [torch.zeros(1)]
+        )
+        outs[scale] = out.head.slot_masks.detach()
+        assert any(v > 0 for v in _grads(model.head.slot_mapper).values())
+    torch.testing.assert_close(outs[0.0], outs[1.0])
+    assert float(grads[1.0].abs().sum()) > 0 and float(grads[0.0].abs().sum()) == 0
+    torch.testing.assert_close(grads[0.5], 0.5 * grads[1.0])
+    with pytest.raises(ValueError, match="head_loss_llm_grad"):
+        tiny_train_config(data / "unused", head_loss_llm_grad=1.5)
+
+
 def test_one_step_changes_exactly_the_trainable_parameters(data: Path, tmp_path: Path) -> None:
     model = tiny_model()
     cfg = tiny_train_config(tmp_path / "run")

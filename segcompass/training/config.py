@@ -39,6 +39,11 @@ class JointTrainConfig:
     """AdamW weight decay."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up steps (then constant, as the reference)."""
+    head_loss_llm_grad: float = 1.0
+    """Scale of the gradient L_seg and L_conf send into the LLM through the concentration states (forward
+    unchanged). 1: the paper's joint objective; 0: the head's losses train only the head and the LLM follows
+    the policy gradient alone (with AdamW's per-parameter normalisation the larger of the two sets the post-hook
+    blocks' update direction)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip over all trainable parameters."""
     train_llm: bool = True
@@ -87,6 +92,8 @@ class JointTrainConfig:
             raise ValueError("GRPO needs group_size >= 2 (group-normalised advantages)")
         if self.group_size < 1 or self.lr <= 0 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("need group_size >= 1, lr > 0, checkpoint_every >= 1, keep_checkpoints >= 1")
+        if not 0.0 <= self.head_loss_llm_grad <= 1.0:
+            raise ValueError(f"head_loss_llm_grad must be in [0, 1], got {self.head_loss_llm_grad}")
         if self.reward.format.num_tokens != self.policy.num_slots:
             self.reward.format.num_tokens = self.policy.num_slots
         self.reward.format.mode = self.policy.mode

@@ -75,13 +75,20 @@ class SegCompassModel(nn.Module):
         image_embeddings: Tensor,
         targets: list[Tensor] | None = None,
         step: int = 0,
+        llm_grad_scale: float = 1.0,
     ) -> ModelOutput:
-        """image_embeddings [N, 256, g, g] (one per response), targets N × [n_i, S, S]."""
+        """image_embeddings [N, 256, g, g] (one per response), targets N × [n_i, S, S].
+
+        `llm_grad_scale` scales the gradient the head's losses send into the LLM through the concentration
+        states (values unchanged; 1: the paper's joint objective, 0: they train the head only)."""
         states = policy_forward(self._backbone, rollouts, self.policy)
+        slot_states = states.concentration_states  # [N, K, D]
+        if llm_grad_scale != 1.0:
+            slot_states = slot_states * llm_grad_scale + slot_states.detach() * (1.0 - llm_grad_scale)
         out = self.head(
             states.hook_states,
             states.concept_token_mask,
-            states.concentration_states,
+            slot_states,
             image_embeddings.float(),
             targets,
             step=step,

@@ -98,6 +98,8 @@ class AblationConfig:
     """Base learning rate (LLM blocks after the hook; the head's groups ×30/×25/×10/×5 × `head_lr_scale`)."""
     head_lr_scale: float = 1.0
     """Scales the head's learning-rate multipliers in the arms (after its warm start), not the LLM's."""
+    head_loss_llm_grad: float = 1.0
+    """`JointTrainConfig.head_loss_llm_grad` of the arms (1: L_seg / L_conf reach the LLM through e_k)."""
     max_new_tokens: int = 128
     """Longest response. The world's reference responses are 62 tokens at the median and 93 at the 90th
     percentile (relational ones 87 on average); at 80, 31 % of them — 95 % of the relational ones — would be
@@ -313,7 +315,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 out=str(out / "runs" / f"{objective}-seed{seed}-{start}"), objective=objective, steps=cfg.steps,
                 prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr, seed=seed,
                 checkpoint_every=max(1, cfg.steps // 4), policy=policy, threads=cfg.threads,
-                lr_multipliers=_head_multipliers(cfg.head_lr_scale),
+                lr_multipliers=_head_multipliers(cfg.head_lr_scale), head_loss_llm_grad=cfg.head_loss_llm_grad,
             )  # fmt: skip
             res = train_joint(
                 train_cfg,

@@ -98,7 +98,8 @@ def joint_step(
     targets = [s.targets for s in batch for _ in range(g)]
     embeddings = torch.stack([s.embedding for s in batch]).repeat_interleave(g, dim=0)  # [N, 256, g, g]
     with _timer(t, "forward"):
-        out = forward_module(rollouts, embeddings, targets if cfg.trains_head else None, step)
+        out = forward_module(rollouts, embeddings, targets if cfg.trains_head else None, step,
+                             cfg.head_loss_llm_grad)  # fmt: skip
     with _timer(t, "reward"):
         rewards = score_responses(rollouts, out, targets, cfg, reward_fn)
         r = torch.tensor([x.total if isinstance(x, RewardResult) else float(x) for x in rewards])
