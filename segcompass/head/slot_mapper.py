@@ -89,8 +89,8 @@ class SlotMapper(nn.Module):
     def _evidence(fused: Tensor, image_embeddings: Tensor) -> Tensor:
         """fused: [B, K, g²] slot logits on the grid → [B, K, C + 1]: the embedding pooled under the
         softmax of each slot's logits, and the slot's peak logit."""
-        attn = fused.float().softmax(-1)  # [B, K, g²]
+        logits = fused.float()
         emb = image_embeddings.flatten(2).float()  # [B, C, g²]
-        pooled = torch.einsum("bkn,bcn->bkc", attn, emb)  # [B, K, C]
-        peak = fused.float().amax(-1, keepdim=True)  # [B, K, 1]
+        pooled = torch.einsum("bkn,bcn->bkc", logits.softmax(-1), emb)  # [B, K, C]
+        peak = logits.amax(-1, keepdim=True)  # [B, K, 1]
         return torch.cat([pooled, peak], dim=-1).to(fused.dtype)
