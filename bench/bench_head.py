@@ -82,7 +82,15 @@ class Measure:
     peak_mib: float
 
 
-def _one(fn: Callable[[], object]) -> tuple[float, float]:
+def _one(fn: Callable[[], object], cuda: bool = False) -> tuple[float, float]:
+    if cuda:  # GPU time and peak growth of allocated device memory
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_bytes = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, (torch.cuda.max_memory_allocated() - base_bytes) / 2**20
     base = _heap()
     peak = [base]
     stop = threading.Event()
@@ -102,15 +110,16 @@ def _one(fn: Callable[[], object]) -> tuple[float, float]:
     return dt, (max(peak[0], _heap()) - base) / 2**20
 
 
-def measure(fns: list[Callable[[], object]], repeats: int) -> list[Measure]:
+def measure(fns: list[Callable[[], object]], repeats: int, cuda: bool = False) -> list[Measure]:
     """Median wall time and largest heap growth of each callable, run round-robin (after one warm-up each)
-    so that load from other processes hits every variant alike."""
+    so that load from other processes hits every variant alike. `cuda`: synchronise around each call and
+    report the growth of allocated GPU memory instead of the heap's."""
     for fn in fns:
         fn()
     runs: list[list[tuple[float, float]]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            runs[i].append(_one(fn))
+            runs[i].append(_one(fn, cuda))
     return [Measure(statistics.median(t for t, _ in r), max(p for _, p in r)) for r in runs]
 
 

@@ -51,7 +51,7 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and world > 1:
         device = f"cuda:{local_rank}"
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and torch.device(device).index is not None:  # plain "cuda": the current one
         torch.cuda.set_device(torch.device(device))
     if world > 1 and not dist.is_initialized():
         if backend == "auto":

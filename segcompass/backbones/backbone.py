@@ -82,6 +82,11 @@ class Backbone:
         return int(self.family.text_config(self.model).hidden_size)
 
     @property
+    def device(self) -> torch.device:
+        """Device of the model's input embeddings (where `generate` and the forward take their inputs)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
     def image_token_id(self) -> int:
         return int(self.tokenizer.convert_tokens_to_ids(self.family.image_token))
 

@@ -82,7 +82,8 @@ class TinySpec:
     hook_layer: int = 2
     """Default hook layer of the preset."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Family-specific overrides."""
+    """Family-specific overrides (Qwen2.5-VL: ``text_config`` / ``vision_config`` dicts merged into the
+    built config, e.g. the vision tower's real head count for a full-size shape check)."""
 
 
 class BackboneFamily(ABC):

@@ -104,6 +104,7 @@ class Qwen25VLFamily(BackboneFamily):
             (head_dim // 2 - quarter) // 2,
             head_dim // 2 - quarter - (head_dim // 2 - quarter) // 2,
         ]
+        extra_text, extra_vision = spec.extra.get("text_config", {}), spec.extra.get("vision_config", {})
         config = Qwen2_5_VLConfig(
             text_config={
                 "vocab_size": len(tokenizer),
@@ -122,6 +123,7 @@ class Qwen25VLFamily(BackboneFamily):
                 "eos_token_id": tid("<|im_end|>"),
                 "pad_token_id": tid("<|endoftext|>"),
                 "tie_word_embeddings": False,
+                **extra_text,
             },
             vision_config={
                 "depth": spec.vision_layers,
@@ -134,6 +136,7 @@ class Qwen25VLFamily(BackboneFamily):
                 "temporal_patch_size": 2,
                 "window_size": 56,
                 "fullatt_block_indexes": [spec.vision_layers - 1],
+                **extra_vision,
             },
             image_token_id=tid("<|image_pad|>"),
             video_token_id=tid("<|video_pad|>"),

@@ -147,7 +147,8 @@ def head_losses(
     if sb is not None and sb.numel():
         sk = torch.cat([m.slot_idx for m in matches])
         conf_target[sb, sk] = 1.0
-        gt = torch.cat([targets[i][m.target_idx].to(mask_logits.device) for i, m in enumerate(matches)])
+        dev = mask_logits.device  # targets may stay on the host (data loaders); the indices live on `dev`
+        gt = torch.cat([targets[i].to(dev)[m.target_idx.to(dev)] for i, m in enumerate(matches)])
         heat, mask = heatmap_logits[sb, sk], mask_logits[sb, sk]  # [M, S, S]
         heat_bce = bce_per_pair(heat, gt).mean()
         mask_dice = dice_per_pair(mask, gt, cfg.dice_smooth).mean()

@@ -60,6 +60,11 @@ class PolicyConfig:
         return tuple(int(TokenType[t]) for t in self.concept_token_types)
 
     @property
+    def head_slots(self) -> int:
+        """Concentration tokens a complete response holds for the head: K in multi mode, 1 in single mode."""
+        return self.num_slots if self.mode == "multi" else 1
+
+    @property
     def head_concentration_mode(self) -> str:
         """The head's `concentration_mode` that matches `mode`."""
         return "per_slot" if self.mode == "multi" else "broadcast"

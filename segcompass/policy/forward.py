@@ -61,7 +61,7 @@ def gather_concentration(
         pos = pos[:k] if mode == "multi" else pos[-1:]
         rows.append(pos)
     idx_n = torch.cat([torch.full_like(p, i) for i, p in enumerate(rows)])
-    idx_k = torch.cat([torch.arange(len(p)) for p in rows])
+    idx_k = torch.cat([torch.arange(len(p), device=p.device) for p in rows])
     idx_t = torch.cat(rows)
     if idx_t.numel():
         out = out.index_put((idx_n, idx_k), last_states[idx_n, idx_t])
@@ -80,7 +80,7 @@ def policy_forward(backbone: Backbone, rollouts: Rollouts, config: PolicyConfig)
     hidden = out.hidden_states
     hook = hidden[backbone.hook_layer].detach()  # [N, T, D]
     conc, found = gather_concentration(hidden[-1], rollouts.token_types, config.num_slots, config.mode)
-    type_ids = torch.tensor(config.concept_type_ids)
+    type_ids = torch.tensor(config.concept_type_ids, device=rollouts.token_types.device)
     concept_mask = torch.isin(rollouts.token_types, type_ids) & inputs["attention_mask"].bool()
     return PolicyStates(logp, rollouts.response_mask, hook, concept_mask, conc, found)
 

@@ -137,7 +137,10 @@ def generate_rollouts(
     rep_images = [im for im in images for _ in range(group_size)]
     rep_texts = [config.prompt_template.format(text=t) for t in texts for _ in range(group_size)]
     prepared = backbone.prepare(rep_images, rep_texts, image_first=config.image_first, system=config.system)
-    inputs = {k: v for k, v in prepared.inputs.items()}
+    device = backbone.device
+    inputs = {
+        k: v.to(device) for k, v in prepared.inputs.items()
+    }  # every Rollouts tensor on the model's device
     model = backbone.model
     was_training = model.training
     model.eval()
@@ -161,13 +164,14 @@ def generate_rollouts(
     eos = eos_ids(backbone)
     response_mask = response_mask_of(response_ids, eos)
     response_ids = torch.where(response_mask, response_ids, torch.full_like(response_ids, pad))
-    response_types = label_generated(response_ids, backbone)  # [N, R], PAD from the first EOS on
+    response_types = label_generated(response_ids, backbone).to(device)  # [N, R], PAD from the first EOS on
     # The end-of-turn token itself is scored (the policy chooses to stop): label it SPECIAL.
     response_types = torch.where(
         response_mask & (response_types == TokenType.PAD), int(TokenType.SPECIAL), response_types
     )
-    token_types = torch.cat([prepared.token_types, response_types], dim=1)
-    image_rc = torch.cat([prepared.image_rc, prepared.image_rc.new_full((*response_ids.shape, 2), -1)], dim=1)
+    token_types = torch.cat([prepared.token_types.to(device), response_types], dim=1)
+    prompt_rc = prepared.image_rc.to(device)
+    image_rc = torch.cat([prompt_rc, prompt_rc.new_full((*response_ids.shape, 2), -1)], dim=1)
     decoded = backbone.tokenizer.batch_decode(
         [row[m].tolist() for row, m in zip(response_ids, response_mask, strict=True)],
         skip_special_tokens=False,
@@ -212,20 +216,20 @@ def rollouts_from_responses(
             raise ValueError(f"response {i} contains an image/video placeholder token: {responses[i][:80]!r}")
     width = max(len(r) for r in rows)
     pad = tok.pad_token_id
+    dev = backbone.device
     response_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)  # [N, R]
     response_mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows])
     response_types = label_generated(response_ids, backbone)
     response_types = torch.where(
         response_mask & (response_types == TokenType.PAD), int(TokenType.SPECIAL), response_types
     )
+    prompt_rc = prepared.image_rc.to(dev)
     return Rollouts(
-        prompt_inputs=dict(prepared.inputs.items()),
-        response_ids=response_ids,
-        response_mask=response_mask,
-        token_types=torch.cat([prepared.token_types, response_types], dim=1),
-        image_rc=torch.cat(
-            [prepared.image_rc, prepared.image_rc.new_full((*response_ids.shape, 2), -1)], dim=1
-        ),
+        prompt_inputs={k: v.to(dev) for k, v in prepared.inputs.items()},
+        response_ids=response_ids.to(dev),
+        response_mask=response_mask.to(dev),
+        token_types=torch.cat([prepared.token_types.to(dev), response_types.to(dev)], dim=1),
+        image_rc=torch.cat([prompt_rc, prompt_rc.new_full((*response_ids.shape, 2), -1)], dim=1),
         geometries=prepared.geometries,
         texts=list(responses),
         group_size=1,

@@ -114,11 +114,11 @@ def single_target_seg_reward(
         gt = _as_gt(gt_masks, mask_probs)
         union = gt.amax(0, keepdim=True) if gt.shape[0] else gt.new_zeros((1, *gt.shape[1:]))
         probs = mask_probs.float().clamp(0.0, 1.0)
-        slots = torch.arange(probs.shape[0])
+        slots = torch.arange(probs.shape[0], device=probs.device)
         if cfg.single_use_confidence:
             if confidence is None:
                 raise ValueError("single_use_confidence needs the slot confidences")
-            slots = slots[confidence.reshape(-1).cpu() >= cfg.confidence_threshold]
+            slots = slots[confidence.reshape(-1).to(probs.device) >= cfg.confidence_threshold]
         if slots.numel() == 0:
             return SegRewardResult(0.0, 0, int(gt.shape[0]))
         p, g = probs[slots].flatten(1).double(), union.flatten(1).double()

@@ -60,7 +60,8 @@ def ablation_markdown(table: pd.DataFrame, cfg: AblationConfig) -> str:
         f"backbone {cfg.backbone}; SAM {cfg.sam or 'random init'}; head warm start {cfg.head_warmup_steps} steps "
         f"on {cfg.head_warmup_samples} greedy-decoded prompts; then "
         f"{cfg.steps} steps × {cfg.prompts_per_step} prompts × G {cfg.group_size}, lr {cfg.lr}"
-        f" (head multipliers × {cfg.head_lr_scale}; head losses' gradient into the LLM × {cfg.head_loss_llm_grad}); "
+        f" (head multipliers × {cfg.head_lr_scale}; head losses' gradient into the LLM × {cfg.head_loss_llm_grad};"
+        f" head EMA decay {cfg.head_ema_decay}; head losses on {cfg.head_loss_responses} responses); "
         "greedy evaluation, one sample per sentence, masks scored in the image frame"
         + (", at mask / confidence thresholds chosen on the calibration split (gIoU, rela)"
            if cfg.calibration_samples else "")

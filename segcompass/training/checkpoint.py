@@ -1,6 +1,7 @@
 """Resumable checkpoints of joint training: `out/checkpoints/step-<N>/`, written atomically.
 
-A checkpoint holds the trainable weights (`trainable.safetensors`, by parameter name), the optimiser
+A checkpoint holds the trainable weights (`trainable.safetensors`, by parameter name), the head's moving
+average when the run keeps one (`ema.safetensors`), the optimiser
 and scheduler states (`optimizer.pt`, loaded with ``weights_only=True``), and `state.json`: step, data
 cursor, the config fingerprint. Rollouts are seeded per (seed, step, rank), so no RNG state is needed for
 an exact resume. The folder is written as `.tmp-…`, fsynced and renamed; `state.json` is written last,
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
+EMA_FILE = "ema.safetensors"
 _NAME = re.compile(r"^step-(\d+)$")
 _NOT_RESULT_FIELDS = ("out", "steps", "checkpoint_every", "keep_checkpoints", "log_every", "resume",
                       "wandb_project", "threads", "gradient_checkpointing")  # fmt: skip
@@ -75,11 +77,13 @@ def save_checkpoint(
     keep: int,
     weights: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict[str, Any] | None = None,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `checkpoints/step-<step>/` atomically, then keep only the newest `keep` checkpoints.
 
     `weights` / `optimizer_state`: full states gathered from a sharded run (`sharding.gather_training_state`);
-    default: this process's trainable parameters and `optimizer.state_dict()`."""
+    default: this process's trainable parameters and `optimizer.state_dict()`. `ema`: the head's moving
+    average (`HeadEMA.state_dict`), written as `ema.safetensors`."""
     root = Path(out) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -92,6 +96,8 @@ def save_checkpoint(
         {k: v.contiguous() for k, v in (weights if weights is not None else trainable_state(model)).items()},
         str(tmp / "trainable.safetensors"),
     )
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / EMA_FILE))
     opt_state = optimizer_state if optimizer_state is not None else optimizer.state_dict()
     torch.save(
         {
@@ -110,6 +116,16 @@ def save_checkpoint(
     for _, old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def load_ema(path: Path) -> dict[str, torch.Tensor]:
+    """The head's moving average saved in checkpoint `path` (a clear error when the run kept none)."""
+    file = Path(path) / EMA_FILE
+    if not file.exists():
+        raise FileNotFoundError(
+            f"checkpoint {path} holds no {EMA_FILE}: it was written without head_ema_decay"
+        )
+    return load_file(str(file))
 
 
 def load_checkpoint(

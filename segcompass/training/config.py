@@ -44,6 +44,16 @@ class JointTrainConfig:
     unchanged). 1: the paper's joint objective; 0: the head's losses train only the head and the LLM follows
     the policy gradient alone (with AdamW's per-parameter normalisation the larger of the two sets the post-hook
     blocks' update direction)."""
+    head_loss_responses: Literal["all", "complete"] = "all"
+    """Which sampled responses train the head: ``all`` (the paper) or only the ``complete`` ones — those that
+    hold all K concentration tokens (a response cut short or without its `<REF_POS>` tokens gives the head
+    zero states in their place, an input greedy decoding at evaluation rarely produces). Rewards and the
+    policy gradient still use every response."""
+    head_ema_decay: float = 0.0
+    """> 0: keep an exponential moving average of the head's trainable weights (decay per step, starting
+    from the run's initial weights, no bias correction; `segcompass.training.ema`) and end the run with the
+    head at the average — the saved final model and the model in memory. The run itself trains the live
+    weights; checkpoints carry both. 0: off (the paper: the head ends at its last weights)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip over all trainable parameters."""
     train_llm: bool = True
@@ -92,6 +102,12 @@ class JointTrainConfig:
             raise ValueError("GRPO needs group_size >= 2 (group-normalised advantages)")
         if self.group_size < 1 or self.lr <= 0 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("need group_size >= 1, lr > 0, checkpoint_every >= 1, keep_checkpoints >= 1")
+        if self.head_loss_responses not in ("all", "complete"):
+            raise ValueError(
+                f"head_loss_responses must be 'all' or 'complete', got {self.head_loss_responses!r}"
+            )
+        if not 0.0 <= self.head_ema_decay < 1.0:
+            raise ValueError(f"head_ema_decay must be in [0, 1), got {self.head_ema_decay}")
         if not 0.0 <= self.head_loss_llm_grad <= 1.0:
             raise ValueError(f"head_loss_llm_grad must be in [0, 1], got {self.head_loss_llm_grad}")
         if self.reward.format.num_tokens != self.policy.num_slots:

@@ -29,8 +29,16 @@ from segcompass.head.image_encoder import ImageEmbeddingCache
 from segcompass.rewards import RewardFn
 
 from .batches import DataCursor, SampleSource, shard_for_rank
-from .checkpoint import fingerprint, list_checkpoints, load_checkpoint, remove_temporaries, save_checkpoint
+from .checkpoint import (
+    fingerprint,
+    list_checkpoints,
+    load_checkpoint,
+    load_ema,
+    remove_temporaries,
+    save_checkpoint,
+)
 from .config import JointTrainConfig
+from .ema import HeadEMA
 from .lora import AdapterFreeReference, apply_lora, has_lora
 from .model import SegCompassModel
 from .sharding import gather_model_state, gather_training_state, shard_model
@@ -162,6 +170,7 @@ def train_joint(
         groups = setup_trainable(model, cfg)
         trainable = [p for g in groups for p in g["params"]]
     optimizer = build_optimizer(groups)
+    ema = HeadEMA(model, cfg.head_ema_decay) if cfg.head_ema_decay > 0 and cfg.trains_head else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
     forward_module: nn.Module = model
     if info.distributed and not sharded:
@@ -188,6 +197,8 @@ def train_joint(
             )
         state = load_checkpoint(path, model, optimizer, scheduler, fp, sharded=sharded)
         cursor.load_state_dict(state["cursor"])
+        if ema is not None:
+            ema.load_state_dict(load_ema(path))
         start = step_done
         logger.info("resuming from %s (step %d)", path, start)
     if info.is_main:
@@ -213,6 +224,8 @@ def train_joint(
             result = joint_step(
                 model, forward_module, reference, optimizer, batch, cfg, step, trainable, reward_fn
             )
+            if ema is not None:
+                ema.update()
             scheduler.step()
             metrics = _mean_over_ranks(
                 {**result.metrics, **{f"time/{k}": v for k, v in result.timings.items()}}, info
@@ -229,11 +242,13 @@ def train_joint(
                 )
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _checkpoint(out, done, model, optimizer, scheduler, cursor, fp, cfg, info, sharded)
+                _checkpoint(out, done, model, optimizer, scheduler, cursor, fp, cfg, info, sharded, ema)
     except KeyboardInterrupt:
         logger.warning("interrupted at step %d; the newest checkpoint in %s is where a resume continues", step,
                        out / "checkpoints")  # fmt: skip
         raise
+    if ema is not None:
+        ema.copy_to(model)  # the run ends with the head at its average (saved and in memory)
     final = None
     full_state = gather_model_state(model) if sharded else None  # collective
     if info.is_main:
@@ -247,11 +262,15 @@ def train_joint(
     return TrainResult(pd.DataFrame(history), final, start)
 
 
-def _checkpoint(out, step, model, optimizer, scheduler, cursor, fp, cfg, info, sharded=False) -> None:
+def _checkpoint(
+    out, step, model, optimizer, scheduler, cursor, fp, cfg, info, sharded=False, ema=None
+) -> None:
     weights, optim = gather_training_state(model, optimizer) if sharded else (None, None)  # collective
+    ema_state = ema.state_dict() if ema is not None else None  # collective when sharded
     if info.is_main:
         state = {"cursor": cursor.state_dict(), "fingerprint": fp}
-        save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints, weights, optim)
+        save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints, weights, optim,
+                        ema_state)  # fmt: skip
     barrier(info)
 
 

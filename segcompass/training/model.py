@@ -10,6 +10,7 @@ Saved layout (a folder)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -76,23 +78,44 @@ class SegCompassModel(nn.Module):
         targets: list[Tensor] | None = None,
         step: int = 0,
         llm_grad_scale: float = 1.0,
+        loss_responses: str = "all",
     ) -> ModelOutput:
         """image_embeddings [N, 256, g, g] (one per response), targets N × [n_i, S, S].
 
         `llm_grad_scale` scales the gradient the head's losses send into the LLM through the concentration
-        states (values unchanged; 1: the paper's joint objective, 0: they train the head only)."""
+        states (values unchanged; 1: the paper's joint objective, 0: they train the head only).
+        `loss_responses`: ``"all"`` responses enter the head's losses, or only the ``"complete"`` ones — those
+        that hold all their concentration tokens (K in multi mode, one in single mode); the head still runs
+        on every response (rewards read it). With none complete, `head.losses` stays None."""
+        if loss_responses not in ("all", "complete"):
+            raise ValueError(f"loss_responses must be 'all' or 'complete', got {loss_responses!r}")
         states = policy_forward(self._backbone, rollouts, self.policy)
-        slot_states = states.concentration_states  # [N, K, D]
+        # The head runs in fp32 on the policy's device, whatever the LLM's dtype (bf16 on GPUs); the casts
+        # keep the graph, so L_seg still reaches the LLM in its own dtype.
+        slot_states = states.concentration_states.float()  # [N, K, D]
         if llm_grad_scale != 1.0:
             slot_states = slot_states * llm_grad_scale + slot_states.detach() * (1.0 - llm_grad_scale)
+        device = slot_states.device
+        selective = targets is not None and loss_responses == "complete"
         out = self.head(
-            states.hook_states,
+            states.hook_states.float(),
             states.concept_token_mask,
             slot_states,
-            image_embeddings.float(),
-            targets,
+            image_embeddings.to(device=device, dtype=torch.float32),
+            None if selective else targets,
             step=step,
         )
+        if selective:
+            rows = torch.nonzero(states.concentration_found >= self.policy.head_slots).flatten().tolist()
+            if rows:  # the losses of the complete responses only (each sample's loss is its own)
+                part = dataclasses.replace(
+                    out,
+                    slot_heatmaps=out.slot_heatmaps[rows],  # [n, K, S, S]
+                    slot_confidence_logits=out.slot_confidence_logits[rows],  # [n, K]
+                    slot_masks=out.slot_masks[rows],  # [n, K, S, S]
+                )
+                self.head.attach_losses(part, [targets[i] for i in rows], step)
+                out.losses = part.losses
         return ModelOutput(states, out)
 
     # ------------------------------------------------------------------------------ persistence

@@ -100,6 +100,10 @@ class AblationConfig:
     """Scales the head's learning-rate multipliers in the arms (after its warm start), not the LLM's."""
     head_loss_llm_grad: float = 1.0
     """`JointTrainConfig.head_loss_llm_grad` of the arms (1: L_seg / L_conf reach the LLM through e_k)."""
+    head_loss_responses: str = "all"
+    """`JointTrainConfig.head_loss_responses` of the arms that train the head (``all`` or ``complete``)."""
+    head_ema_decay: float = 0.0
+    """`JointTrainConfig.head_ema_decay` of the arms that train the head (0: the head ends at its last weights)."""
     max_new_tokens: int = 128
     """Longest response. The world's reference responses are 62 tokens at the median and 93 at the 90th
     percentile (relational ones 87 on average); at 80, 31 % of them — 95 % of the relational ones — would be
@@ -316,6 +320,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr, seed=seed,
                 checkpoint_every=max(1, cfg.steps // 4), policy=policy, threads=cfg.threads,
                 lr_multipliers=_head_multipliers(cfg.head_lr_scale), head_loss_llm_grad=cfg.head_loss_llm_grad,
+                head_ema_decay=cfg.head_ema_decay, head_loss_responses=cfg.head_loss_responses,
             )  # fmt: skip
             res = train_joint(
                 train_cfg,

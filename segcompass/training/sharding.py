@@ -76,8 +76,9 @@ def full_grad_norm(norm: torch.Tensor) -> torch.Tensor:
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A whole CPU copy of `t` (collective for a DTensor: every process must call it in the same order)."""
+def whole_copy(t: torch.Tensor) -> torch.Tensor:
+    """A whole CPU tensor of `t` (collective for a DTensor: every process must call it in the same order);
+    a tensor already whole on the CPU is returned as it is, not copied."""
     return (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().contiguous()
 
 
@@ -86,7 +87,7 @@ def gather_training_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
     [...]} on CPU (collective: every process calls it and receives the same)."""
     reshard_all(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    weights = {n: _full(p) for n, p in model.named_parameters() if p.requires_grad}
+    weights = {n: whole_copy(p) for n, p in model.named_parameters() if p.requires_grad}
     state: dict[str, dict[str, Any]] = {}
     lost = [
         (g.get("name"), tuple(p.shape))
@@ -100,7 +101,7 @@ def gather_training_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
         for p in group["params"]:
             entry = optimizer.state.get(p, {})
             state[names[id(p)]] = {
-                k: _full(v) if isinstance(v, torch.Tensor) else v for k, v in sorted(entry.items())
+                k: whole_copy(v) if isinstance(v, torch.Tensor) else v for k, v in sorted(entry.items())
             }
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     return weights, {"state": state, "param_groups": groups}
@@ -109,10 +110,10 @@ def gather_training_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
 def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Whole state dict of `model` on CPU (collective)."""
     reshard_all(model)
-    return {k: _full(v) for k, v in model.state_dict().items()}
+    return {k: whole_copy(v) for k, v in model.state_dict().items()}
 
 
-def _like(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def laid_out_like(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """`full` laid out as `p` (this process's shard when `p` is a DTensor)."""
     full = full.to(device=p.device, dtype=p.dtype if full.is_floating_point() else full.dtype)
     return distribute_tensor(full, p.device_mesh, p.placements) if isinstance(p, DTensor) else full
@@ -132,13 +133,13 @@ def load_training_state(
     with torch.no_grad():
         for name, value in weights.items():
             p = params[name]
-            p.copy_(_like(value, p))
+            p.copy_(laid_out_like(value, p))
     for group, saved in zip(optimizer.param_groups, optim_state["param_groups"], strict=True):
         group.update(saved)
     for name, entry in optim_state["state"].items():
         p = params[name]
         if entry:
             optimizer.state[p] = {
-                k: (v.clone() if k == "step" else _like(v, p)) if isinstance(v, torch.Tensor) else v
+                k: (v.clone() if k == "step" else laid_out_like(v, p)) if isinstance(v, torch.Tensor) else v
                 for k, v in entry.items()
             }

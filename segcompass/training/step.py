@@ -99,12 +99,13 @@ def joint_step(
     embeddings = torch.stack([s.embedding for s in batch]).repeat_interleave(g, dim=0)  # [N, 256, g, g]
     with _timer(t, "forward"):
         out = forward_module(rollouts, embeddings, targets if cfg.trains_head else None, step,
-                             cfg.head_loss_llm_grad)  # fmt: skip
+                             cfg.head_loss_llm_grad, cfg.head_loss_responses)  # fmt: skip
     with _timer(t, "reward"):
         rewards = score_responses(rollouts, out, targets, cfg, reward_fn)
         r = torch.tensor([x.total if isinstance(x, RewardResult) else float(x) for x in rewards])
         parts = [x for x in rewards if isinstance(x, RewardResult)]
         adv = group_advantages(r, g, std=cfg.advantage_std).advantages if g > 1 else torch.zeros_like(r)
+        adv = adv.to(out.states.logp.device)
     with _timer(t, "backward"):
         states = out.states
         zero = states.logp.new_zeros(())
@@ -138,6 +139,7 @@ def joint_step(
             "policy/cot_tokens": float(rollouts.cot_lengths().float().mean()),
             "policy/response_tokens": float(rollouts.response_mask.sum(1).float().mean()),
             "policy/concentration_found": float(states.concentration_found.float().mean()),
+            "policy/complete": float((states.concentration_found >= cfg.policy.head_slots).float().mean()),
             "head/confident_slots": float(out.head.confident.sum(1).float().mean()),
             "grad_norm": float(grad_norm),
         }
