@@ -11,8 +11,9 @@ from _head_common import make_sae
 from segcompass.backbones import Backbone, build_tiny
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.head import HeadConfig, LossConfig, SamEncoderConfig, build_head
-from segcompass.policy import PolicyConfig
+from segcompass.policy import PolicyConfig, rollouts_from_responses
 from segcompass.training import JointTrainConfig, SegCompassModel
+from segcompass.training.batches import SampleSource
 from segcompass.world import WorldConfig, write_refcoco_style
 
 K = 2
@@ -52,3 +53,65 @@ def tiny_train_config(out: Path, **overrides: object) -> JointTrainConfig:
     base = dict(out=str(out), steps=2, prompts_per_step=2, group_size=2, lr=1e-3, checkpoint_every=1,
                 policy=PolicyConfig(num_slots=K, max_new_tokens=12))  # fmt: skip
     return JointTrainConfig(**{**base, **overrides})
+
+
+def teacher_forced(model: SegCompassModel, data: Path, n: int = 2):
+    """Rollouts of the fixed `RESPONSE` (K concentration tokens) for the first n train samples, their SAM
+    embeddings and targets."""
+    samples = SampleSource(open_world(data, "train"), model.head).get(list(range(n)))
+    ro = rollouts_from_responses(model.backbone, [s.image for s in samples], [s.text for s in samples],
+                                 [RESPONSE] * n, model.policy)  # fmt: skip
+    return ro, torch.stack([s.embedding for s in samples]), [s.targets for s in samples]
+
+
+def forward_backward(model: SegCompassModel, data: Path):
+    """One teacher-forced forward (train mode) and backward of log-prob sum + head losses."""
+    model.train()
+    ro, emb, targets = teacher_forced(model, data)
+    out = model(ro, emb, targets)
+    (out.states.logp.sum() + out.head.losses.total).backward()
+    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return ro, out, grads
+
+
+def fsdp_update_vs_unsharded(data: Path, tmp: Path, device: str, backend: str):
+    """One SGD update on teacher-forced responses by the unsharded model and by the FSDP2-sharded one in a
+    one-rank process group (+ one sampled joint step on the sharded model). Teacher forcing and SGD keep the
+    comparison exact: sampled text may differ between two GPU runs, and AdamW's first step is ±lr wherever
+    |g| ≫ eps (it flips with the last bits where it is not). Returns (sharded weights, unsharded weights,
+    the sampled step's loss)."""
+    import torch.distributed as dist
+
+    from segcompass.head import build_optimizer
+    from segcompass.training import joint_step, setup_trainable
+    from segcompass.training.loop import build_reference
+    from segcompass.training.sharding import gather_training_state, shard_model
+
+    cfg = tiny_train_config(tmp / "unused", parallel="fsdp")
+
+    def sgd_step(model) -> torch.optim.Optimizer:
+        optimizer = torch.optim.SGD(setup_trainable(model, cfg))
+        forward_backward(model, data)
+        optimizer.step()
+        return optimizer
+
+    plain = tiny_model().to(device)
+    sgd_step(plain)
+    expected = {n: p.detach().cpu().clone() for n, p in plain.named_parameters() if p.requires_grad}
+    del plain
+    dist.init_process_group(backend, init_method=f"file://{tmp / 'pg'}", rank=0, world_size=1)
+    try:
+        model = tiny_model().to(device)
+        setup_trainable(model, cfg)
+        reference = build_reference(model, cfg)
+        shard_model(model, reference)
+        optimizer = sgd_step(model)
+        weights = {k: v.clone() for k, v in gather_training_state(model, optimizer)[0].items()}
+        groups = setup_trainable(model, cfg)
+        torch.manual_seed(0)
+        batch = SampleSource(open_world(data, "train"), model.head).get([0, 1])
+        result = joint_step(model, model, reference, build_optimizer(groups), batch, cfg, 0,
+                            [p for g in groups for p in g["params"]])  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+    return weights, expected, result.loss

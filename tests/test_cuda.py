@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from _training_common import RESPONSE, open_world, tiny_model, tiny_train_config, world_data
+from _training_common import (
+    forward_backward,
+    fsdp_update_vs_unsharded,
+    open_world,
+    teacher_forced,
+    tiny_model,
+    tiny_train_config,
+    world_data,
+)
 
 from segcompass.head import build_optimizer
-from segcompass.policy import rollouts_from_responses
 from segcompass.training import SegCompassPredictor, joint_step, load_model, setup_trainable, train_joint
 from segcompass.training.batches import SampleSource
 from segcompass.training.loop import build_reference
@@ -39,26 +46,10 @@ def data(tmp_path_factory) -> Path:
     return world_data(tmp_path_factory.mktemp("world"))
 
 
-def _teacher_forced(model, data: Path, n: int = 2):
-    samples = SampleSource(open_world(data, "train"), model.head).get(list(range(n)))
-    ro = rollouts_from_responses(model.backbone, [s.image for s in samples], [s.text for s in samples],
-                                 [RESPONSE] * n, model.policy)  # fmt: skip
-    return ro, torch.stack([s.embedding for s in samples]), [s.targets for s in samples]
-
-
-def _forward_backward(model, data: Path):
-    model.train()
-    ro, emb, targets = _teacher_forced(model, data)
-    out = model(ro, emb, targets)
-    (out.states.logp.sum() + out.head.losses.total).backward()
-    grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
-    return ro, out, grads
-
-
 def test_policy_and_head_on_cuda_match_the_cpu(data: Path) -> None:
     cpu, gpu = tiny_model(), tiny_model().cuda()  # same seed: same weights
-    _, out_c, grads_c = _forward_backward(cpu, data)
-    ro_g, out_g, grads_g = _forward_backward(gpu, data)
+    _, out_c, grads_c = forward_backward(cpu, data)
+    ro_g, out_g, grads_g = forward_backward(gpu, data)
     assert ro_g.response_ids.is_cuda and ro_g.token_types.is_cuda and ro_g.prompt_inputs["input_ids"].is_cuda
     assert out_g.head.slot_masks.is_cuda
     close = dict(rtol=1e-3, atol=1e-4)
@@ -89,7 +80,7 @@ def test_bf16_policy_trains_post_hook_layers_and_head_only(data: Path, lora_rank
     # Sampled responses of a random policy rarely hold <REF_POS> and get equal rewards (zero advantages);
     # teacher-forced ones do hold it, so L_seg and the log-probs reach the post-hook blocks through e_k.
     model.zero_grad(set_to_none=True)
-    _forward_backward(model, data)
+    forward_backward(model, data)
     with_grad = {n: p for n, p in model.named_parameters() if p.grad is not None}
     assert all(id(p) in trainable for p in with_grad.values())  # nothing frozen gets a gradient
     assert all(bool(torch.isfinite(p.grad).all()) for p in with_grad.values())
@@ -126,50 +117,15 @@ def test_train_joint_on_cuda_resumes_and_loads_on_the_cpu(data: Path, tmp_path: 
     for m in (loaded_gpu, loaded_cpu):
         m.eval()
         with torch.no_grad():
-            ro, emb, _ = _teacher_forced(m, data)
+            ro, emb, _ = teacher_forced(m, data)
             outs.append(m(ro, emb).head)
     torch.testing.assert_close(outs[0].slot_masks.cpu(), outs[1].slot_masks, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(outs[0].slot_confidence.cpu(), outs[1].slot_confidence, rtol=1e-3, atol=1e-4)
 
 
-def test_fsdp2_on_one_nccl_rank_matches_the_unsharded_step(data: Path, tmp_path: Path) -> None:
-    import torch.distributed as dist
-
-    from segcompass.training.sharding import gather_training_state, shard_model
-
-    cfg = tiny_train_config(tmp_path / "unused", parallel="fsdp")
-
-    def sgd_step(model) -> torch.optim.Optimizer:
-        # teacher-forced responses (sampled ones may flip a token between two CUDA runs: kernels are not
-        # bitwise reproducible, and the head then trains on other text) and SGD (an update linear in the
-        # gradient; AdamW's first step is ±lr and flips with the last bits where |g| ≈ eps)
-        groups = setup_trainable(model, cfg)
-        optimizer = torch.optim.SGD(groups)
-        _forward_backward(model, data)
-        optimizer.step()
-        return optimizer
-
-    plain = tiny_model().cuda()
-    sgd_step(plain)
-    expected = {n: p.detach().cpu() for n, p in plain.named_parameters() if p.requires_grad}
-    del plain
-
-    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        model = tiny_model().cuda()
-        setup_trainable(model, cfg)
-        reference = build_reference(model, cfg)
-        shard_model(model, reference)
-        optimizer = sgd_step(model)
-        weights = {k: v.clone() for k, v in gather_training_state(model, optimizer)[0].items()}
-        groups = setup_trainable(model, cfg)  # and a sampled joint step runs on the sharded model
-        torch.manual_seed(0)
-        batch = SampleSource(open_world(data, "train"), model.head).get([0, 1])
-        result = joint_step(model, model, reference, build_optimizer(groups), batch, cfg, 0,
-                            [p for g in groups for p in g["params"]])  # fmt: skip
-    finally:
-        dist.destroy_process_group()
-    assert math.isfinite(result.loss)
+def test_fsdp2_on_one_nccl_rank_matches_the_unsharded_update(data: Path, tmp_path: Path) -> None:
+    weights, expected, sampled_loss = fsdp_update_vs_unsharded(data, tmp_path, "cuda", "nccl")
+    assert math.isfinite(sampled_loss)
     assert weights.keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from _training_common import RESPONSE, K, open_world, tiny_model, tiny_train_config, world_data
+from _training_common import (
+    RESPONSE,
+    K,
+    fsdp_update_vs_unsharded,
+    open_world,
+    teacher_forced,
+    tiny_model,
+    tiny_train_config,
+    world_data,
+)
 from safetensors.torch import load_file
 
 from segcompass.grpo import joint_loss, policy_loss
@@ -46,22 +56,12 @@ def _grads(module: torch.nn.Module) -> dict[str, float]:
     }
 
 
-def _teacher_forced(model, data: Path, n: int = 2):
-    ds = open_world(data, "train")
-    samples = SampleSource(ds, model.head).get(list(range(n)))
-    ro = rollouts_from_responses(model.backbone, [s.image for s in samples], [s.text for s in samples],
-                                 [RESPONSE] * n, model.policy)  # fmt: skip
-    emb = torch.stack([s.embedding for s in samples])
-    targets = [s.targets for s in samples]
-    return ro, emb, targets
-
-
 @pytest.mark.parametrize("objective", ["joint", "seg"])
 def test_gradients_reach_post_hook_layers_and_head_only(data: Path, objective: str) -> None:
     model = tiny_model()
     cfg = tiny_train_config(data / "unused", objective=objective)
     setup_trainable(model, cfg)
-    ro, emb, targets = _teacher_forced(model, data)
+    ro, emb, targets = teacher_forced(model, data)
     out = model(ro, emb, targets)
     st = out.states
     if objective == "joint":
@@ -102,7 +102,7 @@ def test_head_loss_llm_grad_scales_only_the_gradient_into_the_llm(data: Path) ->
         model = tiny_model()
         cfg = tiny_train_config(data / "unused", objective="seg", head_loss_llm_grad=scale)
         setup_trainable(model, cfg)
-        ro, emb, targets = _teacher_forced(model, data)
+        ro, emb, targets = teacher_forced(model, data)
         out = model(ro, emb, targets, llm_grad_scale=cfg.head_loss_llm_grad)
         (out.head.losses.seg + out.head.losses.conf).backward()
         last = model.backbone.decoder_layers[-1]
@@ -371,7 +371,7 @@ def test_bad_input_gives_clear_errors(data: Path, tmp_path: Path) -> None:
     from segcompass.head import LossConfig
 
     strict = tiny_model(loss=LossConfig(switch_step=0, too_many_targets="error"))
-    ro, emb, _ = _teacher_forced(strict, data)
+    ro, emb, _ = teacher_forced(strict, data)
     too_many = [torch.ones(K + 1, 64, 64), torch.zeros(0, 64, 64)]
     with pytest.raises(TooManyTargetsError, match="slots"):
         strict(ro, emb, too_many)
@@ -469,7 +469,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(data: Path) -> None:
         if checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        ro, emb, targets = _teacher_forced(model, data)
+        ro, emb, targets = teacher_forced(model, data)
         out = model(ro, emb, targets)
         (out.states.logp.sum() + out.head.losses.total).backward()
         layer = model.backbone.decoder_layers[-1]
@@ -496,6 +496,17 @@ def test_saved_model_keeps_the_concentration_standardisation(tmp_path: Path) -> 
     old = load_model(tmp_path / "m")
     assert torch.equal(old.head.fusion.concentration_mean, torch.zeros(d))
     assert torch.equal(old.head.fusion.concentration_scale, torch.ones(d))
+
+
+def test_fsdp2_update_on_one_gloo_rank_matches_the_unsharded_one(data: Path, tmp_path: Path) -> None:
+    # teacher-forced, so the LLM's gradient is not zero (a random policy's sampled groups often tie)
+    weights, expected, sampled_loss = fsdp_update_vs_unsharded(data, tmp_path, "cpu", "gloo")
+    assert math.isfinite(sampled_loss)
+    assert weights.keys() == expected.keys()
+    start = dict(tiny_model().named_parameters())
+    assert any(not torch.equal(v, start[n].detach()) for n, v in expected.items() if n.startswith("llm."))
+    for name, value in expected.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-7, msg=name)
 
 
 _FSDP = """
