@@ -55,6 +55,13 @@ def tiny_train_config(out: Path, **overrides: object) -> JointTrainConfig:
     return JointTrainConfig(**{**base, **overrides})
 
 
+def grad_sums(module: torch.nn.Module) -> dict[str, float]:
+    """Sum of |grad| per parameter name (−1 where the parameter has no gradient)."""
+    return {
+        n: (float(p.grad.abs().sum()) if p.grad is not None else -1.0) for n, p in module.named_parameters()
+    }
+
+
 def teacher_forced(model: SegCompassModel, data: Path, n: int = 2):
     """Rollouts of the fixed `RESPONSE` (K concentration tokens) for the first n train samples, their SAM
     embeddings and targets."""
