@@ -86,24 +86,27 @@ def fsdp_update_vs_unsharded(data: Path, tmp: Path, device: str, backend: str):
     one-rank process group (+ one sampled joint step on the sharded model). Teacher forcing and SGD keep the
     comparison exact: sampled text may differ between two GPU runs, and AdamW's first step is ±lr wherever
     |g| ≫ eps (it flips with the last bits where it is not). Returns (sharded weights, unsharded weights,
-    the sampled step's loss)."""
+    the sampled step's loss); the head's EMA (decay ½) after the update is included under ``ema/<name>``."""
     import torch.distributed as dist
 
     from segcompass.head import build_optimizer
     from segcompass.training import joint_step, setup_trainable
+    from segcompass.training.ema import HeadEMA
     from segcompass.training.loop import build_reference
     from segcompass.training.sharding import gather_training_state, shard_model
 
     cfg = tiny_train_config(tmp / "unused", parallel="fsdp")
 
-    def sgd_step(model) -> torch.optim.Optimizer:
+    def sgd_step(model) -> tuple[torch.optim.Optimizer, dict[str, torch.Tensor]]:
         optimizer = torch.optim.SGD(setup_trainable(model, cfg))
+        ema = HeadEMA(model, 0.5)
         forward_backward(model, data)
         optimizer.step()
-        return optimizer
+        ema.update()
+        return optimizer, ema.state_dict()
 
     plain = tiny_model().to(device)
-    sgd_step(plain)
+    _, expected_ema = sgd_step(plain)
     expected = {n: p.detach().cpu().clone() for n, p in plain.named_parameters() if p.requires_grad}
     del plain
     dist.init_process_group(backend, init_method=f"file://{tmp / 'pg'}", rank=0, world_size=1)
@@ -112,7 +115,7 @@ def fsdp_update_vs_unsharded(data: Path, tmp: Path, device: str, backend: str):
         setup_trainable(model, cfg)
         reference = build_reference(model, cfg)
         shard_model(model, reference)
-        optimizer = sgd_step(model)
+        optimizer, ema = sgd_step(model)
         weights = {k: v.clone() for k, v in gather_training_state(model, optimizer)[0].items()}
         groups = setup_trainable(model, cfg)
         torch.manual_seed(0)
@@ -121,4 +124,8 @@ def fsdp_update_vs_unsharded(data: Path, tmp: Path, device: str, backend: str):
                             [p for g in groups for p in g["params"]])  # fmt: skip
     finally:
         dist.destroy_process_group()
-    return weights, expected, result.loss
+    return (
+        {**weights, **{f"ema/{k}": v for k, v in ema.items()}},
+        {**expected, **{f"ema/{k}": v for k, v in expected_ema.items()}},
+        result.loss,
+    )

@@ -401,6 +401,11 @@ def test_fsdp2_update_on_one_gloo_rank_matches_the_unsharded_one(data: Path, tmp
     assert weights.keys() == expected.keys()
     start = dict(tiny_model().named_parameters())
     assert any(not torch.equal(v, start[n].detach()) for n, v in expected.items() if n.startswith("llm."))
+    ema_names = [n for n in expected if n.startswith("ema/")]
+    assert ema_names and all(n in weights for n in ema_names)
+    for name in ema_names:  # the head's EMA, sharded: ½ start + ½ update
+        plain = name.removeprefix("ema/")
+        torch.testing.assert_close(expected[name], 0.5 * start[plain].detach() + 0.5 * expected[plain])
     for name, value in expected.items():
         torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-7, msg=name)
 

@@ -138,9 +138,8 @@ def generate_rollouts(
     rep_texts = [config.prompt_template.format(text=t) for t in texts for _ in range(group_size)]
     prepared = backbone.prepare(rep_images, rep_texts, image_first=config.image_first, system=config.system)
     device = backbone.device
-    inputs = {
-        k: v.to(device) for k, v in prepared.inputs.items()
-    }  # every Rollouts tensor on the model's device
+    # every Rollouts tensor lives on the model's device
+    inputs = {k: v.to(device) for k, v in prepared.inputs.items()}
     model = backbone.model
     was_training = model.training
     model.eval()
