@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .sharding import laid_out_like, whole_copy
+from .sharding import laid_out_like, whole_on_cpu
 
 
 class HeadEMA:
@@ -48,7 +48,7 @@ class HeadEMA:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Whole CPU tensors by name (collective when sharded: every process calls it)."""
-        return {name: whole_copy(value).clone() for name, value in self.shadow.items()}
+        return {name: whole_on_cpu(value).clone() for name, value in self.shadow.items()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Tensor]) -> None:

@@ -76,7 +76,7 @@ def full_grad_norm(norm: torch.Tensor) -> torch.Tensor:
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
-def whole_copy(t: torch.Tensor) -> torch.Tensor:
+def whole_on_cpu(t: torch.Tensor) -> torch.Tensor:
     """A whole CPU tensor of `t` (collective for a DTensor: every process must call it in the same order);
     a tensor already whole on the CPU is returned as it is, not copied."""
     return (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().contiguous()
@@ -87,7 +87,7 @@ def gather_training_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
     [...]} on CPU (collective: every process calls it and receives the same)."""
     reshard_all(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    weights = {n: whole_copy(p) for n, p in model.named_parameters() if p.requires_grad}
+    weights = {n: whole_on_cpu(p) for n, p in model.named_parameters() if p.requires_grad}
     state: dict[str, dict[str, Any]] = {}
     lost = [
         (g.get("name"), tuple(p.shape))
@@ -101,7 +101,7 @@ def gather_training_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
         for p in group["params"]:
             entry = optimizer.state.get(p, {})
             state[names[id(p)]] = {
-                k: whole_copy(v) if isinstance(v, torch.Tensor) else v for k, v in sorted(entry.items())
+                k: whole_on_cpu(v) if isinstance(v, torch.Tensor) else v for k, v in sorted(entry.items())
             }
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     return weights, {"state": state, "param_groups": groups}
@@ -110,7 +110,7 @@ def gather_training_state(model: nn.Module, optimizer: torch.optim.Optimizer) ->
 def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Whole state dict of `model` on CPU (collective)."""
     reshard_all(model)
-    return {k: whole_copy(v) for k, v in model.state_dict().items()}
+    return {k: whole_on_cpu(v) for k, v in model.state_dict().items()}
 
 
 def laid_out_like(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
