@@ -67,7 +67,9 @@ class ImageSource:
         return cls({**{p.stem: p for p in files}, **{p.name: p for p in files}}, str(root))
 
     def load(self, source_id: str):
-        from PIL import Image
+        """(RGB image as displayed — EXIF orientation applied, the frame the store's pixel boxes are in —
+        or None, why not)."""
+        from sae.images import open_image
 
         if source_id in self._cache:
             self._cache.move_to_end(source_id)
@@ -76,8 +78,7 @@ class ImageSource:
         if path is None:
             return None, f"no image for {source_id} in {self.origin}"
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
+            image = open_image(path)
         except OSError as err:
             return None, f"cannot read {path}: {err}"
         self._cache[source_id] = image

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from sae.images import displayed_rgb, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class SourceDocument:
     source_id: str
     """The record's own id or file name."""
     image: Image.Image
-    """RGB image."""
+    """RGB image as displayed (EXIF orientation applied)."""
     text: str
     """Text placed in the prompt (after the image unless instruction-first is chosen)."""
 
@@ -82,19 +84,18 @@ class DocumentSource(Sequence[SourceDocument]):
         return SourceDocument(index, source_id, self._image(row[self.image_column], index, source_id), text)
 
     def _image(self, value: Any, index: int, source_id: str) -> Image.Image:
-        if isinstance(value, Image.Image):
-            return value.convert("RGB")
+        if isinstance(value, Image.Image):  # decoded by `datasets`: orient it if it is still tagged
+            return displayed_rgb(value, f"document {index} ({source_id})")
         if isinstance(value, dict) and value.get("path"):
             value = value["path"]
         if not isinstance(value, str) or not value:
             raise SourceError(f"document {index} ({source_id}): no image")
         path = Path(value) if Path(value).is_absolute() else self.root / value
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
+            return open_image(path)  # as displayed: EXIF orientation applied, 8-bit RGB
         except FileNotFoundError:
             raise SourceError(f"document {index} ({source_id}): image {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as err:
+        except OSError as err:  # ImageReadError: exists but cannot be decoded
             raise SourceError(
                 f"document {index} ({source_id}): image {path} cannot be decoded ({err})"
             ) from None

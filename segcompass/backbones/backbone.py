@@ -14,6 +14,7 @@ from torch import nn
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from sae.image_geometry import ImageGeometry
+from sae.images import as_rgb
 
 from .family import BackboneFamily, PromptText
 from .labeling import label_positions
@@ -165,4 +166,4 @@ def _as_rgb(image: Image.Image, index: int) -> Image.Image:
         raise TypeError(f"image {index} is a {type(image).__name__}, expected a PIL image")
     if image.width < 1 or image.height < 1:
         raise ValueError(f"image {index} is empty ({image.width}x{image.height})")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return as_rgb(image)  # alpha over white and 16-bit scaled, as every image SegCompass opens

@@ -7,7 +7,6 @@ while indexing: the split, the image entry and file, every target annotation and
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import numpy as np
 
 from segcompass.data.base import RefDataset, check_split
 from segcompass.data.geometry import SegmentationCheck, check_segmentation, decode_segmentation
+from segcompass.data.jsonfile import read_json_file
 from segcompass.data.sample import DatasetFormatError, InvalidGeometryError, MissingImageError, RefSample
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,11 @@ REF_KEYS = frozenset(
 
 
 def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file, with the file named in the error."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetFormatError(f"cannot read {what} {path}: {e}") from e
+    """Parse a JSON file (UTF-8, else Windows-1252 with a warning), with the file named in the error."""
+    data, encoding = read_json_file(path, what)
+    if encoding != "utf-8":
+        logger.warning("%s %s is not UTF-8; read it as %s", what, path, encoding)
+    return data
 
 
 class CocoInstances:
@@ -47,8 +47,22 @@ class CocoInstances:
                 f"{path} is not a COCO instances file (needs 'images' and 'annotations')"
             )
         self.path = Path(path)
-        self.images: dict[int, dict] = {int(im["id"]): im for im in data["images"]}
-        self.anns: dict[int, dict] = {int(a["id"]): a for a in data["annotations"]}
+        self.images: dict[int, dict] = _by_id(data["images"], ("id", "file_name", "height", "width"))
+        """Image entries by id (entries lacking a field, or with a non-integer id/size, are left out)."""
+        self.anns: dict[int, dict] = _by_id(data["annotations"], ("id", "image_id"))
+        """Annotation entries by id (malformed entries are left out)."""
+        if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
+            raise DatasetFormatError(f"{path}: 'images' and 'annotations' must be lists")
+        self.malformed = {
+            "images": len(data["images"]) - len(self.images),
+            "annotations": len(data["annotations"]) - len(self.anns),
+        }
+        """How many entries were left out; refs that name them are counted as unknown ids."""
+        if any(self.malformed.values()):
+            logger.warning(
+                "%s: left out %d image and %d annotation entries without an integer id, size or file name",
+                path, self.malformed["images"], self.malformed["annotations"],
+            )  # fmt: skip
         self._by_image: dict[int, list[int]] | None = None
 
     def image_ann_ids(self, image_id: int) -> list[int]:
@@ -59,6 +73,23 @@ class CocoInstances:
                 by_image[int(a["image_id"])].append(int(a["id"]))
             self._by_image = {k: sorted(v) for k, v in by_image.items()}
         return self._by_image.get(int(image_id), [])
+
+
+def _by_id(entries: Any, required: tuple[str, ...]) -> dict[int, dict]:
+    """Entries keyed by their integer ``id``; entries that are not dicts, lack a required field or have a
+    non-integer id / height / width / image_id are left out."""
+    out: dict[int, dict] = {}
+    for e in entries if isinstance(entries, list) else []:
+        if not isinstance(e, dict) or any(k not in e for k in required):
+            continue
+        try:
+            ints = [int(e[k]) for k in ("id", "height", "width", "image_id") if k in required]
+        except (TypeError, ValueError):
+            continue
+        if "file_name" in required and not isinstance(e["file_name"], str):
+            continue
+        out[ints[0]] = e
+    return out
 
 
 @dataclass
@@ -96,8 +127,10 @@ class CocoRefDataset(RefDataset):
         self.strict = strict
         self._entries: list[_Entry] = []
         missing: list[Path] = []
-        for ref in refs:
-            if ref.get("split") == split:
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, dict):
+                self._fail("bad_ref", f"refs entry {i}", f"a {type(ref).__name__}, not a dict", 1)
+            elif ref.get("split") == split:
                 self._index_ref(ref, skip_missing, missing)
         if missing:
             shown = ", ".join(str(p) for p in missing[:3])
@@ -123,7 +156,8 @@ class CocoRefDataset(RefDataset):
         if ann_ids is None:
             self._fail("bad_ann_id", key, f"ann_id={ref.get('ann_id')!r}", n)
             return
-        image = self.coco.images.get(int(ref.get("image_id", -1)))
+        image_id = ref.get("image_id")
+        image = self.coco.images.get(image_id) if isinstance(image_id, int) else None
         if image is None:
             self._fail("unknown_image_id", key, f"image_id={ref.get('image_id')!r}", n)
             return

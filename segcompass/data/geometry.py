@@ -45,10 +45,16 @@ def check_segmentation(seg: Any, height: int, width: int) -> SegmentationCheck:
     """Sort the parts of a COCO segmentation into polygons, boxes and invalid parts."""
     out = SegmentationCheck()
     if isinstance(seg, dict):
-        size = [int(s) for s in seg.get("size", [])]
+        try:
+            size = [int(s) for s in seg.get("size", [])]
+        except (TypeError, ValueError):
+            out.invalid.append(f"RLE size {seg.get('size')!r} is not a list of integers")
+            return out
         counts = seg.get("counts")
         if size != [height, width]:
             out.invalid.append(f"RLE size {size} != image size {[height, width]}")
+        elif isinstance(counts, str) and not counts.isascii():
+            out.invalid.append("RLE counts string is not ASCII")
         elif isinstance(counts, str):
             out.rle = {"size": size, "counts": counts.encode("ascii")}
         elif isinstance(counts, bytes | list):

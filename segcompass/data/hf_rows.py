@@ -7,10 +7,16 @@ of them for several targets), ``raw_image_info`` (JSON with ``height`` and ``wid
 read when absent), ``split``, ``ref_id``, ``ann_id``, ``image_id``, ``bbox``. One sample per caption.
 Rows without a segmentation are counted and skipped unless ``bbox_fallback=True`` (then the ``bbox``
 [x, y, w, h] becomes a box mask, counted in ``notes``).
+
+A row whose JSON fields do not parse is counted in ``skipped["bad_field"]`` (``strict=True`` raises); a
+JSON-lines file that is not UTF-8 is read as Windows-1252 with a warning; an unreadable rows file is a
+:class:`DatasetFormatError` naming it. The image size read from the header is the displayed one (EXIF
+orientation applied, ``sae.images``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -20,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from sae.images import image_size
 from segcompass.data.base import RefDataset, check_split
 from segcompass.data.geometry import SegmentationCheck, check_segmentation, decode_segmentation
+from segcompass.data.jsonfile import FALLBACK_ENCODINGS
 from segcompass.data.sample import DatasetFormatError, InvalidGeometryError, MissingImageError, RefSample
 
 logger = logging.getLogger(__name__)
@@ -33,18 +40,48 @@ def read_rows(files: Sequence[Path]) -> list[dict[str, Any]]:
     """Rows of Parquet (``.parquet``) and JSON-lines (``.jsonl``/``.json``) files, in file order."""
     frames = []
     for f in files:
-        if f.suffix == ".parquet":
-            frames.append(pd.read_parquet(f))
-        elif f.suffix in (".jsonl", ".json"):
-            frames.append(pd.read_json(f, lines=True))
-        else:
+        if f.suffix not in (".parquet", ".jsonl", ".json"):
             raise DatasetFormatError(f"{f}: expected a .parquet or .jsonl file")
+        try:
+            if f.suffix == ".parquet":
+                frames.append(pd.read_parquet(f))
+            else:
+                frames.append(pd.read_json(io.StringIO(_decoded_text(f)), lines=True))
+        except DatasetFormatError:
+            raise
+        except (OSError, ValueError) as err:  # pyarrow / pandas parse errors are ValueErrors or OSErrors
+            raise DatasetFormatError(f"cannot read rows file {f}: {err}") from err
     rows = pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
     return [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows]
 
 
-def _json(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str) else v
+def _decoded_text(path: Path) -> str:
+    """A JSON-lines file's text: UTF-8, else the fallback encodings (with a warning)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        for encoding in FALLBACK_ENCODINGS:
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError:
+                continue
+            logger.warning("rows file %s is not UTF-8; read it as %s", path, encoding)
+            return text
+        raise DatasetFormatError(f"cannot read rows file {path}: not UTF-8 ({err})") from err
+
+
+class _BadField(ValueError):
+    """A row's field holds a JSON string that does not parse, or a value of the wrong kind."""
+
+
+def _json(v: Any, name: str = "field") -> Any:
+    if not isinstance(v, str):
+        return v
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError as err:
+        raise _BadField(f"{name} is not valid JSON ({err})") from err
 
 
 @dataclass
@@ -117,9 +154,20 @@ class HFRowsDataset(RefDataset):
         self, i: int, row: dict, bbox_fallback: bool, skip_missing: bool, missing: list[Path]
     ) -> None:
         key = f"row {i} (ref {row.get('ref_id')})"
+        try:
+            self._index_fields(key, row, bbox_fallback, skip_missing, missing)
+        except _BadField as err:
+            if self.strict:
+                raise DatasetFormatError(f"{key}: {err}") from err
+            self._skip("bad_field", key, str(err))
+
+    def _index_fields(
+        self, key: str, row: dict, bbox_fallback: bool, skip_missing: bool, missing: list[Path]
+    ) -> None:
         captions = row.get("captions")
         if not captions:
-            captions = [s.get("sent", "") for s in (_json(row.get("sentences")) or []) if isinstance(s, dict)]
+            sentences = _json(row.get("sentences"), "sentences") or []
+            captions = [s.get("sent", "") for s in sentences if isinstance(s, dict)]
         if not captions:
             self._skip("no_captions", key)
             return
@@ -130,13 +178,21 @@ class HFRowsDataset(RefDataset):
             else:
                 missing.append(self.images_dir / str(row.get("image_path")))
             return
-        info = _json(row.get("raw_image_info")) or {}
-        if "height" in info and "width" in info:
-            size = (int(info["height"]), int(info["width"]))
+        info = _json(row.get("raw_image_info"), "raw_image_info") or {}
+        if isinstance(info, dict) and "height" in info and "width" in info:
+            try:
+                size = (int(info["height"]), int(info["width"]))
+            except (TypeError, ValueError) as err:
+                raise _BadField(f"raw_image_info size is not two integers ({err})") from err
         else:
-            with Image.open(image) as im:
-                size = (im.height, im.width)
-        anns = _json(row.get("raw_anns"))
+            try:
+                size = image_size(image)  # as displayed: EXIF orientation applied
+            except OSError as err:
+                if self.strict:
+                    raise
+                self._skip("unreadable_image", key, str(err), n=len(captions))
+                return
+        anns = _json(row.get("raw_anns"), "raw_anns")
         anns = [anns] if isinstance(anns, dict) else (anns or [])
         checks = []
         for ann in anns:

@@ -11,6 +11,12 @@ separate instances). Files without any target polygon are kept as no-target samp
 ``notes["no_target_polygons"]`` (``empty_shapes="skip"`` skips them instead). A polygon with fewer than 3
 points is counted in ``skipped["invalid_polygon"]`` and left out (``strict=True`` raises); a file whose
 target polygons are all invalid is skipped. The synthetic world's ``write_reasonseg_style`` loads here.
+
+Files as they are in the public release: annotation JSON that is not UTF-8 is read as Windows-1252 (as
+LISA's loader does; counted in ``notes["annotation_cp1252"]``); a JSON file that no encoding decodes or
+that is not JSON is counted in ``skipped["unreadable_annotation"]`` and so is an image that cannot be
+decoded (``unreadable_image``) — one bad file never aborts the split (``strict=True`` raises instead).
+Sizes and masks are in the displayed frame: EXIF orientation applied (``sae.images``), as labelme draws.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
+from sae.images import image_size
 from segcompass.data.base import RefDataset, check_split
-from segcompass.data.coco_refs import read_json
 from segcompass.data.geometry import fill_polygon, polygon_points
+from segcompass.data.jsonfile import read_json_file
 from segcompass.data.sample import DatasetFormatError, InvalidGeometryError, MissingImageError, RefSample
 
 logger = logging.getLogger(__name__)
@@ -38,6 +44,8 @@ IGNORE_VALUE = 255
 class _Entry:
     name: str
     image_path: Path
+    size: tuple[int, int]
+    """(H, W) of the image as displayed (EXIF orientation applied)."""
     texts: list[str]
     is_sentence: bool | None
     polygons: list[tuple[int, list[tuple[int, int]]]]
@@ -100,7 +108,22 @@ class ReasonSegDataset(RefDataset):
             else:
                 missing.append(path.with_suffix(".jpg"))
             return
-        meta = read_json(path, "ReasonSeg annotation")
+        try:
+            meta, encoding = read_json_file(path, "ReasonSeg annotation")
+        except DatasetFormatError as err:
+            if self.strict:
+                raise
+            self._skip("unreadable_annotation", name, str(err))
+            return
+        if encoding != "utf-8":
+            self._note(f"annotation_{encoding}", name, f"not UTF-8; decoded as {encoding}")
+        try:
+            size = image_size(image)
+        except OSError as err:  # ImageReadError (undecodable) is an OSError
+            if self.strict:
+                raise
+            self._skip("unreadable_image", name, str(err))
+            return
         texts = meta.get("text") if isinstance(meta, dict) else None
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -139,7 +162,7 @@ class ReasonSegDataset(RefDataset):
         is_sentence = meta.get("is_sentence")
         extra = {k: v for k, v in meta.items() if k in ("kind", "reasoning")}
         entry = _Entry(
-            name, image, texts, None if is_sentence is None else bool(is_sentence), polygons, extra
+            name, image, size, texts, None if is_sentence is None else bool(is_sentence), polygons, extra
         )
         self._entries.append(entry)
 
@@ -148,8 +171,7 @@ class ReasonSegDataset(RefDataset):
 
     def __getitem__(self, index: int) -> RefSample:
         e = self._entries[index]
-        with Image.open(e.image_path) as im:
-            w, h = im.size
+        h, w = e.size
         filled = [(value, fill_polygon(pts, h, w)) for value, pts in e.polygons]
         label = np.zeros((h, w), dtype=np.uint8)
         for value, mask in sorted(filled, key=lambda vm: -int(vm[1].sum())):  # largest first (stable)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from sae.images import open_image
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -74,9 +76,21 @@ class RefSample:
         return np.stack(self.masks)
 
     def load_image(self) -> Image.Image:
-        """The image as RGB."""
-        with Image.open(self.image_path) as im:
-            return im.convert("RGB")
+        """The image as displayed (EXIF orientation applied), in 8-bit RGB — the frame the masks are in.
+
+        Raises:
+            DatasetFormatError: the displayed image's size is not ``image_size`` (an annotation written for
+                another frame or another file), so the masks would not line up with it.
+            FileNotFoundError, ImageReadError: the file is missing or cannot be decoded.
+        """
+        image = open_image(self.image_path)
+        if (image.height, image.width) != tuple(self.image_size):
+            raise DatasetFormatError(
+                f"{self.sample_id}: image {self.image_path} is {image.height}x{image.width} (HxW) as displayed "
+                f"(EXIF orientation applied) but its annotation says {self.image_size[0]}x{self.image_size[1]}; "
+                "the masks would not line up with the image"
+            )
+        return image
 
     def sam_targets(self, img_size: int = 1024, out_size: int = 256) -> tuple[Tensor, Tensor | None]:
         """GT instances and ignore mask in the head's frame: longest side ``img_size``, padded, then

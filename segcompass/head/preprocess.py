@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from sae.images import as_rgb
+
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -33,8 +35,8 @@ class SamImage:
 
 
 def as_uint8_hwc(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+    if isinstance(image, Image.Image):  # the backbone's conversion: alpha over white, 16-bit scaled
+        return np.asarray(as_rgb(image))
     arr = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {arr.dtype} {arr.shape}")
