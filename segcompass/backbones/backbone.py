@@ -64,6 +64,7 @@ class Backbone:
 
     def __post_init__(self) -> None:
         self.hook_layer = validate_hook_layer(self.hook_layer, self.num_layers, self.name_or_path)
+        use_left_padding(self.tokenizer, self.name_or_path)
 
     # ---- structure -----------------------------------------------------------------------------
     @property
@@ -125,6 +126,12 @@ class Backbone:
         encoded = self.processor(
             images=images, text=texts, return_tensors="pt", padding=True, return_offsets_mapping=True
         )
+        if not bool(encoded["attention_mask"][:, -1].all()):
+            raise RuntimeError(
+                f"{self.name_or_path}: the batch is right-padded (tokenizer.padding_side="
+                f"{self.tokenizer.padding_side!r}); SegCompass needs left padding for batched generation and "
+                "labelling — do not change the padding side of a Backbone's tokenizer"
+            )
         geometries = self.family.image_geometries(self.processor, images, encoded)
         token_types, image_rc, response_start = label_positions(
             encoded, prompts, responses, geometries, self.image_token_id, self.tokenizer
@@ -146,6 +153,18 @@ class Backbone:
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, path / METADATA_FILE)
         return path
+
+
+def use_left_padding(tokenizer, name: str = "backbone") -> None:
+    """Make `tokenizer` pad on the left, whatever its saved config says (the one place, for every family).
+
+    Decoder-only generation appends after the last position, so a right-padded batch generates after its
+    pad tokens and differs from one-by-one generation; released tokenizer configs (Qwen2.5-VL's among
+    them) do not say "left", so transformers' default "right" would apply.
+    """
+    if tokenizer.padding_side != "left":
+        logger.info("%s: tokenizer padding side %r -> 'left'", name, tokenizer.padding_side)
+        tokenizer.padding_side = "left"
 
 
 def validate_hook_layer(hook_layer: int, num_layers: int, name: str = "backbone") -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .added_tokens import add_tokens_mean_initialised
 from .backbone import METADATA_FILE, Backbone
 from .family import BackboneFamily, TinySpec
 from .tokenizer import REASONING_TOKENS
@@ -84,8 +85,11 @@ def load_backbone(
         hook_layer: HF `hidden_states` index; defaults to the folder's `segcompass.json`, else the paper's
             layer for a known checkpoint, else the middle of the stack.
         dtype, device, attn_implementation: passed to `from_pretrained`.
-        add_reasoning_tokens: add `<think>`, `</think>`, `<REF_POS>` to the tokenizer if missing and
-            resize the embeddings (new rows start at the mean embedding).
+        add_reasoning_tokens: add `<think>`, `</think>`, `<REF_POS>` to the tokenizer if missing, growing
+            the embeddings only if the matrix has no spare rows; every added row of the input and output
+            embeddings starts at the mean of the existing tokens' rows (`added_tokens`).
+
+    The tokenizer pads on the left whatever its saved config says (`Backbone` sets it for every family).
     """
     name = str(name_or_path)
     local = Path(name)
@@ -122,17 +126,7 @@ def load_backbone(
 
 
 def _ensure_reasoning_tokens(model, processor) -> None:
-    tokenizer = processor.tokenizer
-    missing = [
-        t for t in REASONING_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)
-    ]
-    if not missing:
-        return
-    tokenizer.add_tokens(missing, special_tokens=True)
-    old = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > old:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    logger.info("added reasoning tokens %s to the tokenizer", missing)
+    add_tokens_mean_initialised(model, processor.tokenizer, REASONING_TOKENS)
 
 
 def resolve_backbone(spec: str, *, seed: int = 0, hook_layer: int | None = None, **load_kwargs) -> Backbone:
