@@ -90,6 +90,7 @@ class StoreWriter:
         self.shard_tokens = shard_tokens
         self._dtype = DTYPES[metadata.dtype]
         self._buffer: list[CapturedDocument] = []
+        self._buffered_ids: set[int] = set()
         self._buffered_tokens = 0
         self.shards: list[ShardRecord] = []
         self.done_documents: set[int] = set()
@@ -137,9 +138,10 @@ class StoreWriter:
             raise StoreError(
                 f"document {doc.doc_id}: activations have width {doc.activations.shape[1]}, store d_in is {self.metadata.d_in}"
             )
-        if doc.doc_id in self.done_documents or any(d.doc_id == doc.doc_id for d in self._buffer):
+        if doc.doc_id in self.done_documents or doc.doc_id in self._buffered_ids:
             raise StoreError(f"document {doc.doc_id} is already in the store")
         self._buffer.append(doc)
+        self._buffered_ids.add(doc.doc_id)
         self._buffered_tokens += doc.activations.shape[0]
         if self._buffered_tokens >= self.shard_tokens:
             self.flush()
@@ -149,6 +151,7 @@ class StoreWriter:
         if not self._buffer:
             return
         docs, self._buffer, self._buffered_tokens = self._buffer, [], 0
+        self._buffered_ids = set()
         name = f"r{self.rank:02d}-{len(self.shards):06d}.safetensors"
         path = self.root / SHARD_DIR / name
         tensors = {
@@ -172,7 +175,9 @@ class StoreWriter:
         tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
         save_file(tensors, str(tmp), metadata={"documents": json.dumps(documents)})
         os.replace(tmp, path)
-        counts = Counter(TokenType(int(t)).name.lower() for t in tensors["token_type"].tolist())
+        kinds, freq = torch.unique(tensors["token_type"], return_counts=True)
+        names = [TokenType(int(k)).name.lower() for k in kinds.tolist()]
+        counts = Counter(dict(zip(names, freq.tolist(), strict=True)))
         self.shards.append(
             ShardRecord(
                 file=f"{SHARD_DIR}/{name}",

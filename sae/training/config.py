@@ -50,6 +50,8 @@ _NOT_IN_FINGERPRINT = frozenset(
         "log_every",
         "checkpoint_every_tokens",
         "keep_checkpoints",
+        "keep_final_checkpoints",
+        "ev_collapse_threshold",
         "num_threads",
         "wandb",
         "wandb_project",
@@ -164,13 +166,21 @@ class TrainConfig:
     checkpoint_every_tokens: int = 0
     """Write a resumable checkpoint every this many tokens (0: about every tenth of the run)."""
     keep_checkpoints: int = 2
-    """How many of the newest checkpoints to keep (older ones are deleted once a newer one is complete)."""
+    """How many of the newest checkpoints to keep while the run goes (older ones are deleted once a newer one
+    is complete)."""
+    keep_final_checkpoints: bool = False
+    """Keep the resume checkpoints once the run has finished and the SAE is saved (default: delete them —
+    with the optimiser state they are several GB at 65536 × 3584; the saved SAE does not need them)."""
     resume: bool = False
     """Continue from the newest checkpoint in `out` (refused if it was written by another configuration)."""
     val_max_tokens: int = 1_000_000
     """Validation tokens evaluated at the end (0: skip the validation evaluation)."""
     l0_collapse_threshold: float = 1.0
     """standard / jumprelu: warn when the L0 of a logged batch falls below this after the warm-up."""
+    ev_collapse_threshold: float = 0.05
+    """Any architecture: warn when the explained variance of logged batches is at or below this — 3 logged
+    batches in a row once 10 % of the steps (and the warm-up) are done, or the last batch; catches a
+    coefficient too strong for the activation norms long before L0 falls below 1 (-inf: off)."""
     log_every: int = 20
     """Steps between progress-bar metric updates (loss, L0, explained variance)."""
     progress: bool = True

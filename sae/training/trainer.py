@@ -22,6 +22,7 @@ import torch
 from sae.evaluation.metrics import evaluate_sae
 
 from . import checkpoint as ckpt
+from .cleanup import remove_resume_checkpoints
 from .config import TrainConfig, fingerprint
 from .data import BatchSource, TrainBatchProvider, check_source, open_store
 from .distributed import (
@@ -250,6 +251,8 @@ class _Run:
             }
             commit_final(staged, self.out, metadata)
             logger.info("saved the SAE to %s", self.out)
+            if not cfg.keep_final_checkpoints:  # only after the SAE is in place
+                remove_resume_checkpoints(self.out)
         barrier(self.info)
         return TrainResult(sae, self.out, metadata, validation, total, self.total_steps)
 
