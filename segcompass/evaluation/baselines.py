@@ -5,7 +5,10 @@
   the image, referred or not (every annotation of the image in COCO ``instances.json``; in the synthetic
   world every object is an annotation). Needs a data set with ``image_instances(sample)``.
 - :class:`OraclePredictor` — the GT union (a rejection, i.e. no confident slot, on no-target samples):
-  gIoU = cIoU = 1 under both conventions for images whose longest side is ≤ ``img_size``.
+  gIoU = cIoU = 1 under both conventions for images whose longest side is ≤ ``img_size``. It scores the
+  loader's own masks against themselves, so it checks the metrics, not the loader: a loader that misreads
+  a file still scores 1. ``tests/test_data_real_files.py`` scores masks written down independently of the
+  loaders (a predictor returning them) on files in the public layouts instead.
 
 The image-frame masks are put into the head's frame at S = ``img_size`` (:func:`image_to_head_frame`,
 exact round trip), so the baselines are scored on exactly their image-frame masks.
