@@ -115,6 +115,7 @@ class TransformerLensBackend(CaptureBackend):
             backbone.model.config.save_pretrained(folder)
             backbone.processor.save_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.padding_side = backbone.processor.tokenizer.padding_side  # the Backbone's: left
         self.bridge = TransformerBridge.boot_transformers(
             str(folder), hf_model=backbone.model, tokenizer=tokenizer
         )
