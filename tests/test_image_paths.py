@@ -118,3 +118,33 @@ def test_atom_card_and_provenance_image_source(photos: Path) -> None:
     for o in ORIENTATIONS:
         image, why = images.load(f"o{o}")
         assert why is None and image.size == (W, H) and looks_upright(np.asarray(image)), o
+
+
+def test_palette_rgba_and_grayscale_pngs_load_as_rgb_through_a_loader(tmp_path: Path) -> None:
+    from PIL import Image
+
+    val = tmp_path / "val"
+    val.mkdir()
+    pal = Image.new("P", (W, H), 1)
+    pal.putpalette([0, 0, 0, *GREEN] + [0] * 762)
+    pal.save(val / "palette.png")
+    rgba = np.zeros((H, W, 4), dtype=np.uint8)
+    rgba[..., :3], rgba[:, : W // 2, 3] = GREEN, 255  # right half fully transparent: shown as white
+    Image.fromarray(rgba, mode="RGBA").save(val / "rgba.png")
+    Image.fromarray(np.full((H, W), 77, dtype=np.uint8), mode="L").save(val / "gray.png")
+    shape = [{"label": "target", "points": [[0, 0], [W // 2 - 1, 0], [W // 2 - 1, H - 1], [0, H - 1]]}]
+    for name in ("palette", "rgba", "gray"):
+        (val / f"{name}.json").write_text(
+            json.dumps({"text": ["left half"], "is_sentence": False, "shapes": shape})
+        )
+    by_name = {s.meta["name"]: s for s in ReasonSegDataset(tmp_path, "val")}
+    for name, left, right in (
+        ("palette", GREEN, GREEN),
+        ("rgba", GREEN, (255, 255, 255)),
+        ("gray", (77,) * 3, (77,) * 3),
+    ):
+        image = by_name[name].load_image()
+        arr = np.asarray(image)
+        assert image.mode == "RGB" and arr.shape == (H, W, 3), name
+        assert tuple(arr[H // 2, 2]) == left and tuple(arr[H // 2, W - 3]) == right, name
+        assert by_name[name].masks[0][:, : W // 2].all() and not by_name[name].masks[0][:, W // 2 :].any()
