@@ -11,11 +11,14 @@ import argparse
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import simple_parsing
+
+from .cli_errors import KNOWN, describe_failure
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ def build_parser(prog: str, description: str, commands: Sequence[Command]) -> si
         formatter_class=_PercentSafeFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in commands:
         p = sub.add_parser(
@@ -46,7 +50,11 @@ def build_parser(prog: str, description: str, commands: Sequence[Command]) -> si
             formatter_class=_PercentSafeFormatter,
         )
         p.add_arguments(cmd.config, dest="config")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
+
+
+_DEBUG_HELP = "on an error, also show its traceback"
 
 
 class _PercentSafeFormatter(simple_parsing.SimpleHelpFormatter):
@@ -66,7 +74,8 @@ class _PercentSafeFormatter(simple_parsing.SimpleHelpFormatter):
 def run_cli(
     prog: str, description: str, commands: Sequence[Command], argv: Sequence[str] | None = None
 ) -> int:
-    """Parse `argv`, configure logging, run the chosen command; errors become a one-line message, exit 2."""
+    """Parse `argv`, configure logging, run the chosen command. A known failure (`sae.cli_errors`) becomes
+    one line on stderr and exit code 2 (`--debug` adds its traceback); Ctrl-C exits with 130."""
     parser = build_parser(prog, description, commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -77,8 +86,13 @@ def run_cli(
     chosen = next(c for c in commands if c.name == args.command)
     try:
         chosen.run(args.config)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
-        print(f"{prog} {chosen.name}: error: {err}", file=sys.stderr)
+    except KNOWN as err:
+        message = describe_failure(err)
+        if message is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog} {chosen.name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog} {chosen.name}: interrupted; finished outputs are kept", file=sys.stderr)

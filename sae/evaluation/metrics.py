@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sae.files import atomic_write_text
 from sae.token_types import TokenType
 
 _NUM_TYPES = max(int(t) for t in TokenType) + 1
@@ -58,12 +59,8 @@ class EvalResult:
         return {"metrics": self.table.to_dict(orient="records")}
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        """Write atomically (`sae.files.atomic_write_text`)."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 class MetricsAccumulator:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from sae.files import atomic_write_text
 
 from .config import EvalConfig
 from .metrics import evaluate_sae
@@ -67,9 +68,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             (files[0], json.dumps(report, indent=2)),
             (files[1], result.table.to_csv(index=False)),
         ):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            atomic_write_text(path, text)
             written.append(str(path))
     return {"table": result.table, "ce_loss": ce, "written": written, "report": report}
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from sae.files import atomic_write_text
 from segcompass.data.coco_refs import CocoRefDataset, read_json
 from segcompass.data.sample import DatasetFormatError
 
@@ -66,14 +65,7 @@ def convert_refer_pickle(pickle_path: str | Path, json_out: str | Path) -> Path:
     refs = load_refer_pickle(pickle_path)
     out = Path(json_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(refs, f, ensure_ascii=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, json.dumps(refs, ensure_ascii=False))
     logger.info("converted %d refs from %s to %s", len(refs), pickle_path, out)
     return out
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -22,6 +21,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from segment_anything.modeling import ImageEncoderViT
 from torch import Tensor, nn
+
+from sae.files import atomic_write
 
 from .config import SamEncoderConfig
 from .preprocess import as_uint8_hwc, preprocess_image
@@ -119,14 +120,8 @@ class ImageEmbeddingCache:
 
     def _write(self, path: Path, emb: Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"embedding": emb.contiguous()}, tmp, metadata={"encoder_tag": self.encoder_tag})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        meta = {"encoder_tag": self.encoder_tag}
+        atomic_write(path, lambda tmp: save_file({"embedding": emb.contiguous()}, str(tmp), metadata=meta))
 
     @torch.no_grad()
     def _encode(self, images: Sequence[Image.Image | np.ndarray | Tensor]) -> Tensor:

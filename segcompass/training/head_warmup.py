@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sae.files import atomic_write
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, head_param_groups
 from segcompass.policy import generate_rollouts, policy_forward
@@ -177,8 +177,7 @@ def cached_warm_start(
         if not k.startswith("concepts.")
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may all write it
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    # one temporary per process: DDP ranks may all write it
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
     history.to_csv(path.with_suffix(".csv"), index=False)
     return state
