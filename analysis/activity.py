@@ -9,7 +9,6 @@ Optionally the stream also records which atoms were ever active per token group 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from sae.image_geometry import ImageGeometry
@@ -75,9 +73,11 @@ class DocumentActivity:
 
 
 def shard_documents(store: ActivationStore, file: str) -> dict[int, DocumentMeta]:
-    """The documents a shard's header records, by doc id."""
-    with safe_open(str(store.root / file), framework="pt") as f:
-        docs = json.loads(f.metadata()["documents"])
+    """The documents a shard's header records, by doc id (the shard's checksum is checked first)."""
+    record = next((r for r in store.manifest.shards if r.file == file), None)
+    if record is None:
+        raise AnalysisInputError(f"store {store.root} lists no shard {file}")
+    docs = store.shard_documents(record)
     return {
         int(d["doc_id"]): DocumentMeta(
             int(d["doc_id"]),

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors import safe_open
 
 from sae.store import ActivationStore
 from sae.token_types import TokenType
@@ -162,11 +161,8 @@ def lookup_examples(
         record = store.manifest.shards[s]
         sel = np.flatnonzero(shard == s)
         r = row[sel]
-        with safe_open(str(store.root / record.file), framework="pt") as f:
-            t = {
-                k: f.get_tensor(k).numpy()
-                for k in ("doc_id", "position", "token_id", "token_type", "image_rc")
-            }
+        names = ("doc_id", "position", "token_id", "token_type", "image_rc")
+        t = {k: v.numpy() for k, v in store.read_shard(record, names).items()}
         docs = shard_documents(store, record.file)
         cols["doc_id"][sel] = t["doc_id"][r]
         cols["position"][sel] = t["position"][r]

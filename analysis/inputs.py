@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae.files import read_json
 from sae.store import ActivationStore
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,22 @@ def load_sae(sae: Any, device: str = "cpu") -> LoadedSAE:
         raise FileNotFoundError(f"{path} holds no sae-lens SAE (no cfg.json)")
     from sae_lens import SAE
 
-    model = SAE.load_from_disk(str(path), device=device)
+    try:
+        model = SAE.load_from_disk(str(path), device=device)
+    except (ValueError, KeyError, OSError) as err:  # JSON, config and safetensors errors name no file
+        raise AnalysisInputError(
+            f"the SAE in {path} cannot be loaded ({type(err).__name__}: {err}); its files are damaged or "
+            "incomplete: train it again"
+        ) from None
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise AnalysisInputError(
+            f"{path / 'sae_weights.safetensors'} is damaged ({err}); train the SAE again"
+        ) from None
     model.eval()
     meta_file = path / SAE_METADATA_FILE
-    metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    metadata = read_json(meta_file, "SAE metadata") if meta_file.exists() else {}
     return LoadedSAE(model, str(path), metadata)
 
 
@@ -127,12 +139,9 @@ def require_image_geometry(store: ActivationStore) -> None:
             f"store {store.root} holds no image tokens (it has {store.manifest.token_type_counts}); "
             "capture image–text documents to analyse coverage"
         )
-    from safetensors import safe_open
-
     for shard in store.manifest.shards:  # stop at the first document with a geometry
-        with safe_open(str(store.root / shard.file), framework="pt") as f:
-            if any(d.get("geometry") for d in json.loads(f.metadata()["documents"])):
-                return
+        if any(d.get("geometry") for d in store.shard_documents(shard)):
+            return
     raise AnalysisInputError(
         f"store {store.root} records no image geometry for any document, so image tokens cannot be "
         "mapped to pixels; re-capture it with `segcompass-sae capture` (it stores the geometry)"

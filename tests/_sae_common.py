@@ -46,6 +46,22 @@ def make_store(path: Path, x: torch.Tensor, *, shard_tokens: int = 2048, doc_len
     )
 
 
+def store_rows(store) -> dict[str, torch.Tensor]:
+    """Every row of a store (`ActivationStore`), ordered by document and position."""
+    parts = [store.load_shard(s) for s in store.manifest.shards]
+    rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    order = torch.argsort(rows["doc_id"] * 100_000 + rows["position"])
+    return {k: v[order] for k, v in rows.items()}
+
+
+def cli_args(**fields) -> list[str]:
+    """Command-line flags for the given config fields (`segcompass-sae train --lr 0.003 ...`)."""
+    args = []
+    for k, v in fields.items():
+        args += [f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return args
+
+
 def max_cosine(decoder: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
     """For each true atom, the largest cosine similarity with any decoder row."""
     d = decoder / decoder.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from _corpus import write_corpus
+from _sae_common import store_rows
 from safetensors import safe_open
 
 from sae.capture import CaptureConfig, open_source, run_capture
@@ -44,13 +46,6 @@ def reference_states(backbone, corpus: Path):
             backbone.hook_layer
         ]
     return prepared, hidden
-
-
-def store_rows(store: ActivationStore) -> dict[str, torch.Tensor]:
-    parts = [store.load_shard(s) for s in store.manifest.shards]
-    rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    order = torch.argsort(rows["doc_id"] * 100_000 + rows["position"])
-    return {k: v[order] for k, v in rows.items()}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -328,3 +323,50 @@ def _spec(hook_layer: int):
     from segcompass.backbones import TinySpec
 
     return TinySpec(hook_layer=hook_layer)
+
+
+def test_resume_under_another_seed_is_refused_and_the_seed_is_part_of_the_store_id(corpus, tmp_path):
+    """#23.1: the weights' identity (seed, fingerprint) is saved with the store: a capture begun with seed 0
+    is not continued with seed 1, and two seeds give two store ids."""
+    bad = write_corpus(tmp_path / "bad", n=6)
+    (bad / "images" / "0004.png").write_bytes(b"not a png")
+    cfg = CaptureConfig(data=str(bad), out=str(tmp_path / "partial"), backbone="tiny:llava", batch_size=2,
+                        shard_tokens=10)  # fmt: skip
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        run_capture(cfg)  # stops at document 4: documents 0-3 are stored
+    with pytest.raises(
+        StoreError, match=r"other settings \(weights\.fingerprint: .* weights\.seed: 0 vs 1\)"
+    ):
+        run_capture(dataclasses.replace(cfg, resume=True, skip_bad=True, seed=1))
+    run_capture(dataclasses.replace(cfg, resume=True, skip_bad=True))  # the same seed continues it
+    ids = {}
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        run_capture(
+            CaptureConfig(data=str(corpus), out=str(out), backbone="tiny:llava", max_documents=1, seed=seed)
+        )
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["weights"]["seed"] == seed and len(manifest["weights"]["fingerprint"]) == 16
+        ids[seed] = manifest["store_id"]
+    assert ids[0] != ids[1]
+
+
+def test_malformed_corpus_line_is_named_and_a_recorded_skip_with_skip_bad(tmp_path, capsys):
+    """#23.4: a broken JSONL line is one sentence naming the file and line (no datasets traceback), and a
+    counted skip under --skip-bad that the store's manifest lists."""
+    data = write_corpus(tmp_path / "data", n=4)
+    lines = (data / "corpus.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:25]  # cut mid-record: "Unterminated string ..."
+    (data / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["capture", "--data", str(data), "--out", str(tmp_path / "s"), "--backbone", "tiny:llava"]
+    assert sae_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'corpus.jsonl'} line 3 is not valid JSON" in err and "--skip-bad" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "s").exists()  # refused before anything was computed or written
+    assert sae_main([*argv, "--skip-bad", "true"]) == 0
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["num_documents"] == 3
+    assert [s["doc_id"] for s in manifest["skipped_documents"]] == [2]
+    assert "line 3 is not valid JSON" in manifest["skipped_documents"][0]["reason"]
+    assert "1 documents skipped" in capsys.readouterr().out

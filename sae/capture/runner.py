@@ -12,6 +12,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sae.backbone_protocol import CaptureBackbone, resolve_backbone
+from sae.files import lock_output
+from sae.identity import weights_fingerprint
 from sae.store import CapturedDocument, StoreMetadata, StoreWriter, finalize_store
 from sae.token_types import TokenType
 
@@ -58,13 +60,14 @@ class CaptureConfig:
     image_first: bool = True
     """Image before the text in the prompt; False puts the instruction first (image tokens then see it)."""
     skip_bad: bool = False
-    """Skip (and count) documents whose image cannot be decoded or whose text is empty, instead of stopping."""
+    """Skip documents whose image cannot be decoded, whose text is empty or whose record (corpus line) is
+    malformed, instead of stopping; each skip is counted, logged and listed in the store's manifest."""
     image_column: str = "image"
     """Column with the image (path relative to the records file, or a datasets Image)."""
     text_column: str = "text"
     """Column with the text placed in the prompt."""
     seed: int = 0
-    """Seed of a tiny backbone's random weights."""
+    """Seed of a tiny backbone's random weights (and of a warm-up preset); recorded with the store."""
 
 
 @dataclass
@@ -76,47 +79,88 @@ class CaptureResult:
     num_tokens: int
     """Rows this rank stored in this run (resumed shards excluded)."""
     skipped: list[str]
-    """Documents skipped with --skip-bad, with the reason."""
+    """Documents skipped with --skip-bad in this run, with the reason (all runs' skips: the manifest's
+    `skipped_documents`)."""
 
 
 def run_capture(
     cfg: CaptureConfig, backbone: CaptureBackbone | None = None, source: DocumentSource | None = None
 ) -> CaptureResult:
-    """Capture into `cfg.out`; under torchrun each rank takes every world_size-th document."""
+    """Capture into `cfg.out`; under torchrun each rank takes every world_size-th document. The folder is
+    locked for the run (another run into it is refused), which also checks that it can be written."""
     rank, world = _init_distributed()
-    backbone = backbone or resolve_backbone(cfg.backbone, hook_layer=cfg.layer, seed=cfg.seed)
-    if cfg.layer is not None and cfg.layer != backbone.hook_layer:
-        raise ValueError(f"backbone hook layer {backbone.hook_layer} differs from --layer {cfg.layer}")
-    if source is None:
-        if not cfg.data:
-            raise ValueError("no --data given")
-        source = open_source(cfg.data, image_column=cfg.image_column, text_column=cfg.text_column)
-    metadata = StoreMetadata(
+    with lock_output(cfg.out, "activation capture"):
+        return _capture(cfg, backbone, source, rank, world)
+
+
+def store_metadata(cfg: CaptureConfig, backbone: CaptureBackbone, source: DocumentSource) -> StoreMetadata:
+    """Everything that decides the store's content (its id, and what a resume must match)."""
+    return StoreMetadata(
         backbone=backbone.name_or_path,
         family=getattr(getattr(backbone, "family", None), "name", type(backbone.model).__name__),
         hook_layer=backbone.hook_layer,
         d_in=backbone.hidden_size,
         dtype=cfg.dtype,
         revision=getattr(backbone.model.config, "_commit_hash", None),
-        data={**source.fingerprint(), "max_documents": cfg.max_documents, "max_tokens": cfg.max_tokens},
+        data={
+            **source.fingerprint(),
+            "max_documents": cfg.max_documents,
+            "max_tokens": cfg.max_tokens,
+            "image_column": cfg.image_column,
+            "text_column": cfg.text_column,
+        },
         prompt={"image_first": cfg.image_first, "generate_tokens": cfg.generate_tokens},
+        weights={"seed": cfg.seed, "fingerprint": weights_fingerprint(backbone.model)},
+        backend=cfg.backend,
     )
+
+
+def _capture(
+    cfg: CaptureConfig,
+    backbone: CaptureBackbone | None,
+    source: DocumentSource | None,
+    rank: int,
+    world: int,
+) -> CaptureResult:
+    if source is None:
+        if not cfg.data:
+            raise ValueError("no --data given")
+        source = open_source(cfg.data, image_column=cfg.image_column, text_column=cfg.text_column)
+    bad = getattr(source, "bad_records", {})
+    if bad and not cfg.skip_bad:
+        first = [bad[i] for i in sorted(bad)[:3]]
+        raise SourceError(
+            f"{len(bad)} malformed record(s) in {cfg.data}: {'; '.join(first)}; fix them, or pass --skip-bad "
+            "to leave them out (they are listed in the store's manifest)"
+        )
+    backbone = backbone or resolve_backbone(cfg.backbone, hook_layer=cfg.layer, seed=cfg.seed)
+    if cfg.layer is not None and cfg.layer != backbone.hook_layer:
+        raise ValueError(f"backbone hook layer {backbone.hook_layer} differs from --layer {cfg.layer}")
+    metadata = store_metadata(cfg, backbone, source)
     writer = StoreWriter(cfg.out, metadata, rank=rank, shard_tokens=cfg.shard_tokens, resume=cfg.resume)
     capture_backend = make_backend(
         cfg.backend, backbone, early_stop=cfg.early_stop and not cfg.generate_tokens
     )
     n_docs = min(len(source), cfg.max_documents or len(source))
-    todo = [i for i in range(rank, n_docs, world) if i not in writer.done_documents]
+    mine = list(range(rank, n_docs, world))
     budget = None if cfg.max_tokens is None else -(-cfg.max_tokens // world)
     stored_before = sum(s.num_tokens for s in writer.shards)
     stored, skipped = 0, []
     progress = tqdm(total=budget, initial=stored_before, unit="tok", unit_scale=True, desc=f"capture r{rank}")
     try:
-        for start in range(0, len(todo), cfg.batch_size):
+        # Batches are formed over all of this rank's documents, and a batch that a resumed run finds
+        # partly stored is run whole again (its stored documents are not added twice): every document
+        # is captured beside the same others, with the same padding, so a resume is bit-identical.
+        for start in range(0, len(mine), cfg.batch_size):
+            batch = mine[start : start + cfg.batch_size]
+            if all(i in writer.done_documents for i in batch):
+                continue
             if budget is not None and stored_before + stored >= budget:
                 break
-            docs = _load(source, todo[start : start + cfg.batch_size], cfg.skip_bad, skipped)
+            docs = _load(source, batch, cfg.skip_bad, skipped, writer)
             for doc in _capture_batch(capture_backend, backbone, docs, cfg):
+                if doc.doc_id in writer.done_documents:
+                    continue
                 if budget is not None and stored_before + stored >= budget:
                     break
                 writer.add(doc)
@@ -144,7 +188,7 @@ def _init_distributed() -> tuple[int, int]:
 
 
 def _load(
-    source: DocumentSource, indices: list[int], skip_bad: bool, skipped: list[str]
+    source: DocumentSource, indices: list[int], skip_bad: bool, skipped: list[str], writer: StoreWriter
 ) -> list[SourceDocument]:
     docs = []
     for i in indices:
@@ -154,6 +198,7 @@ def _load(
             if not skip_bad:
                 raise
             skipped.append(str(err))
+            writer.skip(i, str(err))
     return docs
 
 

@@ -8,6 +8,9 @@ slices). Supported `--data` paths:
   (OBELICS-style records: one image + its text);
 * a folder written by `datasets.Dataset.save_to_disk` (image column as a `datasets.Image` feature or path);
 * a folder of images with a `metadata.jsonl` (Hugging Face "imagefolder" layout: `file_name` + text).
+
+`*.jsonl` records are read line by line (`records.py`): a malformed line is a bad record named by file and
+line — an error before capture starts, or a counted skip with `--skip-bad` — not an exception from `datasets`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 from PIL import Image
 
 from sae.images import displayed_rgb, open_image
+
+from .records import JsonlRecords, RecordError
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +81,23 @@ class DocumentSource(Sequence[SourceDocument]):
     def __getitem__(self, index: int) -> SourceDocument:  # type: ignore[override]
         if not 0 <= index < len(self):
             raise IndexError(index)
-        row = self.dataset[index]
-        source_id = str(row[self.id_column]) if self.id_column else str(index)
-        text = row[self.text_column]
+        try:
+            row = self.dataset[index]
+        except RecordError as err:  # a malformed corpus line
+            raise SourceError(f"document {index}: {err}") from None
+        source_id = str(row.get(self.id_column)) if self.id_column else str(index)
+        text = row.get(self.text_column)
         if not isinstance(text, str) or not text.strip():
             raise SourceError(f"document {index} ({source_id}): empty text")
-        return SourceDocument(index, source_id, self._image(row[self.image_column], index, source_id), text)
+        return SourceDocument(
+            index, source_id, self._image(row.get(self.image_column), index, source_id), text
+        )
+
+    @property
+    def bad_records(self) -> dict[int, str]:
+        """Documents whose record cannot be parsed (a malformed JSON line), with why; reading one raises
+        `SourceError`, so `--skip-bad` skips them like undecodable images."""
+        return {i: f"document {i}: {why}" for i, why in getattr(self.dataset, "bad", {}).items()}
 
     def _image(self, value: Any, index: int, source_id: str) -> Image.Image:
         if isinstance(value, Image.Image):  # decoded by `datasets`: orient it if it is still tagged
@@ -139,7 +155,18 @@ def open_source(
         raise SourceError(
             f"{path}: mixed record formats {sorted(builders)}; keep one kind of file per folder"
         )
-    ds = datasets.load_dataset(builders.pop(), data_files=[str(f) for f in files], split="train")
+    if all(f.suffix == ".jsonl" for f in files):
+        ds = JsonlRecords(files)  # line by line: a malformed line is a named, skippable record
+    else:
+        builder = builders.pop()
+        try:
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as err:  # datasets wraps the parser's error in DatasetGenerationError
+            cause = err.__cause__ or err
+            raise SourceError(
+                f"{', '.join(map(str, files))}: cannot be read as {builder} records "
+                f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}); fix the file"
+            ) from None
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.read_bytes())

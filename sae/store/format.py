@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,11 @@ class StoreMetadata:
     """Description of the input data (path, kind, fingerprint)."""
     prompt: dict[str, Any] = field(default_factory=dict)
     """Prompt settings (image first or instruction first, system prompt, generation)."""
+    weights: dict[str, Any] = field(default_factory=dict)
+    """Identity of the weights that produced the activations: `fingerprint` (`sae.identity`) and the `seed`
+    the backbone was built or loaded with (random-init and warm-up presets depend on it)."""
+    backend: str | None = None
+    """How the states were read (nnsight or transformer_lens); they agree only up to float rounding."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -54,16 +58,23 @@ class StoreMetadata:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def differences(self, other: StoreMetadata) -> list[str]:
-        """Names of the fields whose values differ, with both values."""
-        return [
-            f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
-        ]
+        """`name: ours vs theirs` for every differing field (`weights.seed: 0 vs 1` inside dict fields)."""
+        out: list[str] = []
+        for f in fields(self):
+            _differences(f.name, getattr(self, f.name), getattr(other, f.name), out)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoreMetadata:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def _differences(name: str, a: Any, b: Any, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            _differences(f"{name}.{key}", a.get(key), b.get(key), out)
+    elif a != b:
+        out.append(f"{name}: {a!r} vs {b!r}")
 
 
 @dataclass(frozen=True)
@@ -101,13 +112,3 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

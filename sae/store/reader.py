@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
+from sae.files import read_json
 from sae.token_types import TokenType
 
 from .format import FORMAT_VERSION, MANIFEST, ROW_TENSORS, ShardRecord, StoreError, StoreMetadata, sha256_file
@@ -88,20 +89,23 @@ class ActivationStore:
                     else "; is it an activation store?"
                 )
             )
-        raw = json.loads(file.read_text())
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise StoreError(
-                f"{root}: store format {raw.get('format_version')} is not supported (need {FORMAT_VERSION})"
+        raw = read_json(file, "store manifest")
+        if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
+            version = raw.get("format_version") if isinstance(raw, dict) else None
+            raise StoreError(f"{file}: store format {version} is not supported (need {FORMAT_VERSION})")
+        try:
+            manifest = Manifest(
+                metadata=StoreMetadata.from_dict(raw),
+                store_id=raw["store_id"],
+                shards=tuple(ShardRecord.from_dict(s) for s in raw["shards"]),
+                token_type_counts=raw["token_type_counts"],
+                num_tokens=raw["num_tokens"],
+                num_documents=raw["num_documents"],
             )
-        meta = StoreMetadata.from_dict(raw)
-        manifest = Manifest(
-            metadata=meta,
-            store_id=raw["store_id"],
-            shards=tuple(ShardRecord.from_dict(s) for s in raw["shards"]),
-            token_type_counts=raw["token_type_counts"],
-            num_tokens=raw["num_tokens"],
-            num_documents=raw["num_documents"],
-        )
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreError(
+                f"store manifest {file} is damaged ({type(err).__name__}: {err}); restore it or capture again"
+            ) from None
         return cls(root, manifest, verify)
 
     # ---- metadata ------------------------------------------------------------------------------
@@ -129,20 +133,41 @@ class ActivationStore:
         return ActivationStore(self.root, view, self.verify)
 
     # ---- rows ----------------------------------------------------------------------------------
-    def load_shard(self, record: ShardRecord) -> dict[str, torch.Tensor]:
-        """All tensors of one shard; a missing, truncated or altered file is a clear error."""
+    def shard_path(self, record: ShardRecord) -> Path:
+        """The file of a shard, checked against its recorded checksum the first time (when verifying): a
+        missing, truncated or altered shard is a `StoreError` naming it, before any reader parses it."""
         path = self.root / record.file
         if not path.exists():
-            raise StoreError(f"shard {record.file} of store {self.store_id} is missing")
+            raise StoreError(f"shard {path} of store {self.store_id} is missing; capture the store again")
         if self.verify and record.file not in self._verified:
             if sha256_file(path) != record.sha256:
-                raise StoreError(f"shard {record.file} is corrupt or truncated (checksum mismatch)")
+                raise StoreError(
+                    f"shard {path} is corrupt or truncated (checksum mismatch); capture the store again"
+                )
             self._verified.add(record.file)
+        return path
+
+    def read_shard(self, record: ShardRecord, names: Sequence[str] = ROW_TENSORS) -> dict[str, torch.Tensor]:
+        """Tensors `names` of one (checked) shard."""
+        path = self.shard_path(record)
         try:
             with safe_open(str(path), framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in ROW_TENSORS}
+                return {k: f.get_tensor(k) for k in names}
         except Exception as err:  # safetensors raises several types for a damaged file
-            raise StoreError(f"shard {record.file} cannot be read: {err}") from err
+            raise StoreError(f"shard {path} cannot be read ({err}); capture the store again") from None
+
+    def shard_documents(self, record: ShardRecord) -> list[dict]:
+        """The documents a (checked) shard's header records (docs/activation_store.md)."""
+        path = self.shard_path(record)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return json.loads(f.metadata()["documents"])
+        except Exception as err:
+            raise StoreError(f"shard {path}: its document list cannot be read ({err})") from None
+
+    def load_shard(self, record: ShardRecord) -> dict[str, torch.Tensor]:
+        """All tensors of one shard; a missing, truncated or altered file is a clear error."""
+        tensors = self.read_shard(record)
         if tensors["activations"].shape != (record.num_tokens, self.d_in):
             raise StoreError(
                 f"shard {record.file}: activations {tuple(tensors['activations'].shape)} do not match the manifest"
@@ -231,9 +256,8 @@ class ActivationStore:
         """One row per document: doc_id, source_id, num_tokens, text, geometry (dict or None), shard."""
         records = []
         for shard in self.manifest.shards:
-            with safe_open(str(self.root / shard.file), framework="pt") as f:
-                for doc in json.loads(f.metadata()["documents"]):
-                    records.append({**doc, "shard": shard.file})
+            for doc in self.shard_documents(shard):
+                records.append({**doc, "shard": shard.file})
         return pd.DataFrame.from_records(records).sort_values("doc_id", ignore_index=True)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from sae.files import atomic_write, atomic_write_text, read_json
 from sae.image_geometry import ImageGeometry
 from sae.token_types import TokenType
 
@@ -25,7 +26,6 @@ from .format import (
     ShardRecord,
     StoreError,
     StoreMetadata,
-    atomic_write_text,
     sha256_file,
 )
 
@@ -72,7 +72,8 @@ class StoreWriter:
 
     One writer per rank. Progress (finished shards, next document) is saved atomically after every shard,
     so `resume=True` continues after an interruption without duplicating or dropping a document: the
-    caller asks `done_documents` which documents to skip.
+    caller asks `done_documents` which documents to skip. Documents that could not be read are recorded
+    with `skip` (kept in the progress and listed in the manifest); a resumed run tries them again.
     """
 
     def __init__(
@@ -94,6 +95,8 @@ class StoreWriter:
         self._buffered_tokens = 0
         self.shards: list[ShardRecord] = []
         self.done_documents: set[int] = set()
+        self.skipped: dict[int, str] = {}
+        self._skips_saved = True
         self._open(resume)
 
     @property
@@ -102,11 +105,11 @@ class StoreWriter:
 
     def _open(self, resume: bool) -> None:
         manifest = self.root / MANIFEST
-        if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+        if manifest.exists() and read_json(manifest, "store manifest").get("complete"):
             raise StoreError(f"{self.root} is a finished store and is immutable; write to a new folder")
         progress = self._progress_path
         if progress.exists():
-            state = json.loads(progress.read_text())
+            state = read_json(progress, "capture progress file")
             theirs = StoreMetadata.from_dict(state["metadata"])
             if theirs != self.metadata:
                 diff = "; ".join(theirs.differences(self.metadata))
@@ -117,6 +120,7 @@ class StoreWriter:
                 )
             self.shards = [ShardRecord.from_dict(s) for s in state["shards"]]
             self.done_documents = set(state["done_documents"])
+            self.skipped = {int(s["doc_id"]): s["reason"] for s in state.get("skipped", [])}
             for record in self.shards:  # a finished shard must still be intact
                 if sha256_file(self.root / record.file) != record.sha256:
                     raise StoreError(f"shard {record.file} does not match its recorded checksum")
@@ -140,11 +144,18 @@ class StoreWriter:
             )
         if doc.doc_id in self.done_documents or doc.doc_id in self._buffered_ids:
             raise StoreError(f"document {doc.doc_id} is already in the store")
+        if self.skipped.pop(doc.doc_id, None) is not None:
+            self._skips_saved = False  # skipped by an earlier run, readable now
         self._buffer.append(doc)
         self._buffered_ids.add(doc.doc_id)
         self._buffered_tokens += doc.activations.shape[0]
         if self._buffered_tokens >= self.shard_tokens:
             self.flush()
+
+    def skip(self, doc_id: int, reason: str) -> None:
+        """Record that document `doc_id` was left out, and why (saved with the next progress)."""
+        self.skipped[doc_id] = reason
+        self._skips_saved = False
 
     def flush(self) -> None:
         """Write the buffered documents as one shard (atomically) and record the progress."""
@@ -172,9 +183,8 @@ class StoreWriter:
             }
             for d in docs
         ]
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={"documents": json.dumps(documents)})
-        os.replace(tmp, path)
+        header = {"documents": json.dumps(documents)}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
         kinds, freq = torch.unique(tensors["token_type"], return_counts=True)
         names = [TokenType(int(k)).name.lower() for k in kinds.tolist()]
         counts = Counter(dict(zip(names, freq.tolist(), strict=True)))
@@ -189,31 +199,40 @@ class StoreWriter:
             )
         )
         self.done_documents.update(d.doc_id for d in docs)
+        self._save_progress()
+
+    def _save_progress(self) -> None:
         state = {
             "metadata": asdict(self.metadata),
             "shards": [asdict(s) for s in self.shards],
             "done_documents": sorted(self.done_documents),
+            "skipped": [{"doc_id": d, "reason": r} for d, r in sorted(self.skipped.items())],
         }
         atomic_write_text(self._progress_path, json.dumps(state))
+        self._skips_saved = True
 
     def close(self) -> None:
-        """Flush what is buffered (the rank's last, possibly smaller, shard)."""
+        """Flush what is buffered (the rank's last, possibly smaller, shard) and the skips."""
         self.flush()
+        if not self._skips_saved:
+            self._save_progress()
 
 
 def finalize_store(root: str | os.PathLike, metadata: StoreMetadata, num_ranks: int = 1) -> dict:
     """Merge the ranks' progress into `manifest.json` (complete, immutable) and remove the progress files."""
     root = Path(root)
     shards: list[ShardRecord] = []
+    skipped: list[dict] = []
     for rank in range(num_ranks):
         progress = root / PROGRESS_DIR / f"r{rank:02d}.json"
         if not progress.exists():
             raise StoreError(f"rank {rank} has no progress file in {root}; did every rank finish?")
-        state = json.loads(progress.read_text())
+        state = read_json(progress, "capture progress file")
         theirs = StoreMetadata.from_dict(state["metadata"])
         if theirs != metadata:
             raise StoreError(f"rank {rank} wrote other settings: {'; '.join(theirs.differences(metadata))}")
         shards += [ShardRecord.from_dict(s) for s in state["shards"]]
+        skipped += state.get("skipped", [])
     shards.sort(key=lambda s: s.doc_range[0])
     counts: Counter[str] = Counter()
     for s in shards:
@@ -226,6 +245,7 @@ def finalize_store(root: str | os.PathLike, metadata: StoreMetadata, num_ranks: 
         "num_tokens": sum(s.num_tokens for s in shards),
         "num_documents": sum(s.num_documents for s in shards),
         "shards": [asdict(s) for s in shards],
+        "skipped_documents": sorted(skipped, key=lambda s: s["doc_id"]),
         "complete": True,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
