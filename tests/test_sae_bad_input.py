@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 
 import pytest
 from _sae_common import make_store, sparse_dictionary
@@ -90,3 +92,53 @@ def test_impossible_batch_and_slices(store, tmp_path):
                 total_tokens=8192,
             )
         )
+
+
+def test_unparseable_manifest_is_one_sentence_naming_it(store, tmp_path, capsys):
+    """#23.4: a damaged manifest.json names the file (not a bare "Unterminated string ..."); --debug adds
+    the traceback."""
+    manifest = store.root / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    argv = ["train", "--store", str(store.root), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"store manifest {manifest} is damaged and cannot be parsed (Unterminated string" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith(
+        "segcompass-sae train: error: store manifest"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_while_checkpointing_is_one_sentence_and_leaves_no_temporary(
+    store, tmp_path, capsys, monkeypatch
+):
+    """#23.4: ENOSPC while a checkpoint is written: one sentence naming the checkpoint and what to do, the
+    half-written checkpoint folder is removed at once, and --resume continues from the last complete one."""
+    import torch
+
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(str(f))
+        if len([c for c in calls if "checkpoints" in c]) == 3:  # the second checkpoint runs out of space
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "out"
+    run = {**FAST, "epochs": 4, "checkpoint_every_tokens": 128 * 10, "keep_checkpoints": 0, "progress": False}
+    argv = ["train", "--store", str(store.root), "--out", str(out)]
+    for k, v in run.items():
+        argv += [f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no space left to write" in err and str(out / "checkpoints" / "tokens-") in err, err
+    assert "--resume" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["tokens-000000000001280"]  # no .tmp- folder
+    monkeypatch.undo()
+    assert main([*argv, "--resume", "true"]) == 0
+    assert (out / "segcompass_sae.json").exists()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from _sae_common import make_store, sparse_dictionary
+from _faults import kill_9, wait_until
+from _sae_common import cli_args, make_store, sparse_dictionary
 from safetensors.torch import load_file
 
 from sae.training import TrainConfig, train_sae
@@ -32,14 +30,6 @@ RUN = {
     "progress": False,
     "val_max_tokens": 0,
 }
-
-
-def cli_args(**fields) -> list[str]:
-    """`segcompass-sae train` flags for the given TrainConfig fields."""
-    args = []
-    for k, v in fields.items():
-        args += [f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v)]
-    return args
 
 
 def digest_tree(path: Path) -> dict[str, str]:
@@ -64,18 +54,8 @@ def test_kill_9_then_resume_matches_uninterrupted_run_bitwise(store, tmp_path):
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "sae.cli", "train", *cli_args(store=store.root, out=killed, **RUN)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not list_checkpoints(killed):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    seen = wait_until(lambda: bool(list_checkpoints(killed)), proc, 120, "checkpoint")
+    assert kill_9(proc) and seen, proc.stderr.read().decode()[-2000:]
     assert not (killed / "segcompass_sae.json").exists(), "the run finished before it was killed"
     first = list_checkpoints(killed)[0]
     assert first.tokens < reference.tokens
@@ -140,3 +120,29 @@ def test_unfinished_run_needs_resume_and_resume_finishes_it(unfinished):
     with pytest.raises(FileExistsError, match="already holds a trained SAE"):
         train_sae(again)
     assert digest_tree(out) == finished
+
+
+def test_resume_on_a_store_of_other_weights_is_refused(tmp_path):
+    """#23.1: stores captured with two seeds have two ids, so a run begun on one is not resumed on the
+    other (the same corpus, backbone spec and layer)."""
+    from _corpus import write_corpus
+
+    from sae.capture import CaptureConfig, run_capture
+    from sae.store import ActivationStore
+
+    corpus = write_corpus(tmp_path / "corpus", n=6)
+    stores = []
+    for seed in (0, 1):
+        out = tmp_path / f"acts{seed}"
+        run_capture(CaptureConfig(data=str(corpus), out=str(out), backbone="tiny:llava", seed=seed))
+        stores.append(ActivationStore.open(out))
+    run = {"d_sae": 64, "lr": 1e-3, "batch_size": 32, "epochs": 2, "checkpoint_every_tokens": 64,
+           "keep_checkpoints": 0, "progress": False, "val_max_tokens": 0}  # fmt: skip
+    cfg = TrainConfig(store=str(stores[0].root), out=str(tmp_path / "run"), **run)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_sae(cfg, source=_CrashAfter(stores[0], 5))
+    assert list_checkpoints(tmp_path / "run")
+    other = TrainConfig(**{**cfg.to_dict(), "store": str(stores[1].root), "resume": True})
+    with pytest.raises(ValueError, match=rf"another configuration \(store_id: '{stores[0].store_id}' -> "):
+        train_sae(other)
+    assert stores[0].store_id != stores[1].store_id

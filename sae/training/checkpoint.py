@@ -6,13 +6,13 @@ scheduler, coefficient schedulers and dead-feature statistics, the activation sc
 plus `segcompass_state.pt`: the run's fingerprint and config, the data position of every data slice, the
 RNG states of every process, and the token count. It is written into `checkpoints/.tmp-...`, fsynced and
 renamed into place, so an interrupted write (kill -9) leaves no checkpoint, only a temporary folder that
-the next run removes. `segcompass_state.pt` is written last and marks a complete checkpoint.
+the next run removes; a write that fails (a full disk) removes its temporary folder at once and raises a
+`WriteError` naming the checkpoint. `segcompass_state.pt` is written last and marks a complete checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import shutil
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sae.files import staged_folder
 
 from .config import config_differences
 from .metadata import METADATA_FILE
@@ -92,18 +94,6 @@ def remove_temporaries(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _fsync_tree(path: Path) -> None:
-    for f in path.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(trainer: Any, out: Path, tokens: int, state: dict[str, Any], keep: int) -> Path:
     """Write a checkpoint of `trainer` (an sae-lens `SAETrainer`) at `tokens` global tokens, atomically;
     then delete all but the newest `keep` complete checkpoints."""
@@ -112,12 +102,9 @@ def save_checkpoint(trainer: Any, out: Path, tokens: int, state: dict[str, Any],
     final = root / f"tokens-{tokens:015d}"
     if final.exists():
         raise FileExistsError(f"checkpoint {final} already exists; it is never overwritten")
-    tmp_name = f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(root / tmp_name, ignore_errors=True)
-    trainer.save_checkpoint(checkpoint_name=tmp_name, base_path=root)
-    torch.save({**state, "tokens": tokens}, root / tmp_name / STATE_FILE)
-    _fsync_tree(root / tmp_name)
-    os.rename(root / tmp_name, final)
+    with staged_folder(final) as tmp:
+        trainer.save_checkpoint(checkpoint_name=tmp.name, base_path=root)
+        torch.save({**state, "tokens": tokens}, tmp / STATE_FILE)
     logger.info("checkpoint %s", final)
     if keep > 0:
         for old in list_checkpoints(out)[:-keep]:
@@ -130,7 +117,13 @@ def load_state(
 ) -> dict[str, Any]:
     """Our part of a checkpoint; raises ValueError when another configuration (result-determining config
     fields, or the store / width / data slicing in `context`) wrote it."""
-    state = torch.load(ckpt.path / STATE_FILE, weights_only=True)  # tensors, ints, strings, dicts only
+    try:
+        state = torch.load(ckpt.path / STATE_FILE, weights_only=True)  # tensors, ints, strings, dicts only
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(
+            f"checkpoint file {ckpt.path / STATE_FILE} is damaged ({err}); delete {ckpt.path} to resume from "
+            "the checkpoint before it"
+        ) from None
     if state.get("fingerprint") != fingerprint:
         diffs = config_differences(state.get("config", {}), config)
         diffs += config_differences(state.get("context", {}), context)

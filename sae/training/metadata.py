@@ -3,8 +3,9 @@
 An output folder holds `cfg.json` + `sae_weights.safetensors` (sae-lens's inference format, loadable with
 `sae_lens.SAE.load_from_disk(folder)`), `sparsity.safetensors`, and `segcompass_sae.json`: the backbone,
 hook layer, store id and manifest hash, the token types trained on with their counts, the resolved training
-config, and the validation metrics. The files are written into a temporary folder, fsynced and moved into
-place with `segcompass_sae.json` last: its presence marks a finished SAE, which is never overwritten.
+config, and the validation metrics. The files are written into a temporary folder, given the umask's modes,
+fsynced and moved into place with `segcompass_sae.json` last: its presence marks a finished SAE, which is
+never overwritten. A write that fails (a full disk) removes the temporary folder and raises a `WriteError`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+from sae.files import apply_umask_tree, fsync_dir, fsync_file, raise_write_failure, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +76,14 @@ def stage_final(sae: Any, out: Path, log_sparsity: torch.Tensor | None) -> Path:
         )
     tmp = out / f".final-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    sae.save_inference_model(str(tmp))
-    if log_sparsity is not None:
-        save_file({"sparsity": log_sparsity.contiguous()}, tmp / "sparsity.safetensors")
+    try:
+        tmp.mkdir(parents=True)
+        sae.save_inference_model(str(tmp))
+        if log_sparsity is not None:
+            save_file({"sparsity": log_sparsity.contiguous()}, tmp / "sparsity.safetensors")
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise_write_failure(err, out / "sae_weights.safetensors")
     return tmp
 
 
@@ -88,13 +95,18 @@ def commit_final(tmp: Path, out: Path, metadata: dict[str, Any]) -> Path:
             f"{out} already holds a finished SAE ({METADATA_FILE}); it is never overwritten"
         )
     full = {"format": FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"), **metadata}
-    (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
-    names = sorted((p.name for p in tmp.iterdir()), key=lambda n: n == METADATA_FILE)
-    for name in names:
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp / name, out / name)
+    try:
+        (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
+        apply_umask_tree(tmp)  # safetensors writes 0600 whatever the umask
+        names = sorted((p.name for p in tmp.iterdir()), key=lambda n: n == METADATA_FILE)
+        for name in names:
+            fsync_file(tmp / name)
+            os.replace(tmp / name, out / name)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise_write_failure(err, out / METADATA_FILE)
     tmp.rmdir()
+    fsync_dir(out)
     return out
 
 
@@ -109,7 +121,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     file = Path(path) / METADATA_FILE
     if not file.exists():
         raise FileNotFoundError(f"{path} holds no finished SegCompass SAE (no {METADATA_FILE})")
-    return json.loads(file.read_text())
+    return read_json(file, "SAE metadata")
 
 
 def load_sae(

@@ -20,6 +20,7 @@ import sae_lens
 import torch
 
 from sae.evaluation.metrics import evaluate_sae
+from sae.files import lock_output
 
 from . import checkpoint as ckpt
 from .cleanup import remove_resume_checkpoints
@@ -70,7 +71,9 @@ class TrainResult:
 def train_sae(cfg: TrainConfig, source: BatchSource | None = None) -> TrainResult:
     """Train an SAE as `cfg` says on `source` (default: the store at `cfg.store`); see the module docstring.
 
-    Under torchrun every process calls this; each reads its own slices of the store.
+    Under torchrun every process calls this; each reads its own slices of the store. The output folder is
+    locked for the run (a second run into it is refused), after the inputs are checked and before anything
+    is computed or written.
     """
     cfg = cfg.resolved()
     if not cfg.out:
@@ -80,7 +83,9 @@ def train_sae(cfg: TrainConfig, source: BatchSource | None = None) -> TrainResul
     owns_group = not torch.distributed.is_initialized()
     info = init_distributed(cfg.device, cfg.dist_backend)
     try:
-        return _Run(cfg, source if source is not None else open_store(cfg.store), info).run()
+        run = _Run(cfg, source if source is not None else open_store(cfg.store), info)
+        with lock_output(cfg.out, "SAE training"):
+            return run.run()
     finally:
         if owns_group:
             shutdown(info)
@@ -102,7 +107,7 @@ class _Run:
         self.total_steps = total // cfg.batch_size
         if self.total_steps < 1:
             raise ValueError(f"{total} training tokens make no step of batch_size={cfg.batch_size}")
-        self.found = ckpt.check_out_dir(self.out, cfg.resume)
+        self.found: list[ckpt.Checkpoint] = []
         self.context = {
             "store_id": getattr(source, "store_id", None),
             "d_in": source.d_in,
@@ -175,6 +180,7 @@ class _Run:
     # ---- loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, info = self.cfg, self.info
+        self.found = ckpt.check_out_dir(self.out, cfg.resume)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             ckpt.remove_temporaries(self.out)
