@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -28,10 +31,15 @@ def small_head_config(d_in: int, d_sae: int, **overrides: object) -> HeadConfig:
     return HeadConfig.tiny(d_in, d_sae, **{**base, **overrides})
 
 
-def tiny_model(seed: int = 0, backbone: Backbone | None = None, **head_overrides: object) -> SegCompassModel:
-    """Random tiny Qwen2.5-VL + random SAE (128 atoms) + tiny head with its own SAM image encoder."""
+def tiny_model(
+    seed: int = 0, backbone: Backbone | None = None, sae_seed: int | None = None, **head_overrides: object
+) -> SegCompassModel:
+    """Random tiny Qwen2.5-VL + random SAE (128 atoms, from `sae_seed`, default `seed`) + tiny head with its
+    own SAM image encoder."""
     bb = backbone or build_tiny("qwen2_5_vl", seed=seed)
-    sae = make_sae(bb.hidden_size, 128, seed=seed, apply_b_dec_to_input=False)
+    sae = make_sae(
+        bb.hidden_size, 128, seed=seed if sae_seed is None else sae_seed, apply_b_dec_to_input=False
+    )
     torch.manual_seed(seed)
     head = build_head(small_head_config(bb.hidden_size, 128, **head_overrides), sae, image_encoder=True)
     return SegCompassModel(bb, head, PolicyConfig(num_slots=K, max_new_tokens=12))
@@ -53,6 +61,26 @@ def tiny_train_config(out: Path, **overrides: object) -> JointTrainConfig:
     base = dict(out=str(out), steps=2, prompts_per_step=2, group_size=2, lr=1e-3, checkpoint_every=1,
                 policy=PolicyConfig(num_slots=K, max_new_tokens=12))  # fmt: skip
     return JointTrainConfig(**{**base, **overrides})
+
+
+_TRAIN_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+from _training_common import open_world, tiny_model, tiny_train_config
+from segcompass.training import train_joint
+cfg = tiny_train_config(Path({out!r}), steps={steps}, checkpoint_every=1)
+train_joint(cfg, tiny_model(), open_world(Path({data!r}), "train"), progress=False)
+"""
+
+
+def training_process(data: Path, out: Path, steps: int, **popen: object) -> subprocess.Popen:
+    """A joint training run (`tiny_model`, `tiny_train_config`, a checkpoint every step; resumes from `out`)
+    in its own process, on one thread."""
+    code = _TRAIN_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out), steps=steps, data=str(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env, **popen)
 
 
 def grad_sums(module: torch.nn.Module) -> dict[str, float]:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from _faults import kill_9, wait_until
 from _training_common import (
     K,
     fsdp_update_vs_unsharded,
@@ -22,6 +21,7 @@ from _training_common import (
     teacher_forced,
     tiny_model,
     tiny_train_config,
+    training_process,
     world_data,
 )
 from safetensors.torch import load_file
@@ -145,38 +145,18 @@ def test_saved_model_loads_and_predicts_the_same(data: Path, tmp_path: Path) -> 
         load_model(tmp_path)
 
 
-_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {tests!r})
-torch.set_num_threads(1)
-from pathlib import Path
-from _training_common import open_world, tiny_model, tiny_train_config
-from segcompass.training import train_joint
-cfg = tiny_train_config(Path({out!r}), steps={steps}, checkpoint_every=1)
-train_joint(cfg, tiny_model(), open_world(Path({data!r}), "train"), progress=False)
-"""
-
-
-def _run_script(data: Path, out: Path, steps: int, **popen) -> subprocess.Popen:
-    code = _SCRIPT.format(tests=str(TESTS), out=str(out), steps=steps, data=str(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, **popen)
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data: Path, tmp_path: Path) -> None:
     steps = 4
-    straight = _run_script(data, tmp_path / "straight", steps, stderr=subprocess.PIPE)
+    straight = training_process(data, tmp_path / "straight", steps, stderr=subprocess.PIPE)
     assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-2000:]
 
-    victim = _run_script(data, tmp_path / "killed", steps, stderr=subprocess.DEVNULL)
+    victim = training_process(data, tmp_path / "killed", steps, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "checkpoints" / "step-00000002" / "state.json"
-    deadline = time.time() + 600
-    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    assert wait_until(ckpt.exists, victim, 600, "step-2 checkpoint"), (
+        "the run ended before it could be killed"
+    )
+    assert kill_9(victim)
     assert not (tmp_path / "killed" / "final").exists()
 
     resumed = train_joint(tiny_train_config(tmp_path / "killed", steps=steps, checkpoint_every=1), tiny_model(),
@@ -281,6 +261,23 @@ def test_bad_input_gives_clear_errors(data: Path, tmp_path: Path) -> None:
     assert ckpt.read_bytes() == before
     with pytest.raises(FileExistsError, match="resume"):
         train_joint(tiny_train_config(run, steps=2, resume=False), tiny_model(), ds, progress=False)
+
+
+def test_resume_with_another_sae_or_backbone_is_refused(data: Path, tmp_path: Path) -> None:
+    """#23.1: a joint run records the identity of its initial weights per part; a resume with another SAE or
+    another backbone behind the same names is refused and names the part."""
+    from segcompass.backbones import build_tiny
+
+    ds, run = open_world(data, "train"), tmp_path / "run"
+    train_joint(tiny_train_config(run, steps=1), tiny_model(), ds, progress=False)
+    ckpt = run / "checkpoints" / "step-00000001" / "trainable.safetensors"
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match=r"another configuration \(context\.weights\.head\.concepts: '"):
+        train_joint(tiny_train_config(run, steps=2), tiny_model(sae_seed=1), ds, progress=False)
+    other_backbone = tiny_model(backbone=build_tiny("qwen2_5_vl", seed=1))
+    with pytest.raises(ValueError, match=r"context\.weights\.llm\.model: '"):
+        train_joint(tiny_train_config(run, steps=2), other_backbone, ds, progress=False)
+    assert ckpt.read_bytes() == before
 
 
 def test_train_then_evaluate_the_checkpoint_from_the_command_line(data: Path, tmp_path: Path) -> None:

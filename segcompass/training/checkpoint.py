@@ -3,9 +3,12 @@
 A checkpoint holds the trainable weights (`trainable.safetensors`, by parameter name), the head's moving
 average when the run keeps one (`ema.safetensors`), the optimiser
 and scheduler states (`optimizer.pt`, loaded with ``weights_only=True``), and `state.json`: step, data
-cursor, the config fingerprint. Rollouts are seeded per (seed, step, rank), so no RNG state is needed for
-an exact resume. The folder is written as `.tmp-…`, fsynced and renamed; `state.json` is written last,
-so a kill -9 at any moment leaves either a complete checkpoint or a temporary folder the next run deletes.
+cursor, the config fingerprint and the settings it hashes (config, data, identity of the model's initial
+weights per part), so a refused resume names what differs. Rollouts are seeded per (seed, step, rank), so
+no RNG state is needed for an exact resume. The folder is written as `.tmp-…` (`sae.files.staged_folder`:
+umask modes, fsync, rename); `state.json` is written last, so a kill -9 at any moment leaves either a
+complete checkpoint or a temporary folder the next run deletes, and a failed write (a full disk) removes
+its temporary folder and raises a `WriteError` naming the checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sae.files import read_json, staged_folder
+from sae.training.config import config_differences
+
 from .config import JointTrainConfig
 
 logger = logging.getLogger(__name__)
@@ -36,10 +42,15 @@ _NOT_RESULT_FIELDS = ("out", "steps", "checkpoint_every", "keep_checkpoints", "l
                       "wandb_project", "threads", "gradient_checkpointing")  # fmt: skip
 
 
-def fingerprint(cfg: JointTrainConfig, context: dict[str, Any]) -> str:
-    """Hash of every setting that decides the result (not where it is written or how long it runs)."""
+def run_settings(cfg: JointTrainConfig, context: dict[str, Any]) -> dict[str, Any]:
+    """Every setting that decides the result (not where it is written or how long it runs), as JSON values."""
     data = {k: v for k, v in asdict(cfg).items() if k not in _NOT_RESULT_FIELDS}
-    blob = json.dumps({"config": data, "context": context}, sort_keys=True, default=str)
+    return json.loads(json.dumps({"config": data, "context": context}, default=str))
+
+
+def fingerprint(cfg: JointTrainConfig, context: dict[str, Any]) -> str:
+    """Hash of `run_settings`."""
+    blob = json.dumps(run_settings(cfg, context), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -89,33 +100,41 @@ def save_checkpoint(
     final = root / f"step-{step:08d}"
     if final.exists():
         raise FileExistsError(f"checkpoint {final} already exists; checkpoints are never overwritten")
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(
-        {k: v.contiguous() for k, v in (weights if weights is not None else trainable_state(model)).items()},
-        str(tmp / "trainable.safetensors"),
-    )
-    if ema is not None:
-        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / EMA_FILE))
-    opt_state = optimizer_state if optimizer_state is not None else optimizer.state_dict()
-    torch.save(
-        {
-            "optimizer": opt_state,
-            "scheduler": scheduler.state_dict(),
-            "full_state": optimizer_state is not None,
-        },
-        tmp / "optimizer.pt",
-    )
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.rename(tmp, final)
+    with staged_folder(final) as tmp:
+        save_file(
+            {
+                k: v.contiguous()
+                for k, v in (weights if weights is not None else trainable_state(model)).items()
+            },
+            str(tmp / "trainable.safetensors"),
+        )
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / EMA_FILE))
+        opt_state = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        torch.save(
+            {
+                "optimizer": opt_state,
+                "scheduler": scheduler.state_dict(),
+                "full_state": optimizer_state is not None,
+            },
+            tmp / "optimizer.pt",
+        )
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
     logger.info("checkpoint %s", final)
     for _, old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys ("weights.head.concepts")."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def load_ema(path: Path) -> dict[str, torch.Tensor]:
@@ -135,15 +154,28 @@ def load_checkpoint(
     scheduler: Any,
     expected_fingerprint: str,
     sharded: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore weights, optimiser and scheduler from `path`; returns its `state.json` content.
 
-    `sharded`: the model is FSDP-sharded (every process reads the full files and keeps its shards)."""
-    state = json.loads((path / STATE_FILE).read_text())
+    `sharded`: the model is FSDP-sharded (every process reads the full files and keeps its shards).
+    `settings`: this run's `run_settings`, to name what differs when the fingerprints do."""
+    state = read_json(path / STATE_FILE, "checkpoint state")
     if state.get("fingerprint") != expected_fingerprint:
+        theirs, ours = state.get("settings") or {}, settings or {}
+        diffs = [
+            f"{part}.{d}"
+            for part in ("config", "context")
+            for d in config_differences(_flat(theirs.get(part, {})), _flat(ours.get(part, {})))
+        ]
+        detail = (
+            "; ".join(diffs)
+            if theirs and diffs
+            else f"fingerprint {state.get('fingerprint')} != {expected_fingerprint}"
+        )
         raise ValueError(
-            f"checkpoint {path} was written by another configuration (fingerprint {state.get('fingerprint')} "
-            f"!= {expected_fingerprint}); resume with the same settings or train into a new out folder"
+            f"checkpoint {path} was written by another configuration ({detail}); resume with the same settings "
+            "and model, or train into a new out folder"
         )
     weights = load_file(str(path / "trainable.safetensors"))
     opt = torch.load(path / "optimizer.pt", weights_only=True)

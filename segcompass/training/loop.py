@@ -22,6 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from sae.files import atomic_write_text, lock_output
+from sae.identity import part_fingerprints
 from sae.training.distributed import DistInfo, barrier, gather_objects, init_distributed
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, freeze_backbone_up_to_hook, head_param_groups
@@ -35,6 +37,7 @@ from .checkpoint import (
     load_checkpoint,
     load_ema,
     remove_temporaries,
+    run_settings,
     save_checkpoint,
 )
 from .config import JointTrainConfig
@@ -112,9 +115,7 @@ def _truncate_history(path: Path, before_step: int) -> list[dict[str, Any]]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     kept = [r for r in rows if r["step"] < before_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
@@ -137,9 +138,10 @@ def train_joint(
 ) -> TrainResult:
     """Train `model` on `dataset` with `cfg`; resumes from the newest checkpoint in `cfg.out`.
 
-    `context` (data set identity, backbone, SAE path …) enters the checkpoint fingerprint, so a run is
+    `context` (data set identity, backbone, SAE path …) enters the checkpoint fingerprint, and so does the
+    identity of the model's initial weights per part (backbone, SAE, SAM, head: `sae.identity`), so a run is
     never resumed on other data or another model. `reward_fn` replaces the configured reward (its
-    qualified name enters the fingerprint).
+    qualified name enters the fingerprint). `cfg.out` is locked for the run: a second run into it is refused.
     """
     info = init_distributed("cpu" if not torch.cuda.is_available() else "auto")
     if cfg.threads:
@@ -149,9 +151,24 @@ def train_joint(
         raise ValueError(
             f"prompts_per_step {cfg.prompts_per_step} is not divisible by {info.world_size} processes"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    with lock_output(out, "joint training"):
+        return _train_locked(cfg, model, dataset, info, embedding_cache, context, progress, reward_fn)
+
+
+def _train_locked(
+    cfg: JointTrainConfig,
+    model: SegCompassModel,
+    dataset: RefDataset,
+    info: DistInfo,
+    embedding_cache: ImageEmbeddingCache | None,
+    context: dict[str, Any] | None,
+    progress: bool,
+    reward_fn: RewardFn | None,
+) -> TrainResult:
+    """`train_joint` once its output folder is locked."""
+    out = Path(cfg.out)
     ctx = {"dataset": f"{dataset.source}/{dataset.split}/{len(dataset)}", "world_size": info.world_size,
-           **(context or {})}  # fmt: skip
+           **(context or {}), "weights": part_fingerprints(model)}  # fmt: skip
     if reward_fn is not None:
         ctx["reward_fn"] = (
             f"{getattr(reward_fn, '__module__', '')}.{getattr(reward_fn, '__qualname__', repr(reward_fn))}"
@@ -195,7 +212,8 @@ def train_joint(
                 f"{out} holds a checkpoint at step {step_done}, past steps={cfg.steps}: resuming would return the "
                 f"step-{step_done} model as if it had trained {cfg.steps} steps; use another out folder or steps ≥ {step_done}"
             )
-        state = load_checkpoint(path, model, optimizer, scheduler, fp, sharded=sharded)
+        state = load_checkpoint(path, model, optimizer, scheduler, fp, sharded=sharded,
+                                settings=run_settings(cfg, ctx))  # fmt: skip
         cursor.load_state_dict(state["cursor"])
         if ema is not None:
             ema.load_state_dict(load_ema(path))
@@ -203,8 +221,8 @@ def train_joint(
         logger.info("resuming from %s (step %d)", path, start)
     if info.is_main:
         history = _truncate_history(metrics_file, start)
-        (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "context": ctx, "fingerprint": fp},
-                                                    indent=2, default=str))  # fmt: skip
+        atomic_write_text(out / "config.json", json.dumps({"config": asdict(cfg), "context": ctx, "fingerprint": fp},
+                                                          indent=2, default=str))  # fmt: skip
     wandb_run = _maybe_wandb(cfg, ctx, info)
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.objective}",
@@ -242,7 +260,7 @@ def train_joint(
                 )
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _checkpoint(out, done, model, optimizer, scheduler, cursor, fp, cfg, info, sharded, ema)
+                _checkpoint(out, done, model, optimizer, scheduler, cursor, fp, cfg, info, sharded, ema, ctx)
     except KeyboardInterrupt:
         logger.warning("interrupted at step %d; the newest checkpoint in %s is where a resume continues", step,
                        out / "checkpoints")  # fmt: skip
@@ -263,12 +281,12 @@ def train_joint(
 
 
 def _checkpoint(
-    out, step, model, optimizer, scheduler, cursor, fp, cfg, info, sharded=False, ema=None
+    out, step, model, optimizer, scheduler, cursor, fp, cfg, info, sharded=False, ema=None, ctx=None
 ) -> None:
     weights, optim = gather_training_state(model, optimizer) if sharded else (None, None)  # collective
     ema_state = ema.state_dict() if ema is not None else None  # collective when sharded
     if info.is_main:
-        state = {"cursor": cursor.state_dict(), "fingerprint": fp}
+        state = {"cursor": cursor.state_dict(), "fingerprint": fp, "settings": run_settings(cfg, ctx or {})}
         save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints, weights, optim,
                         ema_state)  # fmt: skip
     barrier(info)

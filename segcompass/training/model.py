@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from sae.files import apply_umask_tree, atomic_write, atomic_write_text
 from segcompass.backbones import Backbone, load_backbone
 from segcompass.head import HeadConfig, HeadOutput, LossConfig, SamDecoderConfig, SamEncoderConfig, build_head
 from segcompass.head.model import SegCompassHead
@@ -141,9 +142,7 @@ class SegCompassModel(nn.Module):
         self.head.concepts.sae.save_model(str(path / "sae"))
         state = {k.removeprefix("head."): v.detach().cpu().contiguous() for k, v in full.items()
                  if k.startswith("head.") and not k.startswith("head.concepts.")}  # fmt: skip
-        tmp = path / "head.safetensors.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, path / "head.safetensors")
+        atomic_write(path / "head.safetensors", lambda tmp: save_file(state, str(tmp)))
         meta = {
             "format_version": FORMAT_VERSION,
             "head": asdict(self.head.cfg),
@@ -151,9 +150,8 @@ class SegCompassModel(nn.Module):
             "has_image_encoder": self.head.image_encoder is not None,
             **(extra or {}),
         }
-        tmp = path / (MODEL_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(tmp, path / MODEL_FILE)
+        apply_umask_tree(path)  # safetensors (backbone, SAE) writes 0600 whatever the umask
+        atomic_write_text(path / MODEL_FILE, json.dumps(meta, indent=2, default=str))
         return path
 
 
