@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from sae.files import lock_output
+
 from .atom_cards import CARD_ORDERS, ImageSource, atom_card, consistency_figure, select_card_atoms
 from .atom_examples import resolve_tokenizer
 from .commands import _Inputs, _load, _metadata, resolve_instances
@@ -134,9 +136,10 @@ def run_atoms_report(cfg: AtomsReportConfig) -> tuple[list[NamingResult], Report
 
 def atoms_main(cfg: AtomsReportConfig) -> list[NamingResult]:
     """CLI entry: run, print the consistency summary and where the report is."""
-    results, files = run_atoms_report(cfg)
+    with lock_output(cfg.out, "atoms report"):  # checks --out before the atoms are computed
+        results, files = run_atoms_report(cfg)
     summary = consistency_summary(results)
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(summary.to_string(index=False) if len(summary) else "no atom could be labelled")
-    print(f"\n{_headline(summary) if len(summary) else ''}\nAtom naming report: {files.html.resolve()}")
+    print(f"\n{_headline(summary) if len(summary) else ''}\nAtom naming report: {files.html.absolute()}")
     return results

@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from sae.files import lock_output
+
 from .coverage import CoverageConfig, CoverageResult, coverage_with_controls
 from .coverage_plot import coverage_figure
 from .inputs import AnalysisInputError, LoadedSAE, load_sae, open_store
@@ -123,7 +125,13 @@ def _headline(auc: pd.DataFrame) -> str:
 
 
 def run_coverage_report(cfg: CoverageReportConfig) -> tuple[CoverageResult, ReportFiles]:
-    """Run the coverage analysis (and its control) and write `<out>/coverage.html` + tables."""
+    """Run the coverage analysis (and its control) and write `<out>/coverage.html` + tables. `--out` is
+    locked (and so checked for writability) before anything is computed."""
+    with lock_output(cfg.out, "coverage report"):
+        return _coverage_report(cfg)
+
+
+def _coverage_report(cfg: CoverageReportConfig) -> tuple[CoverageResult, ReportFiles]:
     sae, control = _load(cfg)
     instances = resolve_instances(cfg, required=True)
     analysis = CoverageConfig(**{k: getattr(cfg, k) for k in CoverageConfig.__dataclass_fields__})
@@ -152,7 +160,13 @@ def run_coverage_report(cfg: CoverageReportConfig) -> tuple[CoverageResult, Repo
 
 
 def run_sparsity_report(cfg: SparsityReportConfig) -> tuple[SparsityResult, ReportFiles]:
-    """Run the sparsity analysis (and its control) and write `<out>/sparsity.html` + tables."""
+    """Run the sparsity analysis (and its control) and write `<out>/sparsity.html` + tables. `--out` is
+    locked (and so checked for writability) before anything is computed."""
+    with lock_output(cfg.out, "sparsity report"):
+        return _sparsity_report(cfg)
+
+
+def _sparsity_report(cfg: SparsityReportConfig) -> tuple[SparsityResult, ReportFiles]:
     sae, control = _load(cfg)
     instances = resolve_instances(cfg, required=False)
     analysis = SparsityConfig(**{k: getattr(cfg, k) for k in SparsityConfig.__dataclass_fields__})
@@ -187,7 +201,7 @@ def coverage_main(cfg: CoverageReportConfig) -> CoverageResult:
     table = result.auc[result.auc["group"].isin(["instances", "referred", "distractor", "background"])]
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(table.to_string(index=False))
-    print(f"\n{_headline(result.auc)}\nCoverage report: {files.html.resolve()}")
+    print(f"\n{_headline(result.auc)}\nCoverage report: {files.html.absolute()}")
     return result
 
 
@@ -197,5 +211,5 @@ def sparsity_main(cfg: SparsityReportConfig) -> SparsityResult:
     cols = ["model", "group", "tokens", "mean_l0", "l0_ci_low", "l0_ci_high", "mean_mass", "distinct_atoms"]
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(result.summary[cols].to_string(index=False))
-    print(f"\nSparsity report: {files.html.resolve()}")
+    print(f"\nSparsity report: {files.html.absolute()}")
     return result

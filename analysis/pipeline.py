@@ -178,5 +178,5 @@ def main(cfg: PipelineConfig) -> PipelineResult:
         print(result.sparsity[[c for c in cols if c in result.sparsity]].to_string(index=False))
     print(f"\nData, activation stores and SAEs are under {Path(cfg.out).resolve()}")
     for name, path in result.reports.items():
-        print(f"{name} report: {path.resolve()}")
+        print(f"{name} report: {path.absolute()}")
     return result

@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
+from sae.files import lock_output
+
 from .attribution import AttributionConfig, attribute
 from .causal import CausalConfig, causal_check
 from .causal_summary import causal_headline
@@ -161,11 +163,12 @@ def run_provenance_report(
 
 def provenance_main(cfg: ProvenanceReportConfig) -> list[ProvenanceRecord]:
     """CLI entry: run, print the causal headline and where the report is."""
-    records, files = run_provenance_report(cfg)
+    with lock_output(cfg.out, "provenance report"):  # checks --out before the model is run
+        records, files = run_provenance_report(cfg)
     summary = [p for p in files.tables.get("causal_summary", []) if p.suffix == ".csv"]
     if summary:
         import pandas as pd
 
         print(causal_headline(pd.read_csv(summary[0])))
-    print(f"Provenance report: {files.html.resolve()}")
+    print(f"Provenance report: {files.html.absolute()}")
     return records

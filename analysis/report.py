@@ -1,8 +1,12 @@
-"""Self-contained HTML reports (plotly.js inlined once, no network needed) plus their tables, written atomically.
+"""Self-contained HTML reports (plotly.js inlined once, no network needed) plus their tables, published as
+one unit.
 
-Every file is written to a temporary name in the target folder, fsynced and renamed over its final name,
-tables first and the HTML last, so an interrupted run leaves either the previous report or the new one —
-never a half-written file (and no temporary files behind).
+A report `<name>` written into `<out>` is the folder `<out>/<name>/` holding the page `<name>.html` and
+its tables `<name>_<table>.csv` / `.parquet`; `<out>/<name>.html` links to the page. The folder is a link
+to a hidden version (`sae.files.publish`): a new report is written and fsynced in full beside the old one
+and swapped in with one atomic rename, so a reader (or a run interrupted by Ctrl-C or kill -9) sees the
+previous report or the new one — never new tables beside an old page — and no temporary files stay
+behind. The output folder is locked while a report is written (another run into it is refused).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import html
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +23,9 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
+
+from sae.files import atomic_write, lock_output
+from sae.files.publish import replace_link, versioned_folder
 
 logger = logging.getLogger(__name__)
 
@@ -71,28 +78,15 @@ class ReportFiles:
     """Per table name, its files (CSV, Parquet)."""
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp)` on a temporary sibling of `path`, fsync it, rename it over `path`; clean up on error."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_table(df: pd.DataFrame, stem: Path, formats: Sequence[str] = TABLE_FORMATS) -> list[Path]:
     """Write `df` as `<stem>.csv` / `<stem>.parquet`, each atomically."""
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
         if fmt == "csv":
-            _atomic_write(path, lambda p: df.to_csv(p, index=False))
+            atomic_write(path, lambda p: df.to_csv(p, index=False))
         elif fmt == "parquet":
-            _atomic_write(path, lambda p: df.to_parquet(p, index=False))
+            atomic_write(path, lambda p: df.to_parquet(p, index=False))
         else:
             raise ValueError(f"unknown table format {fmt!r}; choose from {TABLE_FORMATS}")
         paths.append(path)
@@ -150,13 +144,24 @@ def write_report(
     metadata: dict[str, Any] | None = None,
     formats: Sequence[str] = TABLE_FORMATS,
 ) -> ReportFiles:
-    """Write `<out_dir>/<name>.html` and `<out_dir>/<name>_<table>.{csv,parquet}`; returns their paths."""
+    """Publish `<out_dir>/<name>/` (`<name>.html` + `<name>_<table>.{csv,parquet}`) as one unit and link
+    `<out_dir>/<name>.html` to its page (see the module docstring); returns the paths through the links."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     page = render_html(title, sections, metadata)  # built in memory before anything is written
+    tables = tables or {}
+    with lock_output(out, f"{name} report"):
+        with versioned_folder(out, name) as version:
+            for key, df in tables.items():
+                write_table(df, version / f"{name}_{key}", formats)
+            (version / f"{name}.html").write_text(page, encoding="utf-8")
+        for key in tables:  # the same tables in the flat layout of earlier versions would now be stale
+            for fmt in formats:
+                flat = out / f"{name}_{key}.{fmt}"
+                if flat.is_file() and not flat.is_symlink():
+                    flat.unlink()
+        replace_link(out / f"{name}.html", f"{name}/{name}.html")
     files = ReportFiles(out / f"{name}.html")
-    for key, df in (tables or {}).items():
-        files.tables[key] = write_table(df, out / f"{name}_{key}", formats)
-    _atomic_write(files.html, lambda p: p.write_text(page, encoding="utf-8"))
+    for key in tables:
+        files.tables[key] = [out / name / f"{name}_{key}.{fmt}" for fmt in formats]
     logger.info("report written to %s", files.html)
     return files

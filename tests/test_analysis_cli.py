@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from _analysis_common import D_IN, exact_sae, make_store, random_sae, save_sae, write_corpus
+from _faults import make_unwritable
 
 from analysis.cli import main
 
@@ -48,21 +50,21 @@ def test_coverage_command_writes_report_with_control(inputs, tmp_path: Path, cap
     argv += ["--control-store", str(inputs["control"]), "--control-sae", str(inputs["control_sae"]), *FAST]
     assert main(argv) == 0  # instance masks found through the store's data path
     printed = capsys.readouterr().out
-    assert f"Coverage report: {(out / 'coverage.html').resolve()}" in printed
+    assert f"Coverage report: {(out / 'coverage.html').absolute()}" in printed
     assert "trained: coverage AUC" in printed and "control: coverage AUC" in printed
-    auc = pd.read_parquet(out / "coverage_auc.parquet")
+    auc = pd.read_parquet(out / "coverage" / "coverage_auc.parquet")
     assert set(auc.model) == {"trained", "control"}
-    assert (out / "coverage_curves.csv").exists() and "main-svg" not in (out / "coverage.html").read_text()[
-        :100
-    ]
+    assert (out / "coverage" / "coverage_curves.csv").exists() and "main-svg" not in (
+        out / "coverage.html"
+    ).read_text()[:100]
 
 
 def test_sparsity_command(inputs, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sp"
     argv = ["sparsity", "--sae", str(inputs["bare_sae"]), "--store", str(inputs["store"]), "--out", str(out)]
     assert main([*argv, "--corpus", str(inputs["corpus"]), "--bootstrap", "50", "--progress", "false"]) == 0
-    assert f"Sparsity report: {(out / 'sparsity.html').resolve()}" in capsys.readouterr().out
-    summary = pd.read_csv(out / "sparsity_summary.csv").set_index("group")
+    assert f"Sparsity report: {(out / 'sparsity.html').absolute()}" in capsys.readouterr().out
+    summary = pd.read_csv(out / "sparsity" / "sparsity_summary.csv").set_index("group")
     assert (
         summary.loc["image_instance", "mean_l0"] == 1.0 and summary.loc["image_background", "mean_l0"] == 0.0
     )
@@ -110,3 +112,41 @@ def test_d_in_mismatch(inputs, tmp_path: Path, capsys) -> None:
     argv = ["sparsity", "--sae", str(wide), "--store", str(inputs["store"]), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert f"d_in={D_IN + 1}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["coverage", "sparsity"])
+def test_truncated_shard_is_one_sentence_naming_it(inputs, tmp_path: Path, capsys, command) -> None:
+    """#23.4: the analyses read shards through the store's checksum check, so a truncated shard is named
+    (not a safetensors traceback from the first read of its header)."""
+    store = tmp_path / "store"
+    shutil.copytree(inputs["store"], store)
+    shard = sorted((store / "shards").iterdir())[0]
+    shard.write_bytes(shard.read_bytes()[:50])
+    argv = [command, "--sae", str(inputs["sae"]), "--store", str(store), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert f"shard {shard} is corrupt or truncated" in err and "capture the store again" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["coverage", "sparsity"])
+def test_unwritable_out_is_refused_before_the_computation(
+    inputs, tmp_path: Path, capsys, monkeypatch, command
+) -> None:
+    """#23.4: an output folder that cannot be written is one sentence naming it, found before the analysis
+    runs (not a traceback after the whole computation)."""
+    import analysis.commands as commands
+
+    out = tmp_path / "readonly"
+    make_unwritable(out, monkeypatch)
+    computed = []
+    for name in ("coverage_with_controls", "sparsity_with_controls"):
+        real = getattr(commands, name)
+        monkeypatch.setattr(commands, name, lambda *a, _real=real, **k: computed.append(1) or _real(*a, **k))
+    argv = [command, "--sae", str(inputs["sae"]), "--store", str(inputs["store"]), "--out", str(out)]
+    assert main([*argv, "--corpus", str(inputs["corpus"]), *FAST[-2:]]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"cannot write {out}" in err and "Permission denied" in err and len(err.strip().splitlines()) == 1
+    ), err
+    assert computed == []

@@ -196,8 +196,10 @@ def test_provenance_command(records, tmp_path, monkeypatch, capsys) -> None:
     fake.load_model = lambda path: Model()
     monkeypatch.setattr(provenance_command, "load_samples", lambda cfg: ["s0"])
     assert main([*argv, "--checkpoint", str(tmp_path), "--causal", "false", "--top", "3"]) == 0
-    assert f"Provenance report: {(tmp_path / 'out' / 'provenance.html').resolve()}" in capsys.readouterr().out
-    assert len(pd.read_parquet(tmp_path / "out" / "provenance_slots.parquet")) == 2
+    assert (
+        f"Provenance report: {(tmp_path / 'out' / 'provenance.html').absolute()}" in capsys.readouterr().out
+    )
+    assert len(pd.read_parquet(tmp_path / "out" / "provenance" / "provenance_slots.parquet")) == 2
     monkeypatch.undo()
     with pytest.raises(provenance_command.AnalysisInputError, match="not valid JSON"):
         provenance_command.load_samples(

@@ -1,4 +1,5 @@
-"""HTML reports: self-contained, atomic, and rendered by a real headless browser (analysis/report.py)."""
+"""HTML reports: self-contained, published as one unit, and rendered by a real headless browser
+(analysis/report.py)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,21 @@ def test_report_is_self_contained_with_tables(tmp_path: Path) -> None:
     assert "Title &amp; co" in page and "0.81" in page and "&quot;seed&quot;: 0" in page
     assert pd.read_csv(files.tables["auc"][0]).equals(tables["auc"])
     assert pd.read_parquet(files.tables["auc"][1]).equals(tables["auc"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "coverage",
+        "coverage.html",
+    ]
+    assert sorted(p.name for p in (out / "coverage").iterdir()) == [
         "coverage.html",
         "coverage_auc.csv",
         "coverage_auc.parquet",
     ]
+    assert (
+        files.html == out / "coverage.html"
+        and files.tables["auc"][0] == out / "coverage" / "coverage_auc.csv"
+    )
+    assert len([p for p in out.iterdir() if p.name.startswith(".")]) == 1  # one version, no lock left
 
 
 def test_interrupted_report_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +74,51 @@ def test_interrupted_report_leaves_no_partial_file(tmp_path: Path, monkeypatch: 
         write_report(out, "r", "changed title", _sections())
     monkeypatch.undo()
     assert (out / "r.html").read_bytes() == first
-    assert [p.name for p in out.iterdir()] == ["r.html"]  # no temporary file left behind
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["r", "r.html"]
+    assert len([p for p in out.iterdir() if p.name.startswith(".")]) == 1  # no temporary left behind
+
+
+def _visible(files) -> dict[str, bytes]:
+    """What a reader finds at a report's published paths (the page and every table file)."""
+    paths = [files.html, *(p for ps in files.tables.values() for p in ps)]
+    return {str(p): p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize("interrupt_at", ["second table", "page"])
+def test_ctrl_c_while_a_report_replaces_another_leaves_the_old_set(
+    tmp_path, monkeypatch, interrupt_at
+) -> None:
+    """#23.3: a report written over an earlier one is swapped in as one unit; Ctrl-C part-way leaves the
+    earlier page and tables, never new tables beside the old page."""
+    out = tmp_path / "out"
+    old = {"a": pd.DataFrame({"n": [1, 2]}), "b": pd.DataFrame({"n": [3]})}
+    files = write_report(out, "r", "old", _sections(), old)
+    before = _visible(files)
+    new = {"a": pd.DataFrame({"n": [10, 20, 30]}), "b": pd.DataFrame({"n": [40]})}
+    calls = []
+    original = pd.DataFrame.to_csv
+
+    def to_csv(df, *args, **kwargs):
+        calls.append(1)
+        if interrupt_at == "second table" and len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(df, *args, **kwargs)
+
+    def write_text(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    if interrupt_at == "page":
+        monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(out, "r", "new", _sections(), new)
+    monkeypatch.undo()
+    assert _visible(files) == before
+    again = write_report(out, "r", "new", _sections(), new)  # and an uninterrupted run replaces the set
+    assert (
+        pd.read_csv(again.tables["a"][0])["n"].tolist() == [10, 20, 30]
+        and "<title>new</title>" in again.html.read_text()
+    )
 
 
 needs_chromium = pytest.mark.skipif(
