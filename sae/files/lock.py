@@ -170,14 +170,14 @@ class FolderLock:
 
     def release(self) -> None:
         """Release (the outermost release removes the lock file, then drops the lock)."""
-        if self._key is None:
+        key, self._key = self._key, None
+        if key is None:
             return
-        held = _held[self._key]
-        self._key = None
+        held = _held[key]
         held.count -= 1
         if held.count > 0:
             return
-        del _held[os.path.realpath(self.folder)]
+        del _held[key]
         with contextlib.suppress(OSError):
             self.path.unlink()
         if held.fd is not None:
@@ -205,10 +205,10 @@ def lock_output(folder: str | os.PathLike, what: str) -> Iterator[FolderLock]:
     if main:
         try:
             lock.acquire()
-        except (FolderLockedError, OSError) as err:
+        except Exception as err:
             if dist is None:
                 raise
-            error = err
+            error = err  # every rank raises it, instead of waiting for rank 0 forever
     if dist is not None:
         box = [error]
         dist.broadcast_object_list(box, src=0)
