@@ -32,7 +32,7 @@ class _Inputs:
     out: str = "runs/analysis"
     """Folder for the HTML report and its tables (CSV, Parquet)."""
     control_store: str | None = None
-    """Control: a store captured from the random-init backbone (DESIGN.md §9)."""
+    """Control: a store captured from the random-init backbone (docs/design.md §9)."""
     control_sae: str | None = None
     """Control: the SAE trained on `control_store`."""
     corpus: str | None = None

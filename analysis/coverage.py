@@ -5,7 +5,7 @@ set; ties broken at random, seeded); the top K % (K over a grid) are selected an
 covered by the selected tokens' cells (`ImageGeometry.token_index_map`) are counted. The same budget of
 random tokens (several seeds) is the baseline; its expected coverage is exactly K's budget share. Pixels
 under no token (cropped away) are left out of every denominator. Groups: all instances, referred vs
-distractor instances (DESIGN.md §9), per size class, and the background (pixels of no instance).
+distractor instances (docs/design.md §9), per size class, and the background (pixels of no instance).
 
 Memory is bounded: documents stream through `ActivityStream` and only per-(group, K) sums are kept.
 """

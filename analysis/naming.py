@@ -12,7 +12,7 @@
    the ROC-AUC of the atom's code as a predictor of "label present at this token", with precision and recall
    at the threshold — and the same for labels permuted across atoms (the chance level).
 
-Run it on the trained backbone's store + SAE and on the random-init control's (DESIGN.md §9):
+Run it on the trained backbone's store + SAE and on the random-init control's (docs/design.md §9):
 `naming_with_controls`. `atom_table` gives the per-atom table, `consistency_summary` the comparison.
 """
 

@@ -2,7 +2,7 @@
 
     synthetic corpus → warmed-up tiny backbone → capture → SAE training → coverage + sparsity reports
 
-with the DESIGN.md §9 controls beside every number: the random-token baseline (inside the coverage
+with the docs/design.md §9 controls beside every number: the random-token baseline (inside the coverage
 analysis) and the same capture → SAE → analysis on a random-init backbone. Every stage caches its output
 under `--out`, keyed by its settings, and a re-run reuses it (an interrupted capture resumes).
 """

@@ -85,7 +85,7 @@ def build(args: argparse.Namespace) -> tuple[SegCompassModel, JointTrainConfig, 
                 StandardSAEConfig(d_in=backbone.hidden_size, d_sae=args.d_sae, apply_b_dec_to_input=False)
             )
         torch.nn.init.normal_(sae.b_enc, 0.0, 0.5)
-    if args.head == "paper":  # DESIGN.md §4: SAM ViT-H geometry (1024² → 64² grid → 256² masks), d_c 512
+    if args.head == "paper":  # docs/design.md §4: SAM ViT-H geometry (1024² → 64² grid → 256² masks), d_c 512
         paper = HeadConfig.paper(backbone.hidden_size, d_sae=sae.cfg.d_sae)
         head_cfg = dataclasses.replace(paper, loss=dataclasses.replace(paper.loss, too_many_targets="drop"))
     else:

@@ -148,7 +148,7 @@ def test_image_geometry_maps_each_token_to_its_pixels(family):
 
 
 def test_hidden_state_index_convention_matches_the_decoder_blocks(backbone):
-    """hidden_states[L] is the output of decoder block L-1 (DESIGN.md §4)."""
+    """hidden_states[L] is the output of decoder block L-1 (docs/design.md §4)."""
     captured = {}
     layer = backbone.hook_layer
     handle = backbone.decoder_layers[layer - 1].register_forward_hook(

@@ -1,4 +1,4 @@
-"""COCO-based loaders on hand-written fixtures mirroring the public files' fields (DESIGN.md §6)."""
+"""COCO-based loaders on hand-written fixtures mirroring the public files' fields (docs/design.md §6)."""
 
 from __future__ import annotations
 

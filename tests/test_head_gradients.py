@@ -1,4 +1,4 @@
-"""Gradient routing through a tiny backbone + head (DESIGN.md §4 'trainable')."""
+"""Gradient routing through a tiny backbone + head (docs/design.md §4 'trainable')."""
 
 from __future__ import annotations
 

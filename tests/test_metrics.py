@@ -1,4 +1,4 @@
-"""Metrics: every convention branch on tiny hand-built masks, each value computed by hand (DESIGN.md §5)."""
+"""Metrics: every convention branch on tiny hand-built masks, each value computed by hand (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Format and segmentation rewards against hand-computed cases (DESIGN.md §4)."""
+"""Format and segmentation rewards against hand-computed cases (docs/design.md §4)."""
 
 from __future__ import annotations
 

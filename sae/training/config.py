@@ -1,6 +1,6 @@
 """Configuration of an SAE training run (`segcompass-sae train`); every field is a documented CLI flag.
 
-Defaults are the paper's SAE (DESIGN.md §4): a standard ReLU SAE with 65536 atoms, per-token summed squared
+Defaults are the paper's SAE (docs/design.md §4): a standard ReLU SAE with 65536 atoms, per-token summed squared
 error + 5 · Σ_j h_j·‖W_dec,j‖₂, AdamW 5e-5 with 3 % linear warm-up and cosine decay to 0.1×, gradient
 clipping at 1.0 (sae-lens's trainer clips at 1.0) and a 5 % document-level validation split.
 

@@ -4,7 +4,7 @@ A `BackboneFamily` is the one place that knows, for Qwen2.5-VL or LLaVA-1.5: how
 a hub id or a local folder, where the decoder layers live, how to build the processor and the chat prompt,
 how visual tokens map back to pixels, and how to build a tiny random-weight preset offline.
 
-Hook-layer convention (DESIGN.md §4): the hook layer L is an index into HF `hidden_states`, where 0 is the
+Hook-layer convention (docs/design.md §4): the hook layer L is an index into HF `hidden_states`, where 0 is the
 embedding output and L ≥ 1 is the output of decoder block L − 1. Valid hook layers are 1 … num_layers − 1:
 the last entry of `hidden_states` has the final norm applied and is not a residual-stream state.
 """
@@ -107,7 +107,7 @@ class BackboneFamily(ABC):
     def load_processor(self, name_or_path: str) -> ProcessorMixin:
         """Processor of a hub id or local folder, with the PIL image backend.
 
-        The torchvision backend is ~100× slower on CPU for small images (DESIGN.md §7); the two give the
+        The torchvision backend is ~100× slower on CPU for small images (docs/design.md §7); the two give the
         same pixel values.
         """
         image_processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
@@ -141,7 +141,7 @@ class BackboneFamily(ABC):
         """The generation prompt for one image and one instruction, ending where the assistant speaks.
 
         `image_first=False` puts the instruction before the image, so that image tokens can attend to
-        it in a causal LM (DESIGN.md §9).
+        it in a causal LM (docs/design.md §9).
         """
 
     @abstractmethod

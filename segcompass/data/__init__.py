@@ -1,4 +1,4 @@
-"""Data sets for referring and reasoning segmentation, read from their real on-disk formats (DESIGN.md §6).
+"""Data sets for referring and reasoning segmentation, read from their real on-disk formats (docs/design.md §6).
 
 Every loader is a sequence of :class:`RefSample` (image path and size, the sentence used and all
 sentences, bool instance masks, ignore mask, no-target flag, split, source) and counts everything it

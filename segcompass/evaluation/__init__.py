@@ -1,4 +1,4 @@
-"""One evaluation entry point for every data set and every model (issue #7, DESIGN.md §5 and §8).
+"""One evaluation entry point for every data set and every model (issue #7, docs/design.md §5 and §8).
 
 ::
 

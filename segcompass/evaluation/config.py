@@ -16,7 +16,7 @@ EvalConvention = Literal["lisa", "rela", "both"]
 
 @dataclass
 class EvalConfig:
-    """How `evaluate` scores a predictor on a data set (DESIGN.md §5)."""
+    """How `evaluate` scores a predictor on a data set (docs/design.md §5)."""
 
     convention: Literal["lisa", "rela", "both"] = "both"
     """Metric convention: lisa (empty prediction on empty GT = IoU 1), rela (gRefCOCO: N-acc/T-acc, no-target

@@ -9,7 +9,7 @@
 | hf_rows | every ``*.parquet`` / ``*.jsonl`` in ``root`` (or ``refs``); image paths relative to ``root`` |
 | anything else registered | ``build_dataset(name, root=root, split=split)`` |
 
-Refer pickles are read only when named explicitly as ``refs`` (DESIGN.md §6).
+Refer pickles are read only when named explicitly as ``refs`` (docs/design.md §6).
 """
 
 from __future__ import annotations

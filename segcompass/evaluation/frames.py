@@ -1,4 +1,4 @@
-"""Masks between the image frame (H, W) and the head's letterbox frame (DESIGN.md §4 "SAM images").
+"""Masks between the image frame (H, W) and the head's letterbox frame (docs/design.md §4 "SAM images").
 
 The head sees the image resized so its longest side is ``img_size`` (1024), padded bottom/right to
 ``img_size``², and predicts masks at S² (S = 256 for the SegCompass head; any S works).

@@ -1,4 +1,4 @@
-"""The evaluation entry point: any :class:`Predictor` on any :class:`RefDataset`, per sentence (DESIGN.md §5).
+"""The evaluation entry point: any :class:`Predictor` on any :class:`RefDataset`, per sentence (docs/design.md §5).
 
 ::
 

@@ -1,4 +1,4 @@
-"""GRPO math (DESIGN.md §4): group-normalised advantages, clipped policy loss, k3 KL, the joint loss.
+"""GRPO math (docs/design.md §4): group-normalised advantages, clipped policy loss, k3 KL, the joint loss.
 
 No training loop lives here; every function is pure and tested against hand-computed values::
 

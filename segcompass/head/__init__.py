@@ -1,4 +1,4 @@
-"""The SegCompass head (DESIGN.md §3): sparse SAE concepts + concentration tokens → slot heatmaps,
+"""The SegCompass head (docs/design.md §3): sparse SAE concepts + concentration tokens → slot heatmaps,
 confidences and SAM masks, with provenance.
 
 Quick start::

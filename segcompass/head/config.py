@@ -1,4 +1,4 @@
-"""Typed configuration of the SegCompass head (DESIGN.md §4 defaults).
+"""Typed configuration of the SegCompass head (docs/design.md §4 defaults).
 
 Every field carries its meaning in the docstring under it; presets are class methods
 (`HeadConfig.paper(d_in)`, `HeadConfig.tiny(d_in, d_sae)`).
@@ -88,7 +88,7 @@ class LossConfig:
     switch_step: int = 1000
     """Optimisation step at which (c_d, c_f) switch from the 'before' to the 'after' values."""
     seg_weight: float = 0.3
-    """Weight of L_seg in the head's total loss (DESIGN.md §4: pg + 0.2·KL + 0.3·L_seg + 0.2·L_conf)."""
+    """Weight of L_seg in the head's total loss (docs/design.md §4: pg + 0.2·KL + 0.3·L_seg + 0.2·L_conf)."""
     conf_weight: float = 0.2
     """Weight of L_conf in the head's total loss."""
     focal_alpha: float = 0.25
@@ -113,7 +113,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The whole SegCompass head (DESIGN.md §3–4)."""
+    """The whole SegCompass head (docs/design.md §3–4)."""
 
     d_in: int
     """LLM hidden size D: width of the hook-layer states (= SAE d_in) and of the concentration states."""
@@ -162,7 +162,7 @@ class HeadConfig:
     on: the tiny backbone does not ground the referent, so a query-only confidence cannot see that the
     named object is absent."""
     conf_threshold: float = 0.5
-    """A slot is confident when sigmoid(confidence logit) ≥ this (DESIGN.md decision)."""
+    """A slot is confident when sigmoid(confidence logit) ≥ this (docs/design.md §4, decisions)."""
     sam_encoder: SamEncoderConfig = field(default_factory=SamEncoderConfig)
     """SAM image encoder shape (only used when the head embeds images itself)."""
     sam_decoder: SamDecoderConfig = field(default_factory=SamDecoderConfig)
@@ -193,7 +193,7 @@ class HeadConfig:
 
     @classmethod
     def paper(cls, d_in: int, **overrides: object) -> HeadConfig:
-        """DESIGN.md §4 defaults for a backbone of hidden size `d_in` (SAM ViT-H)."""
+        """docs/design.md §4 defaults for a backbone of hidden size `d_in` (SAM ViT-H)."""
         return replace(cls(d_in=d_in), **overrides)  # type: ignore[arg-type]
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Segmentation and confidence losses of the head (DESIGN.md §4).
+"""Segmentation and confidence losses of the head (docs/design.md §4).
 
 L_seg  = BCE(heatmap) + c_d·Dice(mask) + c_f·Focal(mask) + c_d·Dice(heatmap), over matched (slot, GT) pairs,
          each term a per-pair mean over pixels, averaged over all matched pairs of the batch;

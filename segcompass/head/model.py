@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 class SegCompassHead(nn.Module):
-    """The SegCompass head (DESIGN.md §3). Build it with `build_head`.
+    """The SegCompass head (docs/design.md §3). Build it with `build_head`.
 
     Submodules: `concepts` (frozen SAE), `codebook`, `aggregator`, `fusion`, `slot_mapper`, `mask_head`
     (`.prompt_encoder`, `.mask_decoder`) and optionally a frozen `image_encoder`.

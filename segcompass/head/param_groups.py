@@ -1,4 +1,4 @@
-"""What trains and at which learning rate (DESIGN.md §4).
+"""What trains and at which learning rate (docs/design.md §4).
 
 lr multipliers over the LLM's base lr: ×30 codebook, ×25 heads (aggregator, fusion, slot mapper incl. the
 confidence MLP), ×10 SAM prompt encoder, ×5 SAM mask decoder, ×1 the LLM blocks after the hook layer

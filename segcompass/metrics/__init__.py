@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN.md §5): LISA and gRefCOCO/ReLA conventions, per-sample tables, summaries.
+"""Evaluation metrics (docs/design.md §5): LISA and gRefCOCO/ReLA conventions, per-sample tables, summaries.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Referring/reasoning-segmentation metrics under two switchable conventions (DESIGN.md §5).
+"""Referring/reasoning-segmentation metrics under two switchable conventions (docs/design.md §5).
 
 Per sample (one sentence), with pixels flagged "ignore" removed from both I and U:
 

@@ -1,4 +1,4 @@
-"""Summary of a per-sample table, carrying the protocol that produced it (DESIGN.md §5).
+"""Summary of a per-sample table, carrying the protocol that produced it (docs/design.md §5).
 
 gIoU = Σ IoU / N_all; cIoU = Σ I / Σ U; N-acc = TP / (TP + FN); T-acc = TN / (TN + FP); Pr@t = share of
 target samples with IoU ≥ t. A number that is undefined for the run (e.g. N-acc without no-target

@@ -1,4 +1,4 @@
-"""The policy (DESIGN.md §3): chat prompt → ``<think>…</think>`` + K ``<REF_POS>``; rollouts and the one
+"""The policy (docs/design.md §3): chat prompt → ``<think>…</think>`` + K ``<REF_POS>``; rollouts and the one
 forward that yields log-probs, hook-layer states and concentration-token states.
 
 ::

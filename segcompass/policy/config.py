@@ -16,7 +16,7 @@ def _default_concept_types() -> tuple[str, ...]:
 
 @dataclass
 class PolicyConfig:
-    """The policy's prompt, decoding and state read-out (DESIGN.md §3–4 and decisions)."""
+    """The policy's prompt, decoding and state read-out (docs/design.md §3–4 and decisions)."""
 
     num_slots: int = 4
     """K: concentration tokens the policy emits after ``</think>`` (``multi`` mode) and head slots."""
@@ -34,11 +34,11 @@ class PolicyConfig:
     """Longest response sampled or decoded. A response cut here has no concentration tokens; the synthetic
     world's reference responses are 93 tokens at the 90th percentile and 2 % of them exceed 128."""
     temperature: float = 1.0
-    """Sampling temperature of the rollouts (DESIGN.md §4)."""
+    """Sampling temperature of the rollouts (docs/design.md §4)."""
     top_p: float = 1.0
     """Nucleus sampling mass of the rollouts (1 = plain sampling)."""
     concept_token_types: tuple[str, ...] = field(default_factory=_default_concept_types)
-    """`TokenType` names whose hook-layer states enter the head's concept interface (DESIGN.md §3:
+    """`TokenType` names whose hook-layer states enter the head's concept interface (docs/design.md §3:
     prompt, image tokens and CoT)."""
 
     def __post_init__(self) -> None:

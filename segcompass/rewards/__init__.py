@@ -1,4 +1,4 @@
-"""Rewards of the policy (DESIGN.md §4): format reward, segmentation rewards and their weighted sum.
+"""Rewards of the policy (docs/design.md §4): format reward, segmentation rewards and their weighted sum.
 
 - **Format** (:func:`format_reward`): 0 unless the response holds exactly one non-empty
   ``<think>…</think>`` and exactly K concentration tokens after it (K = ``num_tokens``; ``mode="single"``

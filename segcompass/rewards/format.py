@@ -1,4 +1,4 @@
-"""Format reward (DESIGN.md §4): 0 unless exactly one non-empty ``<think>…</think>`` and exactly K
+"""Format reward (docs/design.md §4): 0 unless exactly one non-empty ``<think>…</think>`` and exactly K
 concentration tokens after it (K = ``num_tokens``; ``mode="single"`` expects one, as the reference); 0.9
 instead of 1 when the think block is over 2048 characters, text precedes ``<think>``, or more than 10
 words stand between ``</think>`` and the last token (the tokens themselves not counted; with one token this

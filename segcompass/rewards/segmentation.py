@@ -1,4 +1,4 @@
-"""Segmentation rewards (DESIGN.md §4).
+"""Segmentation rewards (docs/design.md §4).
 
 - Multi-object (:func:`multi_object_seg_reward`): keep slots whose sigmoid confidence is ≥ 0.5; both
   empty → 1; one empty → 0; else the soft-IoU matrix (predictions × GT) zero-padded to M×M,

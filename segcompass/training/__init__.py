@@ -1,4 +1,4 @@
-"""Joint training of the whole SegCompass model through the library API (DESIGN.md §4).
+"""Joint training of the whole SegCompass model through the library API (docs/design.md §4).
 
 GRPO on the policy (group-normalised advantages, clipped ratio, k3 KL to a frozen reference) plus the
 head's supervision, in one compact loop whose pieces are tested against hand-computed cases (see the

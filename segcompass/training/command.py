@@ -33,7 +33,7 @@ class TrainCommandConfig(JointTrainConfig):
     sae: str = ""
     """Trained SAE folder (sae-lens format) for the backbone's hook layer."""
     head: str = "cpu"
-    """Head preset: ``cpu`` (tiny head, SAM 256² geometry, for the tiny backbones) or ``paper`` (DESIGN.md §4,
+    """Head preset: ``cpu`` (tiny head, SAM 256² geometry, for the tiny backbones) or ``paper`` (docs/design.md §4,
     SAM ViT-H geometry, for real backbones)."""
     sam: str = "warm"
     """SAM weights: with ``--head cpu`` "warm" (the cached tiny-SAM warm-up, built on first use) or "" (random

@@ -1,4 +1,4 @@
-"""Configuration of joint training (GRPO on the policy + supervision of the head), DESIGN.md §4."""
+"""Configuration of joint training (GRPO on the policy + supervision of the head), docs/design.md §4."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ Objective = Literal["joint", "rl", "seg"]
 
 @dataclass
 class JointTrainConfig:
-    """One joint-training run. Defaults are DESIGN.md §4's; `cpu_tiny()` is the CI-sized preset."""
+    """One joint-training run. Defaults are docs/design.md §4's; `cpu_tiny()` is the CI-sized preset."""
 
     out: str = "runs/train"
     """Run folder: checkpoints, metrics.jsonl, the final model."""

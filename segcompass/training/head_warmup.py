@@ -2,7 +2,7 @@
 
 The policy decodes each training prompt once (greedy), one no-grad forward gives the hook-layer and
 concentration states, the fusion's standardisation of e_k is fitted on them, and the head alone trains on
-them with L_seg + L_conf (DESIGN.md §4 losses and lr multipliers). Cheap next to a joint step (no sampling
+them with L_seg + L_conf (docs/design.md §4 losses and lr multipliers). Cheap next to a joint step (no sampling
 of G responses, no LLM backward), so a CPU run can give the head the few hundred updates it needs before the
 joint objective starts. The LLM is untouched.
 """

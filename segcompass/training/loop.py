@@ -63,7 +63,7 @@ class TrainResult:
 
 
 def setup_trainable(model: SegCompassModel, cfg: JointTrainConfig) -> list[dict[str, Any]]:
-    """Freeze what must not train and return the optimiser's parameter groups (DESIGN.md §4)."""
+    """Freeze what must not train and return the optimiser's parameter groups (docs/design.md §4)."""
     bb = model.backbone
     if cfg.train_llm and cfg.lora.lora_rank > 0:
         llm_params = apply_lora(model.llm, bb.decoder_layers, bb.hook_layer, cfg.lora)

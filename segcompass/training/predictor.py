@@ -20,7 +20,7 @@ from .model import SegCompassModel, load_model
 
 
 class SegCompassPredictor:
-    """`Predictor` over a `SegCompassModel`: greedy, deterministic (DESIGN.md decision)."""
+    """`Predictor` over a `SegCompassModel`: greedy, deterministic (docs/design.md §4, decisions)."""
 
     name = "segcompass"
 

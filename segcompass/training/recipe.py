@@ -177,7 +177,7 @@ def model_head_config(
     """The head's config and SAM checkpoint for a preset.
 
     ``cpu``: the tiny head of `cpu_head_config` with `sam` = "warm" (the tiny-SAM warm-up) or "" (random init).
-    ``paper``: DESIGN.md §4 (SAM ViT-H geometry, d_c 512, …) with `sam` = the path of a SAM ViT-H checkpoint
+    ``paper``: docs/design.md §4 (SAM ViT-H geometry, d_c 512, …) with `sam` = the path of a SAM ViT-H checkpoint
     (segment-anything `.pth` or `.safetensors`); "" leaves SAM random (only sensible for smoke tests).
     """
     if preset == "cpu":

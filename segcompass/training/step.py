@@ -1,4 +1,4 @@
-"""One joint training step (DESIGN.md §4), every phase timed:
+"""One joint training step (docs/design.md §4), every phase timed:
 
     rollout     one batched, KV-cached generate: G sampled responses per prompt (no grad)
     reference   one no-grad forward of the frozen reference policy → ref log-probs (skipped when β = 0)

@@ -38,7 +38,7 @@ class WarmupConfig:
     tiny: dict[str, Any] = field(default_factory=dict)
     """Overrides of `TinySpec` fields (e.g. {"num_layers": 2}); the rest keep the preset's values."""
     num_slots: int = 4
-    """K: `<REF_POS>` tokens after `</think>` in the output-format task (DESIGN.md decisions)."""
+    """K: `<REF_POS>` tokens after `</think>` in the output-format task (docs/design.md §4, decisions)."""
     steps: int = 500
     """Optimiser steps."""
     batch_size: int = 32

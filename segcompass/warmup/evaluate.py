@@ -172,7 +172,7 @@ def evaluate(
 def evaluate_with_control(
     backbone: Backbone, config: WarmupConfig, eval_set: EvalSet | None = None
 ) -> pd.DataFrame:
-    """`evaluate` on the trained backbone and on the same preset at random init (DESIGN.md §9 control)."""
+    """`evaluate` on the trained backbone and on the same preset at random init (docs/design.md §9 control)."""
     eval_set = eval_set or build_eval_set(config)
     control = build_tiny(config.family, seed=config.seed, spec=config.tiny_spec())
     return pd.concat(
