@@ -14,7 +14,7 @@ from sae.store import ActivationStore
 logger = logging.getLogger(__name__)
 
 SAE_METADATA_FILE = "segcompass_sae.json"
-"""What `segcompass-sae train` writes beside a finished SAE (sae/training/metadata.py)."""
+"""What `segcompass-sae train` writes beside a finished SAE (sae/saved.py)."""
 
 
 class AnalysisInputError(ValueError):

@@ -1,6 +1,6 @@
 """`HeadInputs` from a trained `SegCompassModel`: greedy rollout → the one policy forward → head inputs.
 
-`segcompass.training.load_model` returns the model; `TrainedModelInputs(model)` gives the provenance
+`segcompass.model.load_model` returns the model; `TrainedModelInputs(model)` gives the provenance
 command (and notebooks) what they need: `.head` and `.head_inputs(samples)`.
 """
 
@@ -20,7 +20,7 @@ from .provenance import TokenInfo
 
 
 class TrainedModelInputs:
-    """Adapter of a `segcompass.training.SegCompassModel` to the analyses' `ProvenanceModel` interface."""
+    """Adapter of a `segcompass.model.SegCompassModel` to the analyses' `ProvenanceModel` interface."""
 
     def __init__(self, model: Any):
         self.model = model.eval()

@@ -1,7 +1,7 @@
 """`segcompass-analyze provenance`: slot provenance, atom attribution and its causal check for a trained
 model, as an HTML report plus tables.
 
-The model is loaded lazily with `segcompass.training.load_model(path)`. What the command needs from it
+The model is loaded lazily with `segcompass.model.load_model(path)`. What the command needs from it
 (`ProvenanceModel`): the head as `.head` and `.head_inputs(samples) -> HeadInputs` — the policy's greedy
 rollout on a batch of `RefSample`s turned into the head's inputs (hook-layer states, concentration states,
 SAM embeddings), with token labels, images, GT targets and sample ids for display.
@@ -9,7 +9,6 @@ SAM embeddings), with token labels, images, GT targets and sample ids for displa
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @runtime_checkable
 class ProvenanceModel(Protocol):
-    """What `segcompass.training.load_model` must return for this command."""
+    """What `segcompass.model.load_model` must return for this command."""
 
     head: Any
     """The `SegCompassHead`."""
@@ -52,7 +51,7 @@ class ProvenanceReportConfig:
     atoms vs as many random atoms). Writes an HTML report and tables (CSV, Parquet)."""
 
     checkpoint: str
-    """Folder of the trained model, loaded with `segcompass.training.load_model`."""
+    """Folder of the trained model, loaded with `segcompass.model.load_model`."""
     dataset: str
     """Registered data set name (segcompass.data: refcoco, refcoco+, refcocog, grefcoco, reasonseg, hf_rows,
     or one of your own)."""
@@ -83,28 +82,18 @@ class ProvenanceReportConfig:
 
 
 def load_trained_model(checkpoint: str | Path) -> ProvenanceModel:
-    """`segcompass.training.load_model(checkpoint)`, checked against `ProvenanceModel`; clear errors when
-    the folder, the training package or the model's interface is missing."""
+    """`segcompass.model.load_model(checkpoint)`, checked against `ProvenanceModel`; clear errors when
+    the folder or the model's interface is missing."""
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
-    try:
-        training = importlib.import_module("segcompass.training")
-    except ModuleNotFoundError as err:
-        if err.name not in ("segcompass.training", "segcompass"):
-            raise
-        raise AnalysisInputError(
-            "cannot load --checkpoint: segcompass.training (the joint policy + head training, which provides "
-            "load_model) is not installed in this version"
-        ) from err
-    load = getattr(training, "load_model", None)
-    if not callable(load):
-        raise AnalysisInputError("segcompass.training has no load_model(path): cannot load --checkpoint")
-    model = load(path)
+    from segcompass.model import load_model  # heavy: the backbone's code, only when a checkpoint is read
+
+    model = load_model(path)
     if not isinstance(model, ProvenanceModel) and hasattr(model, "policy") and hasattr(model, "head"):
         from .model_inputs import TrainedModelInputs
 
-        model = TrainedModelInputs(model)  # a segcompass.training.SegCompassModel
+        model = TrainedModelInputs(model)  # a segcompass.model.SegCompassModel
     if not isinstance(model, ProvenanceModel):
         raise AnalysisInputError(
             f"the model loaded from {path} ({type(model).__name__}) lacks .head / .head_inputs(samples), which "

@@ -35,12 +35,12 @@ from segcompass.backbones import build_tiny, resolve_backbone
 from segcompass.backbones.family import TinySpec
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.head import HeadConfig, build_head, build_optimizer
+from segcompass.model import SegCompassModel, cpu_head_config
+from segcompass.model.lora import LoraSettings
 from segcompass.policy import PolicyConfig, generate_rollouts, policy_forward, reference_logprobs
-from segcompass.training import JointTrainConfig, SegCompassModel, joint_step, setup_trainable
+from segcompass.training import JointTrainConfig, joint_step, setup_trainable
 from segcompass.training.batches import SampleSource
 from segcompass.training.loop import build_reference
-from segcompass.training.lora import LoraSettings
-from segcompass.training.recipe import cpu_head_config
 from segcompass.world import WorldConfig, write_refcoco_style
 
 QWEN25_VL_7B = TinySpec(
@@ -73,7 +73,7 @@ def _backbone(args: argparse.Namespace):
 def build(args: argparse.Namespace) -> tuple[SegCompassModel, JointTrainConfig, list]:
     backbone = _backbone(args)
     if args.sae:
-        from sae.training.metadata import load_sae
+        from sae.saved import load_sae
 
         sae, _ = load_sae(args.sae)
     else:

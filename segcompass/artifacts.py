@@ -1,7 +1,7 @@
 """Cached default artefacts on the synthetic world: corpora, activation stores, SAEs (one function each).
 
 Both the default analysis pipeline (`analysis.pipeline`) and the training recipe
-(`segcompass.training.recipe`) build on them. Every folder is keyed by every setting that decides its
+(`segcompass.training.ablation`) build on them. Every folder is keyed by every setting that decides its
 content, so a changed setting never reuses a stale stage; an interrupted capture or SAE run resumes.
 """
 

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from sae.cli_support import Command, run_cli
 from segcompass.evaluation.command import EvaluateCommandConfig, run_evaluate_command
+from segcompass.pretrain.command import PretrainCommandConfig, run_pretrain_command
 from segcompass.sam_warmup.command import SamWarmupCommandConfig, run_sam_warmup_command
+from segcompass.training.ablation import AblationConfig
 from segcompass.training.command import TrainCommandConfig, run_ablation_command, run_train_command
-from segcompass.training.recipe import AblationConfig
 
 DESCRIPTION = (
     "SegCompass: reasoning segmentation through sparse-autoencoder concepts. `train` trains the policy and "
@@ -28,6 +29,12 @@ COMMANDS = [
     ),
     Command(
         "ablation", AblationConfig, run_ablation_command, "synthetic-world ablation: joint / RL / seg × seeds"
+    ),
+    Command(
+        "pretrain",
+        PretrainCommandConfig,
+        run_pretrain_command,
+        "build the staged tiny VLM (vision pretraining -> alignment -> instruction tuning), cached by config",
     ),
     Command(
         "warmup-sam",

@@ -14,8 +14,9 @@ from _head_common import make_sae
 from segcompass.backbones import Backbone, build_tiny
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.head import HeadConfig, LossConfig, SamEncoderConfig, build_head
+from segcompass.model import SegCompassModel
 from segcompass.policy import PolicyConfig, rollouts_from_responses
-from segcompass.training import JointTrainConfig, SegCompassModel
+from segcompass.training import JointTrainConfig
 from segcompass.training.batches import SampleSource
 from segcompass.world import WorldConfig, write_refcoco_style
 

@@ -11,7 +11,8 @@ import pytest
 def test_ablation_table_reports_mean_and_sd_over_seeds() -> None:
     import pandas as pd
 
-    from segcompass.training.recipe import AblationConfig, ablation_markdown
+    from segcompass.training.ablation import AblationConfig
+    from segcompass.training.ablation_table import ablation_markdown
 
     table = pd.DataFrame(
         [
@@ -52,7 +53,7 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
     from types import SimpleNamespace
 
     from segcompass.head import HeadConfig
-    from segcompass.training.recipe import AblationConfig, _start_key
+    from segcompass.training.ablation import AblationConfig, _start_key
 
     cfg = AblationConfig()
     head_cfg = HeadConfig.tiny(16)
@@ -82,7 +83,7 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
 
 
 def test_head_lr_scale_scales_the_head_groups_only() -> None:
-    from segcompass.training.recipe import _head_multipliers
+    from segcompass.training.ablation import _head_multipliers
 
     assert _head_multipliers(0.1) == pytest.approx(
         {"codebook": 3.0, "heads": 2.5, "sam_prompt_encoder": 1.0, "sam_mask_decoder": 0.5, "llm": 1.0}

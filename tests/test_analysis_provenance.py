@@ -166,8 +166,6 @@ def test_provenance_report_renders_in_headless_chromium(records, tmp_path) -> No
 
 
 def test_provenance_command(records, tmp_path, monkeypatch, capsys) -> None:
-    import sys
-    import types
 
     import pandas as pd
 
@@ -179,21 +177,21 @@ def test_provenance_command(records, tmp_path, monkeypatch, capsys) -> None:
     assert main([*argv, "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "checkpoint folder" in capsys.readouterr().err
 
-    class Model:  # what segcompass.training.load_model returns
+    class Model:  # what segcompass.model.load_model returns
         def __init__(self) -> None:
             self.head = head
 
         def head_inputs(self, samples):
             return inputs.select([0] * len(samples))
 
-    fake = types.ModuleType("segcompass.training")
-    monkeypatch.setitem(sys.modules, "segcompass.training", fake)
+    import segcompass.model
+
     assert main([*argv, "--checkpoint", str(tmp_path)]) == 2
-    assert "has no load_model" in capsys.readouterr().err
-    fake.load_model = lambda path: object()
+    assert "holds no SegCompass model" in capsys.readouterr().err
+    monkeypatch.setattr(segcompass.model, "load_model", lambda path: object())
     assert main([*argv, "--checkpoint", str(tmp_path)]) == 2
     assert "lacks .head / .head_inputs" in capsys.readouterr().err
-    fake.load_model = lambda path: Model()
+    monkeypatch.setattr(segcompass.model, "load_model", lambda path: Model())
     monkeypatch.setattr(provenance_command, "load_samples", lambda cfg: ["s0"])
     assert main([*argv, "--checkpoint", str(tmp_path), "--causal", "false", "--top", "3"]) == 0
     assert (

@@ -24,11 +24,13 @@ from _training_common import (
     world_data,
 )
 
+from segcompass.evaluation.model_predictor import SegCompassPredictor
 from segcompass.head import build_optimizer
-from segcompass.training import SegCompassPredictor, joint_step, load_model, setup_trainable, train_joint
+from segcompass.model import load_model
+from segcompass.model.lora import LoraSettings
+from segcompass.training import joint_step, setup_trainable, train_joint
 from segcompass.training.batches import SampleSource
 from segcompass.training.loop import build_reference
-from segcompass.training.lora import LoraSettings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

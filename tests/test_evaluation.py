@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import fields
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -312,9 +310,8 @@ def test_cli_bad_input_is_a_clear_error(world: Path, tmp_path: Path, capsys, mon
     assert "unknown data set 'nowhere'" in capsys.readouterr().err
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    monkeypatch.setitem(sys.modules, "segcompass.training", None)  # the training package is absent
-    assert _cli(world, "--predictor", "checkpoint", "--checkpoint", str(ckpt)) == 2
-    assert "segcompass.training" in capsys.readouterr().err
+    assert _cli(world, "--predictor", "checkpoint", "--checkpoint", str(ckpt)) == 2  # a folder, but no model
+    assert "holds no SegCompass model" in capsys.readouterr().err
 
 
 def test_cli_checkpoint_goes_through_load_predictor_and_interrupt_writes_nothing(
@@ -323,14 +320,13 @@ def test_cli_checkpoint_goes_through_load_predictor_and_interrupt_writes_nothing
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     loaded: list[Path] = []
-    fake = types.ModuleType("segcompass.training")
+    import segcompass.evaluation.model_predictor as model_predictor
 
     def load_predictor(path: Path) -> _Talker:
         loaded.append(Path(path))
         return _Talker(interrupt_at=2) if len(loaded) == 1 else _Talker()
 
-    fake.load_predictor = load_predictor  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "segcompass.training", fake)
+    monkeypatch.setattr(model_predictor, "load_predictor", load_predictor)
     out = tmp_path / "out"
     args = ("--predictor", "checkpoint", "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "2")
     assert _cli(world, *args) == 130 and loaded == [ckpt]

@@ -11,11 +11,12 @@ from _training_common import RESPONSE, open_world, tiny_model, tiny_train_config
 from peft.tuners.lora import LoraLayer
 
 from segcompass.grpo import joint_loss, policy_loss
+from segcompass.model import load_model
+from segcompass.model.lora import LoraSettings, adapters_disabled, has_lora
 from segcompass.policy import reference_logprobs, rollouts_from_responses
-from segcompass.training import joint_step, load_model, setup_trainable, train_joint
+from segcompass.training import joint_step, setup_trainable, train_joint
 from segcompass.training.batches import SampleSource
 from segcompass.training.loop import build_reference
-from segcompass.training.lora import LoraSettings, adapters_disabled, has_lora
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from segcompass.policy import (
     response_mask_of,
     rollouts_from_responses,
 )
-from segcompass.training.recipe import AblationConfig
+from segcompass.training.ablation import AblationConfig
 
 
 @pytest.fixture(scope="module")

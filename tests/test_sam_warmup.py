@@ -10,10 +10,10 @@ import torch
 from _head_common import make_sae
 
 from segcompass.head import build_head
+from segcompass.model import cpu_head_config
 from segcompass.sam_warmup import SamWarmupConfig, TinySam, resolve_sam, tiny_sam
 from segcompass.sam_warmup.prompts import blob_prompt, centre_blob_prompt, coarse_prompt
 from segcompass.sam_warmup.train import SceneTensors, sample_batch, scene_tensors, train
-from segcompass.training.recipe import cpu_head_config
 
 SMALL = dict(
     encoder={"embed_dim": 16, "depth": 1, "num_heads": 2, "global_attn_indexes": [0], "img_size": 64,

@@ -9,7 +9,7 @@ import torch
 from _head_common import make_head, make_inputs
 
 from segcompass.head import SlotMapper
-from segcompass.training import head_config_from_dict
+from segcompass.model import head_config_from_dict
 
 
 def test_evidence_by_hand() -> None:

@@ -233,8 +233,8 @@ def test_bad_input_gives_clear_errors(data: Path, tmp_path: Path) -> None:
 
     from segcompass.backbones import build_tiny
     from segcompass.head import build_head
+    from segcompass.model import SegCompassModel
     from segcompass.policy import PolicyConfig
-    from segcompass.training import SegCompassModel
 
     bb = build_tiny("qwen2_5_vl")
     with pytest.raises(ValueError, match="hidden size"):
@@ -443,7 +443,7 @@ def test_fsdp_run_resumes_and_ends_where_the_ddp_run_ends(data: Path, tmp_path: 
 
 
 def test_head_presets_pick_their_geometry_and_refuse_mismatched_sam(tmp_path: Path) -> None:
-    from segcompass.training.recipe import model_head_config
+    from segcompass.model import model_head_config
 
     cpu, ckpt = model_head_config("cpu", 64, 128, 4, "")
     assert ckpt is None and cpu.sam_encoder.img_size == 256 and cpu.heatmap_size == 64

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Any
 
 from .metrics import EvalResult, MetricsAccumulator, evaluate_sae
@@ -21,6 +20,12 @@ __all__ = ["EvalResult", "MetricsAccumulator", "evaluate_sae", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """`splice` and `run` (nnsight, sae-lens) load on first use, with plain imports that static tools follow."""
+    module = _LAZY.get(name)
+    if module == "splice":
+        from . import splice as loaded
+    elif module == "run":
+        from . import run as loaded
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(loaded, name)

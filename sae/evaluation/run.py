@@ -30,8 +30,8 @@ def _check_match(sae: Any, meta: dict[str, Any], store: Any) -> None:
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate as `cfg` says; returns {"table": DataFrame, "ce_loss": dict | None, "written": [paths]}."""
+    from sae.saved import load_sae
     from sae.store import ActivationStore
-    from sae.training.metadata import load_sae
 
     if not cfg.sae or not cfg.store:
         raise ValueError("both --sae and --store are required")

@@ -6,13 +6,11 @@
 
 Modules: `config` (the documented options), `data` (store → shuffled, filtered, sliced, resumable batches),
 `saelens` (our config → sae-lens's SAE and trainer), `sparse_topk` (sparse TopK training pass), `fast` (drops a wasted input gradient),
-`checkpoint` (atomic, exact-resume checkpoints), `distributed` (torchrun + DDP), `metadata` (saved SAE
-and `segcompass_sae.json`), `monitor` (progress bar, W&B, L0-collapse warning), `trainer` (the loop). Heavy modules load on first use.
+`checkpoint` (atomic, exact-resume checkpoints), `distributed` (torchrun + DDP), `monitor` (progress bar, W&B, L0-collapse warning), `trainer` (the loop). Heavy modules load on first use.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Any
 
 from .config import PRESETS, TrainConfig
@@ -23,8 +21,8 @@ _LAZY = {
     "StepMetrics": "monitor",
     "TrainBatchProvider": "data",
     "BatchSource": "data",
-    "load_sae": "metadata",
-    "read_metadata": "metadata",
+    "load_sae": "saved",
+    "read_metadata": "saved",
     "SparseTopKTrainingSAE": "sparse_topk",
     "SparseTopKTrainingSAEConfig": "sparse_topk",
     "topk_select": "sparse_topk",
@@ -35,6 +33,18 @@ __all__ = ["PRESETS", "TrainConfig", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """The heavy modules (sae-lens) load on first use, with plain imports that static tools follow."""
+    module = _LAZY.get(name)
+    if module == "trainer":
+        from . import trainer as loaded
+    elif module == "monitor":
+        from . import monitor as loaded
+    elif module == "data":
+        from . import data as loaded
+    elif module == "sparse_topk":
+        from . import sparse_topk as loaded
+    elif module == "saved":  # the saved SAE has its own home, sae.saved
+        from sae import saved as loaded
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(loaded, name)

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from sae.files import staged_folder
+from sae.saved import METADATA_FILE
 
 from .config import config_differences
-from .metadata import METADATA_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,13 @@ import torch
 
 from sae.evaluation.metrics import evaluate_sae
 from sae.files import lock_output
+from sae.saved import (
+    annotate_sae_config,
+    commit_final,
+    remove_staged,
+    stage_final,
+    store_description,
+)
 
 from . import checkpoint as ckpt
 from .cleanup import remove_resume_checkpoints
@@ -36,13 +43,6 @@ from .distributed import (
     shutdown,
     unwrap_ddp,
     wrap_ddp,
-)
-from .metadata import (
-    annotate_sae_config,
-    commit_final,
-    remove_staged,
-    stage_final,
-    store_description,
 )
 from .monitor import Monitor
 from .saelens import build_trainer, build_training_sae

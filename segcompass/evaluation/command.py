@@ -38,7 +38,7 @@ class TargetOptions:
     skip_missing: bool = False
     """Count and skip samples whose image file is missing instead of stopping with an error."""
     predictor: Literal["checkpoint", "union", "empty", "oracle"] = "checkpoint"
-    """What to evaluate: checkpoint (a trained model via segcompass.training.load_predictor, needs
+    """What to evaluate: checkpoint (a trained model via segcompass.model.load_model, needs
     --checkpoint), union (one slot = all annotated objects of the image), empty (predicts nothing) or
     oracle (the ground truth; a sanity check)."""
     calibrate_split: str = ""

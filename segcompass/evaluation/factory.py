@@ -1,12 +1,11 @@
 """Predictors by name: the trivial baselines, the oracle, or a trained checkpoint.
 
-A checkpoint is loaded through ``segcompass.training.load_predictor(path)`` (the training package), imported
-only when a checkpoint is asked for, so evaluation of the baselines works without it.
+A checkpoint is loaded through `segcompass.evaluation.model_predictor.load_predictor(path)`, imported only
+when a checkpoint is asked for, so evaluating the baselines does not load the model's code.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,36 +17,20 @@ PREDICTOR_KINDS: tuple[str, ...] = ("checkpoint", "union", "empty", "oracle")
 
 
 class PredictorUnavailableError(ValueError):
-    """The predictor cannot be built here (e.g. the checkpoint loader is not installed)."""
+    """The predictor cannot be built here. (Kept for callers that catch it: since the model has its own home,
+    `segcompass.model`, a checkpoint predictor is always available.)"""
 
 
 def load_checkpoint_predictor(path: str | Path) -> Predictor:
-    """A trained SegCompass model from a checkpoint, via ``segcompass.training.load_predictor``."""
+    """A trained SegCompass model from a checkpoint, via `segcompass.evaluation.model_predictor.load_predictor`."""
     if not str(path):
         raise ValueError("--predictor checkpoint needs --checkpoint PATH")
     ckpt = Path(path)
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
-    try:  # optional and heavy: imported only here
-        training = importlib.import_module("segcompass.training")
-    except ModuleNotFoundError as e:
-        if e.name != "segcompass.training":
-            raise
-        raise PredictorUnavailableError(
-            "cannot load a checkpoint: the training package segcompass.training (which provides "
-            "load_predictor) is not installed in this checkout"
-        ) from e
-    loader = getattr(training, "load_predictor", None)
-    if loader is None:
-        raise PredictorUnavailableError(
-            "segcompass.training has no load_predictor(path); cannot load a checkpoint"
-        )
-    predictor = loader(ckpt)
-    if not isinstance(predictor, Predictor):
-        raise TypeError(
-            f"segcompass.training.load_predictor returned {type(predictor).__name__}, not a Predictor"
-        )
-    return predictor
+    from segcompass.evaluation.model_predictor import load_predictor  # heavy (the model): only when asked
+
+    return load_predictor(ckpt)
 
 
 def build_predictor(kind: str, dataset: Any = None, checkpoint: str | Path = "") -> Predictor:

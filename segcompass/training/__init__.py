@@ -9,14 +9,16 @@ README's design notes for why not TRL)::
     predictor = load_predictor("runs/joint")        # → segcompass.evaluation.evaluate(predictor, val_set)
 """
 
+# The model and its predictor live in segcompass.model and segcompass.evaluation; they are re-exported here
+# because the README's training example has always imported them from this package.
+from segcompass.evaluation.model_predictor import SegCompassPredictor, load_predictor
+from segcompass.model import LoraSettings, ModelOutput, SegCompassModel, head_config_from_dict, load_model
+
 from .batches import DataCursor, SampleSource, TrainSample, shard_for_rank
 from .checkpoint import fingerprint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import JointTrainConfig
 from .head_warmup import HeadWarmupConfig, warm_start_head
 from .loop import TrainResult, build_reference, setup_trainable, train_joint
-from .lora import LoraSettings
-from .model import ModelOutput, SegCompassModel, head_config_from_dict, load_model
-from .predictor import SegCompassPredictor, load_predictor
 from .step import StepResult, joint_step, score_responses
 
 __all__ = [

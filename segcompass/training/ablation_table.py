@@ -9,7 +9,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from segcompass.evaluation import EvalResult
 
-    from .recipe import AblationConfig
+    from .ablation import AblationConfig
 
 KIND_PREFIX = "gIoU · "
 """Prefix of the per-instruction-kind gIoU columns (rela convention), e.g. "gIoU · plain"."""

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segcompass.artifacts import backbone_key, stage_key
+from segcompass.model import build_model
 
+from .ablation import AblationConfig, run_ablation
 from .config import JointTrainConfig
 from .head_warmup import HeadWarmupConfig, cached_warm_start
-from .recipe import AblationConfig, build_model, run_ablation
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from segcompass.grpo import GRPOLossConfig
+from segcompass.model.lora import LoraSettings
 from segcompass.policy import PolicyConfig
 from segcompass.rewards import RewardConfig
-
-from .lora import LoraSettings
 
 Objective = Literal["joint", "rl", "seg"]
 

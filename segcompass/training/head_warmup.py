@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from sae.files import atomic_write
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, head_param_groups
+from segcompass.model import SegCompassModel
 from segcompass.policy import generate_rollouts, policy_forward
 
 from .batches import SampleSource
-from .model import SegCompassModel
 
 logger = logging.getLogger(__name__)
 

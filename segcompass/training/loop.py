@@ -28,6 +28,8 @@ from sae.training.distributed import DistInfo, barrier, gather_objects, init_dis
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, freeze_backbone_up_to_hook, head_param_groups
 from segcompass.head.image_encoder import ImageEmbeddingCache
+from segcompass.model import SegCompassModel
+from segcompass.model.lora import AdapterFreeReference, apply_lora, has_lora
 from segcompass.rewards import RewardFn
 
 from .batches import DataCursor, SampleSource, shard_for_rank
@@ -42,8 +44,6 @@ from .checkpoint import (
 )
 from .config import JointTrainConfig
 from .ema import HeadEMA
-from .lora import AdapterFreeReference, apply_lora, has_lora
-from .model import SegCompassModel
 from .sharding import gather_model_state, gather_training_state, shard_model
 from .step import joint_step
 

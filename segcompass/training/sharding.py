@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from .model import SegCompassModel
+from segcompass.model import SegCompassModel
 
 
 def _blocks_of(module: nn.Module, template: nn.Module, blocks: nn.ModuleList) -> nn.ModuleList:

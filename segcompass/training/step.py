@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from segcompass.grpo import group_advantages, joint_loss, policy_loss
+from segcompass.model import ModelOutput, SegCompassModel
 from segcompass.policy import Rollouts, generate_rollouts, reference_logprobs
 from segcompass.rewards import RewardFn, RewardResult, compute_reward
 
 from .batches import TrainSample
 from .config import JointTrainConfig
-from .model import ModelOutput, SegCompassModel
 from .sharding import full_grad_norm
 
 

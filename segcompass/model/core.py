@@ -172,7 +172,7 @@ _OPTIONAL_HEAD_BUFFERS = ("fusion.concentration_mean", "fusion.concentration_sca
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> SegCompassModel:
     """Load a folder written by `SegCompassModel.save` (or a training run's `final/` / checkpoint)."""
-    from sae.training.metadata import load_sae
+    from sae.saved import load_sae
 
     path = Path(path)
     if (path / "final" / MODEL_FILE).exists():

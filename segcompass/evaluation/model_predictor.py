@@ -13,10 +13,9 @@ from sae.token_types import TokenType
 from segcompass.data import RefSample
 from segcompass.evaluation.predictor import Prediction
 from segcompass.head.image_encoder import ImageEmbeddingCache
+from segcompass.model import SegCompassModel, load_model
 from segcompass.policy import generate_rollouts
 from segcompass.rewards import FormatRewardConfig, format_reward
-
-from .model import SegCompassModel, load_model
 
 
 class SegCompassPredictor:
