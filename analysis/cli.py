@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from analysis.atoms.command import AtomsReportConfig, atoms_main
+from analysis.commands import CoverageReportConfig, SparsityReportConfig, coverage_main, sparsity_main
+from analysis.pipeline import PipelineConfig
+from analysis.pipeline import main as run_pipeline_cli
+from analysis.provenance.command import ProvenanceReportConfig, provenance_main
 from sae.cli_support import Command, run_cli
 from segcompass.warmup.cli import WarmupCommandConfig
 from segcompass.warmup.cli import main as warmup_main
 from segcompass.world.contrast_probe import ContrastProbeConfig, run_contrast_baseline
-
-from .atom_report import AtomsReportConfig, atoms_main
-from .commands import CoverageReportConfig, SparsityReportConfig, coverage_main, sparsity_main
-from .pipeline import PipelineConfig
-from .pipeline import main as run_pipeline_cli
-from .provenance_command import ProvenanceReportConfig, provenance_main
 
 DESCRIPTION = (
     "Analyse what SegCompass's sparse concepts do: the default pipeline on the built-in synthetic world, "

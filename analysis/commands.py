@@ -9,14 +9,13 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.common.inputs import AnalysisInputError, LoadedSAE, load_sae, open_store
+from analysis.common.instances import InstanceIndex
+from analysis.coverage.core import CoverageConfig, CoverageResult, coverage_with_controls
+from analysis.coverage.plot import coverage_figure
+from analysis.report.html import ReportFiles, Section, write_report
+from analysis.sparsity.core import SparsityConfig, SparsityResult, sparsity_figure, sparsity_with_controls
 from sae.files import lock_output
-
-from .coverage import CoverageConfig, CoverageResult, coverage_with_controls
-from .coverage_plot import coverage_figure
-from .inputs import AnalysisInputError, LoadedSAE, load_sae, open_store
-from .instances import InstanceIndex
-from .report import ReportFiles, Section, write_report
-from .sparsity import SparsityConfig, SparsityResult, sparsity_figure, sparsity_with_controls
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.commands import (
+    CoverageReportConfig,
+    SparsityReportConfig,
+    run_coverage_report,
+    run_sparsity_report,
+)
 from segcompass.artifacts import (
     TINY_SAE_ARCHITECTURE,
     TINY_SAE_DEAD_WINDOW,
@@ -28,8 +34,6 @@ from segcompass.artifacts import (
 )
 from segcompass.backbones import Backbone, resolve_backbone
 from segcompass.world import WorldConfig
-
-from .commands import CoverageReportConfig, SparsityReportConfig, run_coverage_report, run_sparsity_report
 
 logger = logging.getLogger(__name__)
 

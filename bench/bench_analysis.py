@@ -28,6 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # _browser_check: test tooling, not part of the package
 
 GRID, CELL, TEXT = 8, 14, 20
 
@@ -182,7 +183,7 @@ def main() -> None:
                 f"(growth over start-up {growth:.2f}); throughput {big['tokens'] / big['seconds']:.0f} tok/s"
             )
         if args.browser:
-            from analysis.browser_check import render_report
+            from _browser_check import render_report
 
             shot = tmp / "report.png"
             check = render_report(results[("coverage", "large")]["html"], screenshot=shot)

@@ -1,5 +1,5 @@
-"""Atom attribution and its causal check on constructed heads with known answers (analysis/attribution.py,
-analysis/causal.py, analysis/causal_splice.py, analysis/support_filter.py)."""
+"""Atom attribution and its causal check on constructed heads with known answers (analysis/attribution/core.py,
+analysis/attribution/causal.py, analysis/attribution/causal_splice.py, analysis/attribution/support_filter.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,16 @@ import torch
 from _head_common import make_head, make_inputs, make_sae
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from analysis.attribution import AttributionConfig, attribute, attribution_figure, slot_objectives
-from analysis.causal import CausalConfig, ablate_atoms, causal_check, causal_figure
-from analysis.head_inputs import HeadInputs
-from analysis.provenance import TokenInfo
-from analysis.support_filter import AtomRemoval, check_atoms_in_support, scale_atoms, transformed_support
+from analysis.attribution.causal import CausalConfig, ablate_atoms, causal_check, causal_figure
+from analysis.attribution.core import AttributionConfig, attribute, attribution_figure, slot_objectives
+from analysis.attribution.head_inputs import HeadInputs
+from analysis.attribution.support_filter import (
+    AtomRemoval,
+    check_atoms_in_support,
+    scale_atoms,
+    transformed_support,
+)
+from analysis.provenance.core import TokenInfo
 from sae.token_types import TokenType
 from segcompass.head import HeadConfig, build_head
 
@@ -192,7 +197,7 @@ def test_support_filter_remove_nothing_is_bit_identical() -> None:
 def test_spliced_ablation_through_the_backbone() -> None:
     from PIL import Image
 
-    from analysis.causal_splice import BackboneSplicer, ConcentrationInputs, splice_causal_check
+    from analysis.attribution.causal_splice import BackboneSplicer, ConcentrationInputs, splice_causal_check
     from sae.evaluation.splice import _reconstruct, _Splicer
     from segcompass.backbones import build_tiny
 

@@ -1,4 +1,4 @@
-"""Instance coverage on constructed stores with known answers (analysis/coverage.py, instances.py)."""
+"""Instance coverage on constructed stores with known answers (analysis/coverage/core.py, instances.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from _analysis_common import (
     write_corpus,
 )
 
-from analysis.coverage import CoverageConfig, coverage_with_controls, instance_coverage
-from analysis.coverage_plot import coverage_figure
-from analysis.inputs import AnalysisInputError
-from analysis.instances import Instance, InstanceIndex
+from analysis.common.inputs import AnalysisInputError
+from analysis.common.instances import Instance, InstanceIndex
+from analysis.coverage.core import CoverageConfig, coverage_with_controls, instance_coverage
+from analysis.coverage.plot import coverage_figure
 from segcompass.world.masks import encode_rle
 
 N_DOCS = 12

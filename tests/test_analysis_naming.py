@@ -14,11 +14,17 @@ import torch
 from _analysis_common import CELL, GEOMETRY, GRID, SIZE, cell_mask, save_sae
 from PIL import Image
 
-from analysis.atom_stream import AtomEncoder, TopKReservoir
+from analysis.atoms.naming import (
+    NamingConfig,
+    atom_table,
+    consistency_summary,
+    name_atoms,
+    naming_with_controls,
+)
+from analysis.atoms.stream import AtomEncoder, TopKReservoir
 from analysis.cli import main
-from analysis.inputs import AnalysisInputError, LoadedSAE
-from analysis.instances import InstanceIndex
-from analysis.naming import NamingConfig, atom_table, consistency_summary, name_atoms, naming_with_controls
+from analysis.common.inputs import AnalysisInputError, LoadedSAE
+from analysis.common.instances import InstanceIndex
 from sae.store import ActivationStore, CapturedDocument, StoreMetadata, StoreWriter, finalize_store
 from sae.token_types import TokenType
 from segcompass.world.masks import encode_rle
@@ -331,7 +337,7 @@ def test_atoms_command_writes_html_csv_parquet_atomically(world, tmp_path: Path,
     )
     assert not list(out.glob(".*tmp*"))
 
-    import analysis.report as report
+    import analysis.report.html as report
 
     def broken(df, stem, formats=("csv", "parquet")):
         raise OSError("disk full")

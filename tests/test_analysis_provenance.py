@@ -1,12 +1,13 @@
-"""Slot provenance on a hand-built provenance record with known answers (analysis/provenance.py)."""
+"""Slot provenance on a hand-built provenance record with known answers (analysis/provenance/core.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from _browser_check import find_chromium
 
-from analysis.provenance import (
+from analysis.provenance.core import (
     TokenInfo,
     entry_table,
     heatmap_to_pixels,
@@ -89,10 +90,10 @@ def records():
     """One attributed + causally checked sample of a tiny head, and the same sample attention-only."""
     from _head_common import make_head, make_inputs
 
-    from analysis.attribution import attribute
-    from analysis.causal import CausalConfig, causal_check
-    from analysis.head_inputs import HeadInputs
-    from analysis.provenance_report import ProvenanceRecord
+    from analysis.attribution.causal import CausalConfig, causal_check
+    from analysis.attribution.core import attribute
+    from analysis.attribution.head_inputs import HeadInputs
+    from analysis.provenance.report import ProvenanceRecord
 
     torch.set_num_threads(1)
     head = make_head(aggregator_layers=2).eval()
@@ -121,8 +122,8 @@ def records():
 def test_provenance_report_is_atomic_with_figures_and_tables(records, tmp_path, monkeypatch) -> None:
     import pandas as pd
 
-    from analysis import report as report_mod
-    from analysis.provenance_report import provenance_report
+    import analysis.report.html as report_mod
+    from analysis.provenance.report import provenance_report
 
     _, _, recs = records
     files = provenance_report(recs, tmp_path, metadata={"checkpoint": "none"})
@@ -152,12 +153,11 @@ def test_provenance_report_is_atomic_with_figures_and_tables(records, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temporary file left behind
 
 
-@pytest.mark.skipif(
-    __import__("analysis.browser_check").browser_check.find_chromium() is None, reason="no Chromium installed"
-)
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed")
 def test_provenance_report_renders_in_headless_chromium(records, tmp_path) -> None:
-    from analysis.browser_check import render_report
-    from analysis.provenance_report import provenance_report
+    from _browser_check import render_report
+
+    from analysis.provenance.report import provenance_report
 
     files = provenance_report(records[2], tmp_path)
     check = render_report(files.html)
@@ -169,7 +169,7 @@ def test_provenance_command(records, tmp_path, monkeypatch, capsys) -> None:
 
     import pandas as pd
 
-    from analysis import provenance_command
+    import analysis.provenance.command as provenance_command
     from analysis.cli import main
 
     head, inputs, _ = records

@@ -1,5 +1,5 @@
 """HTML reports: self-contained, published as one unit, and rendered by a real headless browser
-(analysis/report.py)."""
+(analysis/report/html.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from _browser_check import find_chromium, render_report
 
-from analysis import report as report_mod
-from analysis.browser_check import find_chromium, render_report
-from analysis.report import Section, render_html, write_report
+import analysis.report.html as report_mod
+from analysis.report.html import Section, render_html, write_report
 
 PLOTLY_BUNDLE_MARK = "plotly.js v"  # the banner at the top of the inlined plotly.min.js
 

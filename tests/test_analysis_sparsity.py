@@ -1,4 +1,4 @@
-"""Sparsity by token type and bootstrap intervals on constructed inputs (analysis/sparsity.py, stats.py)."""
+"""Sparsity by token type and bootstrap intervals on constructed inputs (analysis/sparsity/core.py, stats.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from _analysis_common import CELL, GEOMETRY, N_TEXT, exact_sae, make_store, random_sae, write_corpus
 
-from analysis.activity import DocumentMeta
-from analysis.inputs import AnalysisInputError
-from analysis.instances import Instance, InstanceIndex
-from analysis.sparsity import (
+from analysis.common.activity import DocumentMeta
+from analysis.common.inputs import AnalysisInputError
+from analysis.common.instances import Instance, InstanceIndex
+from analysis.common.stats import bootstrap_mean_ci, bootstrap_ratio_ci
+from analysis.sparsity.core import (
     GROUPS,
     SparsityConfig,
     image_token_groups,
@@ -19,7 +20,6 @@ from analysis.sparsity import (
     sparsity_figure,
     sparsity_with_controls,
 )
-from analysis.stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from sae.token_types import TokenType
 from segcompass.world.masks import encode_rle
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from _image_fixtures import GREEN, looks_upright, save_oriented, upright
 
-from analysis.atom_cards import ImageSource
+from analysis.atoms.cards import ImageSource
 from sae.capture.sources import open_source
 from segcompass.data import GRefCocoDataset, HFRowsDataset, ReasonSegDataset
 

@@ -18,7 +18,7 @@ from _corpus import write_corpus
 from _faults import LOCK_FILE, lock_held_elsewhere
 from safetensors.torch import save_file
 
-from analysis.report import Section, write_report
+from analysis.report.html import Section, write_report
 from sae.capture import CaptureConfig, run_capture
 from sae.cli import main as sae_main
 from sae.files import FolderLock, FolderLockedError, WriteError, atomic_write

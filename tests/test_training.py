@@ -312,8 +312,8 @@ def test_train_then_evaluate_the_checkpoint_from_the_command_line(data: Path, tm
 
 
 def test_a_trained_model_feeds_the_provenance_analyses(data: Path) -> None:
-    from analysis.attribution import AttributionConfig, attribute
-    from analysis.model_inputs import TrainedModelInputs
+    from analysis.attribution.core import AttributionConfig, attribute
+    from analysis.provenance.model_inputs import TrainedModelInputs
 
     model = tiny_model()
     adapter = TrainedModelInputs(model)

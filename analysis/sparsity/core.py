@@ -19,13 +19,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.common.activity import ActivityStream, DocumentMeta
+from analysis.common.inputs import AnalysisInputError, check_compatible, load_sae, open_store
+from analysis.common.instances import InstanceIndex
+from analysis.common.stats import bootstrap_ratio_ci
 from sae.store import ActivationStore
 from sae.token_types import TokenType
-
-from .activity import ActivityStream, DocumentMeta
-from .inputs import AnalysisInputError, check_compatible, load_sae, open_store
-from .instances import InstanceIndex
-from .stats import bootstrap_ratio_ci
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.atoms.cards import CARD_ORDERS, ImageSource, atom_card, consistency_figure, select_card_atoms
+from analysis.atoms.examples import resolve_tokenizer
+from analysis.atoms.naming import (
+    NamingConfig,
+    NamingResult,
+    atom_table,
+    consistency_summary,
+    naming_with_controls,
+)
+from analysis.commands import _Inputs, _load, _metadata, resolve_instances
+from analysis.common.inputs import AnalysisInputError, open_store
+from analysis.report.html import ReportFiles, Section, write_report
 from sae.files import lock_output
-
-from .atom_cards import CARD_ORDERS, ImageSource, atom_card, consistency_figure, select_card_atoms
-from .atom_examples import resolve_tokenizer
-from .commands import _Inputs, _load, _metadata, resolve_instances
-from .inputs import AnalysisInputError, open_store
-from .naming import NamingConfig, NamingResult, atom_table, consistency_summary, naming_with_controls
-from .report import ReportFiles, Section, write_report
 
 logger = logging.getLogger(__name__)
 

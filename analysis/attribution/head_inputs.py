@@ -10,15 +10,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
+from analysis.attribution.support_filter import SupportFn, transformed_support
+from sae.image_geometry import ImageGeometry
 from segcompass.head.outputs import HeadOutput
 from segcompass.head.support import ConceptSupport
 
-from .provenance import TokenInfo
-from .support_filter import SupportFn, transformed_support
+
+@dataclass
+class TokenInfo:
+    """What each sequence position of one sample is (T = the hook states' sequence length)."""
+
+    token_type: np.ndarray
+    """int [T] `TokenType` values."""
+    image_rc: np.ndarray
+    """int [T, 2] image-grid (row, col), −1 for non-image positions."""
+    geometry: ImageGeometry | None = None
+    """How the image tokens map to pixels."""
+    text: list[str] | None = None
+    """Decoded text of each position, when known."""
+
+    @classmethod
+    def from_prepared(cls, batch: Any, index: int, tokenizer: Any = None) -> TokenInfo:
+        """Sample `index` of a backbone's `PreparedBatch` (token strings decoded when a tokenizer is given)."""
+        text = None
+        if tokenizer is not None:
+            ids = batch.inputs["input_ids"][index].tolist()
+            text = [tokenizer.decode([i]) for i in ids]
+        return cls(
+            np.asarray(batch.token_types[index]),
+            np.asarray(batch.image_rc[index]),
+            batch.geometries[index],
+            text,
+        )
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Tables of `analysis.attribution`: per (sample, slot, atom) and per (sample, slot, token)."""
+"""Tables of `analysis.attribution.core`: per (sample, slot, atom) and per (sample, slot, token)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
+from analysis.attribution.head_inputs import TokenInfo
 from sae.token_types import TokenType
 from segcompass.head.outputs import HeadOutput
-
-from .provenance import TokenInfo
 
 
 def token_columns(tokens: TokenInfo, positions: np.ndarray) -> dict[str, Any]:

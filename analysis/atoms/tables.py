@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .atom_scan import AtomScan
+from analysis.atoms.scan import AtomScan
 
 if TYPE_CHECKING:
-    from .naming import NamingResult
+    from analysis.atoms.naming import NamingResult
 
 TABLE_COLUMNS = [
     "model",

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from .provenance import TokenInfo, heatmap_to_pixels
+from analysis.provenance.core import TokenInfo, heatmap_to_pixels
 
 PALETTE = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
 """Box colours of the top atoms (rank 1 first)."""

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from analysis.common.activity import DocumentMeta, shard_documents
+from analysis.common.inputs import AnalysisInputError, LoadedSAE
 from sae.store import ActivationStore
 from sae.store.reader import _is_val  # the store's own document-level hold-out (same hash as SAE training)
 from sae.token_types import TokenType
-
-from .activity import DocumentMeta, shard_documents
-from .inputs import AnalysisInputError, LoadedSAE
 
 logger = logging.getLogger(__name__)
 

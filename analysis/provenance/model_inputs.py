@@ -12,11 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis.attribution.head_inputs import HeadInputs, TokenInfo
 from segcompass.data import RefSample
 from segcompass.policy import generate_rollouts, policy_forward
-
-from .head_inputs import HeadInputs
-from .provenance import TokenInfo
 
 
 class TrainedModelInputs:

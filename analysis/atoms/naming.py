@@ -25,17 +25,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.atoms.consistency import label_consistency
+from analysis.atoms.examples import TokenText, lookup_examples
+from analysis.atoms.labels import FACETS, PatchAttributes, label_atoms
+from analysis.atoms.scan import scan_atoms
+from analysis.atoms.stream import AtomEncoder
+from analysis.atoms.tables import TABLE_COLUMNS, atom_table, build_table, consistency_summary
+from analysis.common.inputs import (
+    AnalysisInputError,
+    check_compatible,
+    load_sae,
+    open_store,
+    require_image_geometry,
+)
+from analysis.common.instances import InstanceIndex
 from sae.store import ActivationStore
 from sae.token_types import TokenType
-
-from .atom_consistency import label_consistency
-from .atom_examples import TokenText, lookup_examples
-from .atom_labels import FACETS, PatchAttributes, label_atoms
-from .atom_scan import scan_atoms
-from .atom_stream import AtomEncoder
-from .atom_tables import TABLE_COLUMNS, atom_table, build_table, consistency_summary
-from .inputs import AnalysisInputError, check_compatible, load_sae, open_store, require_image_geometry
-from .instances import InstanceIndex
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.common.activity import RANKINGS, ActivityStream, DocumentActivity
+from analysis.common.inputs import (
+    AnalysisInputError,
+    check_compatible,
+    load_sae,
+    open_store,
+    require_image_geometry,
+)
+from analysis.common.instances import Instance, InstanceIndex
+from analysis.coverage.tables import CoverageSums, coverage_tables
 from sae.store import ActivationStore
 from sae.token_types import TokenType
-
-from .activity import RANKINGS, ActivityStream, DocumentActivity
-from .coverage_tables import CoverageSums, coverage_tables
-from .inputs import AnalysisInputError, check_compatible, load_sae, open_store, require_image_geometry
-from .instances import Instance, InstanceIndex
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,10 @@ import torch
 from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
+from analysis.attribution.head_inputs import HeadInputs
+from analysis.attribution.support_filter import ValueTap
+from analysis.attribution.tables import atom_table, token_table
 from segcompass.head.outputs import HeadOutput
-
-from .attribution_tables import atom_table, token_table
-from .head_inputs import HeadInputs
-from .support_filter import ValueTap
 
 logger = logging.getLogger(__name__)
 

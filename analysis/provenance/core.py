@@ -9,7 +9,6 @@ pixel regions to set beside the slot's heatmap (mapped back from SAM's 256² let
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,36 +18,9 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
+from analysis.attribution.head_inputs import TokenInfo
 from sae.image_geometry import ImageGeometry
 from sae.token_types import TokenType
-
-
-@dataclass
-class TokenInfo:
-    """What each sequence position of one sample is (T = the hook states' sequence length)."""
-
-    token_type: np.ndarray
-    """int [T] `TokenType` values."""
-    image_rc: np.ndarray
-    """int [T, 2] image-grid (row, col), −1 for non-image positions."""
-    geometry: ImageGeometry | None = None
-    """How the image tokens map to pixels."""
-    text: list[str] | None = None
-    """Decoded text of each position, when known."""
-
-    @classmethod
-    def from_prepared(cls, batch: Any, index: int, tokenizer: Any = None) -> TokenInfo:
-        """Sample `index` of a backbone's `PreparedBatch` (token strings decoded when a tokenizer is given)."""
-        text = None
-        if tokenizer is not None:
-            ids = batch.inputs["input_ids"][index].tolist()
-            text = [tokenizer.decode([i]) for i in ids]
-        return cls(
-            np.asarray(batch.token_types[index]),
-            np.asarray(batch.image_rc[index]),
-            batch.geometries[index],
-            text,
-        )
 
 
 def _contributions(prov: Any, layer: int) -> np.ndarray:

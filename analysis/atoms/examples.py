@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.atoms.scan import AtomScan
+from analysis.atoms.stream import shard_documents, unpack_row
+from analysis.common.activity import DocumentMeta
 from sae.store import ActivationStore
 from sae.token_types import TokenType
-
-from .activity import DocumentMeta
-from .atom_scan import AtomScan
-from .atom_stream import shard_documents, unpack_row
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ source tokens (text spans, image patches as boxes) → pixels; the causal check;
 
 `provenance_report(records, out_dir)` takes already-computed head inputs/outputs (and optionally their
 attribution and causal check), so it runs without a trained model; `segcompass-analyze provenance`
-(`analysis.provenance_command`) computes the records from a checkpoint and calls it.
+(`analysis.provenance.command`) computes the records from a checkpoint and calls it.
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.attribution.causal import CausalResult
+from analysis.attribution.causal_summary import causal_figure, causal_headline, causal_summary
+from analysis.attribution.core import AttributionResult
+from analysis.attribution.head_inputs import HeadInputs
+from analysis.provenance.core import TokenInfo, slot_atoms, token_contributions
+from analysis.provenance.figures import sample_figure
+from analysis.report.html import ReportFiles, Section, write_report
 from sae.token_types import TokenType
 from segcompass.head.outputs import HeadOutput
-
-from .attribution import AttributionResult
-from .causal import CausalResult
-from .causal_summary import causal_figure, causal_headline, causal_summary
-from .head_inputs import HeadInputs
-from .provenance import TokenInfo, slot_atoms, token_contributions
-from .provenance_figures import sample_figure
-from .report import ReportFiles, Section, write_report
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .coverage import CoverageResult
+from analysis.coverage.core import CoverageResult
 
 _DASH = {"trained": "solid", "control": "dash"}
 _GROUP_COLOURS = {"referred": "#d62728", "distractor": "#1f77b4", "background": "#7f7f7f"}

@@ -7,7 +7,7 @@ the codebook), and with `seeds` draws of n atoms taken uniformly from the sample
 run: the slot's IoU against its own unablated mask (drop = 1 − IoU), against its Hungarian-matched GT
 instance when targets are given, and the change of the attribution's slot objective (region held fixed).
 `causal_summary` pairs top vs random per (sample, slot); `causal_figure` plots the drops over n.
-`analysis.causal_splice` runs the same check with the ablation spliced into the backbone at the hook layer.
+`analysis.attribution.causal_splice` runs the same check with the ablation spliced into the backbone at the hook layer.
 """
 
 from __future__ import annotations
@@ -23,13 +23,18 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from analysis.attribution.causal_summary import causal_figure, causal_summary
+from analysis.attribution.core import (
+    AttributionConfig,
+    AttributionResult,
+    attribute,
+    check_slots,
+    slot_objectives,
+)
+from analysis.attribution.head_inputs import HeadInputs
+from analysis.attribution.support_filter import AtomRemoval, check_atoms_in_support
 from segcompass.head.matching import match_slots
 from segcompass.head.outputs import HeadOutput
-
-from .attribution import AttributionConfig, AttributionResult, attribute, check_slots, slot_objectives
-from .causal_summary import causal_figure, causal_summary
-from .head_inputs import HeadInputs
-from .support_filter import AtomRemoval, check_atoms_in_support
 
 logger = logging.getLogger(__name__)
 

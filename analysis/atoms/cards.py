@@ -21,9 +21,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .atom_examples import MARK
-from .inputs import AnalysisInputError
-from .naming import NamingResult
+from analysis.atoms.examples import MARK
+from analysis.atoms.naming import NamingResult
+from analysis.common.inputs import AnalysisInputError
 
 logger = logging.getLogger(__name__)
 

@@ -18,15 +18,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
+from analysis.attribution.causal import CausalConfig, causal_check
+from analysis.attribution.causal_summary import causal_headline
+from analysis.attribution.core import AttributionConfig, attribute
+from analysis.attribution.head_inputs import HeadInputs
+from analysis.common.inputs import AnalysisInputError
+from analysis.provenance.report import ProvenanceRecord, provenance_report
+from analysis.report.html import ReportFiles
 from sae.files import lock_output
-
-from .attribution import AttributionConfig, attribute
-from .causal import CausalConfig, causal_check
-from .causal_summary import causal_headline
-from .head_inputs import HeadInputs
-from .inputs import AnalysisInputError
-from .provenance_report import ProvenanceRecord, provenance_report
-from .report import ReportFiles
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def load_trained_model(checkpoint: str | Path) -> ProvenanceModel:
 
     model = load_model(path)
     if not isinstance(model, ProvenanceModel) and hasattr(model, "policy") and hasattr(model, "head"):
-        from .model_inputs import TrainedModelInputs
+        from analysis.provenance.model_inputs import TrainedModelInputs
 
         model = TrainedModelInputs(model)  # a segcompass.model.SegCompassModel
     if not isinstance(model, ProvenanceModel):

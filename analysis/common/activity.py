@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from analysis.common.inputs import AnalysisInputError, LoadedSAE
 from sae.image_geometry import ImageGeometry
 from sae.store import ActivationStore
 from sae.token_types import TokenType
-
-from .inputs import AnalysisInputError, LoadedSAE
 
 logger = logging.getLogger(__name__)
 

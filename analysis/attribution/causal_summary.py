@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy.stats import binomtest
 
-from .stats import bootstrap_mean_ci
+from analysis.common.stats import bootstrap_mean_ci
 
 METRICS = ("iou_drop", "gt_iou_drop", "objective_drop", "objective_abs_change")
 """Per-run quantities compared between top and random removal (larger = the slot changed more)."""

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.atoms.examples import Examples, TokenText
+from analysis.common.activity import DocumentMeta
+from analysis.common.inputs import AnalysisInputError
+from analysis.common.instances import InstanceIndex
 from sae.token_types import TokenType
-
-from .activity import DocumentMeta
-from .atom_examples import Examples, TokenText
-from .inputs import AnalysisInputError
-from .instances import InstanceIndex
 
 logger = logging.getLogger(__name__)
 

@@ -25,14 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.atoms.examples import TokenText
+from analysis.atoms.labels import IMAGE_KINDS, PatchAttributes, TokenIndicators
+from analysis.atoms.scan import atom_chunks
+from analysis.atoms.stream import AtomEncoder, iter_shard_rows
+from analysis.common.inputs import AnalysisInputError
 from sae.store import ActivationStore
 from sae.token_types import TokenType
-
-from .atom_examples import TokenText
-from .atom_labels import IMAGE_KINDS, PatchAttributes, TokenIndicators
-from .atom_scan import atom_chunks
-from .atom_stream import AtomEncoder, iter_shard_rows
-from .inputs import AnalysisInputError
 
 logger = logging.getLogger(__name__)
 

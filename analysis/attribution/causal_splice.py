@@ -25,12 +25,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from analysis.attribution.causal import CausalConfig, CausalResult, Reference, causal_summary, plan_jobs
+from analysis.attribution.core import AttributionConfig, attribute, slot_objectives
+from analysis.attribution.head_inputs import HeadInputs
+from analysis.attribution.support_filter import AtomRemoval
 from sae.token_types import TokenType
-
-from .attribution import AttributionConfig, attribute, slot_objectives
-from .causal import CausalConfig, CausalResult, Reference, causal_summary, plan_jobs
-from .head_inputs import HeadInputs
-from .support_filter import AtomRemoval
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from analysis.atoms.stream import AtomEncoder, TopKReservoir, iter_shard_rows
+from analysis.common.inputs import AnalysisInputError
 from sae.store import ActivationStore
 from sae.token_types import TokenType
-
-from .atom_stream import AtomEncoder, TopKReservoir, iter_shard_rows
-from .inputs import AnalysisInputError
 
 logger = logging.getLogger(__name__)
 

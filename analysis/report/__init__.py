@@ -1,0 +1,1 @@
+"""Self-contained HTML reports and their tables, published as one unit (`html`)."""
