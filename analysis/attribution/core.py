@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -189,6 +189,25 @@ def attribute(head: nn.Module, inputs: HeadInputs, cfg: AttributionConfig | None
     return AttributionResult(atoms, tokens, objectives, scores, slots, ref, regions, cfg)
 
 
+def add_share_bars(
+    fig: Any, top: pd.DataFrame, attention_total: float, hover: Any, row: int, col: int
+) -> None:
+    """One slot's `top` atoms as two grouped bars in subplot (row, col): |act × grad| share and attention share
+    (of the slot's `attention_total`; NaN when it is 0)."""
+    labels = [f"atom {a}" for a in top["atom"]]
+    bars = (
+        ("|act×grad| share", top["share"].abs(), "#1f77b4", "ag", hover),
+        ("attention share", top["attention"] / attention_total if attention_total > 0 else top["attention"] * float("nan"), "#ff7f0e", "att", None),
+    )  # fmt: skip
+    for name, y, colour, group, text in bars:
+        fig.add_trace(
+            go.Bar(x=labels, y=y, name=name, marker_color=colour, hovertext=text, showlegend=row == 1,
+                   legendgroup=group),
+            row=row,
+            col=col,
+        )  # fmt: skip
+
+
 def attribution_figure(
     result: AttributionResult | pd.DataFrame, *, sample: int = 0, top: int = 10
 ) -> go.Figure:
@@ -202,38 +221,11 @@ def attribution_figure(
     fig = make_subplots(rows=len(slots), cols=1, subplot_titles=[f"slot {k}" for k in slots])
     for row, k in enumerate(slots, start=1):
         t = table[table["slot"] == k].sort_values("rank").head(top)
-        att_total = table.loc[table["slot"] == k, "attention"].abs().sum()
-        labels = [f"atom {a}" for a in t["atom"]]
         hover = [
             f"rank {r}<br>act×grad {v:.4g}<br>entries {n}<br>{f}"
             for r, v, n, f in zip(t["rank"], t["act_grad"], t["n_entries"], t["fired_at"], strict=True)
         ]
-        fig.add_trace(
-            go.Bar(
-                x=labels,
-                y=t["share"].abs(),
-                name="|act×grad| share",
-                marker_color="#1f77b4",
-                hovertext=hover,
-                showlegend=row == 1,
-                legendgroup="ag",
-            ),
-            row=row,
-            col=1,
-        )
-        att = t["attention"] / att_total if att_total > 0 else t["attention"] * float("nan")
-        fig.add_trace(
-            go.Bar(
-                x=labels,
-                y=att,
-                name="attention share",
-                marker_color="#ff7f0e",
-                showlegend=row == 1,
-                legendgroup="att",
-            ),
-            row=row,
-            col=1,
-        )
+        add_share_bars(fig, t, table.loc[table["slot"] == k, "attention"].abs().sum(), hover, row, 1)
     fig.update_layout(
         barmode="group",
         height=260 * len(slots) + 80,

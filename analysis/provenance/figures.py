@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from analysis.attribution.core import add_share_bars
 from analysis.provenance.core import TokenInfo, heatmap_to_pixels
 
 PALETTE = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
@@ -121,34 +122,7 @@ def sample_figure(
             col=2,
         )
         t = atoms[atoms["slot"] == k].sort_values("rank").head(top)
-        labels = [f"atom {a}" for a in t["atom"]]
-        fig.add_trace(
-            go.Bar(
-                x=labels,
-                y=t["share"].abs(),
-                name="|act×grad| share",
-                marker_color="#1f77b4",
-                hovertext=t["fired_at"],
-                showlegend=row == 1,
-                legendgroup="ag",
-            ),
-            row=row,
-            col=3,
-        )
-        att_total = atoms.loc[atoms["slot"] == k, "attention"].abs().sum()
-        att = t["attention"] / att_total if att_total > 0 else t["attention"] * np.nan
-        fig.add_trace(
-            go.Bar(
-                x=labels,
-                y=att,
-                name="attention share",
-                marker_color="#ff7f0e",
-                showlegend=row == 1,
-                legendgroup="att",
-            ),
-            row=row,
-            col=3,
-        )
+        add_share_bars(fig, t, atoms.loc[atoms["slot"] == k, "attention"].abs().sum(), t["fired_at"], row, 3)
         if atom_boxes:
             _patch_boxes(fig, row, [int(a) for a in t["atom"].head(boxed_atoms)], atom_boxes, scale)
         if tokens is not None:
