@@ -77,8 +77,10 @@ class TinySpec:
     """Vision tower blocks."""
     image_size: int = 112
     """Nominal image side the processor targets, in pixels."""
+    min_pixels: int = 0
+    """Fewest pixels of a resized image (Qwen's processor scales smaller images up); 0: (image_size / 2)²."""
     rope_theta: float = 20.0
-    """Small rotary base: with the default 1e4 a 4×4 grid's positions barely rotate (DESIGN.md §7)."""
+    """Small rotary base: with the default 1e4 a 4×4 grid's positions barely rotate (docs/design.md §7)."""
     hook_layer: int = 2
     """Default hook layer of the preset."""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -153,8 +153,9 @@ class Qwen25VLFamily(BackboneFamily):
         model.generation_config.eos_token_id = tid("<|im_end|>")
         model.generation_config.pad_token_id = tid("<|endoftext|>")
         side = spec.image_size
-        image_processor = Qwen2VLImageProcessorPil(min_pixels=(side // 2) ** 2, max_pixels=side * side)
-        video_processor = Qwen2VLVideoProcessor(min_pixels=(side // 2) ** 2, max_pixels=side * side)
+        low = spec.min_pixels or (side // 2) ** 2
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=side * side)
+        video_processor = Qwen2VLVideoProcessor(min_pixels=low, max_pixels=side * side)
         processor = Qwen2_5_VLProcessor(
             image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor
         )

@@ -1,0 +1,142 @@
+"""Multi-turn dialogues about one image: the data of the alignment and instruction-tuning stages.
+
+One sequence holds many question–answer turns about the same image, so the image is paid once. Turns:
+
+- ``describe``: "Describe the image." → the scene description (alignment);
+- ``colour`` / ``shape`` / ``size`` / ``position`` / ``count``: a question about a named object (named by
+  the shortest unique phrase) or a count of a colour / a kind;
+- ``format``: the scene's instruction → ``<think>{reasoning}</think>`` + K ``<REF_POS>``; the world's
+  reasoning resolves the referent from the scene (it lists the candidates and ends with "So the target is
+  the {size} {colour} {shape} at {position}"), so writing it needs the image, not only the instruction.
+
+Labels cover every assistant turn (answer + end-of-turn token) and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from segcompass.backbones import Backbone
+from segcompass.warmup.tasks import DESCRIBE_PROMPT, format_response, question_example
+from segcompass.world.scene import WorldSample
+from segcompass.world.vocab import SIZES
+
+IGNORE_INDEX = -100
+QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position", "count")
+"""Kinds of question turn."""
+SIZE_ANSWERS: tuple[str, ...] = tuple(SIZES)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user question and the assistant's answer (without the end-of-turn token)."""
+
+    kind: str
+    """`describe`, `format` or one of `QUESTION_KINDS`."""
+    question: str
+    answer: str
+    candidates: tuple[str, ...] = ()
+    """For questions: every answer the question admits."""
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """Turns about the image of pool scene `scene`."""
+
+    scene: int
+    """Index into the pool."""
+    turns: tuple[Turn, ...]
+
+
+def size_question(sample: WorldSample, rng: np.random.Generator) -> Turn | None:
+    """ "What size is the {colour shape}?" for an object its colour and shape name uniquely."""
+    objects = sample.scene.objects
+    unique = [o for o in objects if sum(p.colour == o.colour and p.shape == o.shape for p in objects) == 1]
+    if not unique:
+        return None
+    obj = unique[int(rng.integers(len(unique)))]
+    return Turn("size", f"What size is the {obj.colour} {obj.shape}?", obj.size_name, SIZE_ANSWERS)
+
+
+def question_turn(
+    sample: WorldSample, kind: str, rng: np.random.Generator, max_count: int = 8
+) -> Turn | None:
+    """A question of `kind` about `sample`, or None when no object can be named for it."""
+    if kind == "size":
+        return size_question(sample, rng)
+    example = question_example(sample, kind, rng, max_count)
+    if example is None:
+        return None
+    return Turn(kind, example.prompt, example.response, example.candidates)
+
+
+def format_turn(sample: WorldSample, num_slots: int) -> Turn:
+    """The scene's instruction → its reasoning in think tags + `num_slots` concentration tokens."""
+    return Turn("format", sample.instruction, format_response(sample.reasoning, num_slots))
+
+
+def describe_turn(sample: WorldSample) -> Turn:
+    """ "Describe the image." → the scene description."""
+    return Turn("describe", DESCRIBE_PROMPT, sample.description)
+
+
+def qa_dialogue(
+    scene: int,
+    sample: WorldSample,
+    rng: np.random.Generator,
+    num_questions: int,
+    format_probability: float,
+    num_slots: int,
+) -> Dialogue:
+    """`num_questions` questions of random kinds (each kind at most twice), then, with
+    `format_probability`, the format turn last."""
+    turns: list[Turn] = []
+    for kind in rng.permutation(np.repeat(QUESTION_KINDS, 2))[: num_questions * 2]:
+        if len(turns) == num_questions:
+            break
+        turn = question_turn(sample, str(kind), rng)
+        if turn is not None and all(t.question != turn.question for t in turns):
+            turns.append(turn)
+    if rng.random() < format_probability:
+        turns.append(format_turn(sample, num_slots))
+    return Dialogue(scene, tuple(turns))
+
+
+def _check_family(backbone: Backbone) -> None:
+    if backbone.family.name != "qwen2_5_vl":
+        raise NotImplementedError(
+            f"multi-turn dialogues are written in Qwen2.5-VL's chat format; family {backbone.family.name!r} "
+            "has no multi-turn template here"
+        )
+
+
+def continuation(backbone: Backbone, turns: tuple[Turn, ...]) -> str:
+    """The text after the first prompt: answer 1, then each further turn in the chat format."""
+    eot = backbone.tokenizer.eos_token  # <|im_end|>
+    text = turns[0].answer + eot
+    for turn in turns[1:]:
+        text += f"\n<|im_start|>user\n{turn.question}{eot}\n<|im_start|>assistant\n{turn.answer}{eot}"
+    return text
+
+
+def assistant_labels(backbone: Backbone, input_ids: torch.Tensor) -> torch.Tensor:
+    """int64 [B, T]: the input id at every position inside an assistant turn (from the token after
+    "<|im_start|>assistant\\n" up to and including the next end-of-turn token), −100 elsewhere."""
+    _check_family(backbone)
+    header = backbone.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    eot = backbone.tokenizer.convert_tokens_to_ids(backbone.tokenizer.eos_token)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    n = len(header)
+    for b, row in enumerate(input_ids.tolist()):
+        inside = False
+        for t in range(len(row)):
+            if inside:
+                labels[b, t] = row[t]
+                if row[t] == eot:
+                    inside = False
+            elif t >= n - 1 and row[t - n + 1 : t + 1] == header:
+                inside = True
+    return labels

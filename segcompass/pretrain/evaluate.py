@@ -1,0 +1,146 @@
+"""Held-out figures of the staged VLM (world split "val"): answers about named objects, the referent named
+by the greedy reasoning, the output format, and linear probes of hook-layer image tokens — each beside its
+majority rate, and the same measures on a random-init control.
+
+- **questions**: one question of each kind per val scene that admits it; the answer is the candidate with
+  the highest likelihood (`language.score_candidates`).
+- **reasoning**: greedy response to each single-target instruction; the referent named is the last
+  "the {size} {colour} {shape}" phrase of the reasoning; correct when colour and shape match the target.
+  Reported overall and on the instructions that do not state both the target's colour and shape.
+- **format**: `<think>…</think>` + exactly K `<REF_POS>`, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from segcompass.backbones import Backbone
+from segcompass.warmup.evaluate import format_ok, generate_responses
+from segcompass.warmup.tasks import Example
+from segcompass.world.vocab import COLOURS, SHAPES, SIZES
+
+from .dialogue import QUESTION_KINDS, Turn, question_turn
+from .language import FeatureCache, score_candidates
+from .pool import ScenePool
+from .probe import hook_layer_tokens, token_probes
+
+COLUMNS = ["model", "measure", "n", "accuracy", "majority"]
+_PHRASE = re.compile(
+    rf"the (?:({'|'.join(SIZES)}) )?({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})", flags=re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class NamedReferent:
+    """Colour and shape of the last object phrase of a reasoning text (None when it names none)."""
+
+    colour: str | None
+    shape: str | None
+
+
+def named_referent(reasoning: str) -> NamedReferent:
+    """The referent a reasoning concludes with: its last "the [size] colour shape" phrase."""
+    found = _PHRASE.findall(reasoning or "")
+    if not found:
+        return NamedReferent(None, None)
+    _, colour, shape = found[-1]
+    return NamedReferent(colour.lower(), shape.lower())
+
+
+def question_items(pool: ScenePool, seed: int = 1234) -> list[tuple[int, Turn]]:
+    """One question of each kind per scene (seeded independently of any training config)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i, scene in enumerate(pool.scenes):
+        for kind in QUESTION_KINDS:
+            turn = question_turn(scene.sample, kind, rng)
+            if turn is not None:
+                items.append((i, turn))
+    return items
+
+
+def question_accuracy(backbone: Backbone, pool: ScenePool, label: str) -> list[dict]:
+    """Per question kind: accuracy and majority-class rate."""
+    items = question_items(pool)
+    picked = score_candidates(backbone, pool, FeatureCache(backbone, pool), items)
+    rows = []
+    for kind in QUESTION_KINDS:
+        idx = [j for j, (_, t) in enumerate(items) if t.kind == kind]
+        truth = [items[j][1].answer for j in idx]
+        hits = [items[j][1].candidates[picked[j]] == items[j][1].answer for j in idx]
+        majority = max(Counter(truth).values()) / len(truth) if truth else float("nan")
+        rows.append(
+            dict(model=label, measure=kind, n=len(idx), accuracy=float(np.mean(hits)), majority=majority)
+        )
+    return rows
+
+
+def _states_both(instruction: str, colour: str, shape: str) -> bool:
+    text = instruction.lower()
+    return re.search(rf"\b{colour}\b", text) is not None and re.search(rf"\b{shape}", text) is not None
+
+
+def reasoning_accuracy(
+    backbone: Backbone, pool: ScenePool, label: str, num_slots: int, max_new_tokens: int = 160
+) -> list[dict]:
+    """Referent named by the greedy reasoning (single-target instructions), and the format rate."""
+    single = [s for s in pool.scenes if len(s.sample.target_ids) == 1]
+    examples = [Example(s.sample.image, s.sample.instruction, "", "format") for s in single]
+    texts = generate_responses(backbone, examples, max_new_tokens)
+    hits, hidden_hits, formats = [], [], []
+    for s, text in zip(single, texts, strict=True):
+        target = s.sample.scene.objects[s.sample.target_ids[0]]
+        named = named_referent(text.split("</think>")[0])
+        ok = named.colour == target.colour and named.shape == target.shape
+        hits.append(ok)
+        if not _states_both(s.sample.instruction, target.colour, target.shape):
+            hidden_hits.append(ok)
+        formats.append(format_ok(text, num_slots))
+    all_formats = formats  # single-target instructions only (the others share the format)
+    return [
+        dict(
+            model=label,
+            measure="reasoning_referent",
+            n=len(hits),
+            accuracy=float(np.mean(hits)),
+            majority=np.nan,
+        ),
+        dict(
+            model=label,
+            measure="reasoning_referent_unstated",
+            n=len(hidden_hits),
+            accuracy=float(np.mean(hidden_hits)) if hidden_hits else float("nan"),
+            majority=np.nan,
+        ),
+        dict(
+            model=label,
+            measure="format",
+            n=len(all_formats),
+            accuracy=float(np.mean(all_formats)),
+            majority=np.nan,
+        ),
+    ]
+
+
+def probe_rows(backbone: Backbone, train: ScenePool, val: ScenePool, label: str) -> list[dict]:
+    """Linear probes of hook-layer image tokens (fitted on `train`, scored on `val`)."""
+    results = token_probes(hook_layer_tokens(backbone, train), train, hook_layer_tokens(backbone, val), val)
+    return [
+        dict(model=label, measure=f"hook_probe_{k}", n=r.n_test, accuracy=r.accuracy, majority=r.majority)
+        for k, r in results.items()
+    ]
+
+
+def evaluate_stack(
+    backbone: Backbone, train: ScenePool, val: ScenePool, label: str, num_slots: int
+) -> pd.DataFrame:
+    """Every held-out figure of one model as a table (`COLUMNS`)."""
+    rows = question_accuracy(backbone, val, label)
+    rows += reasoning_accuracy(backbone, val, label, num_slots)
+    rows += probe_rows(backbone, train, val, label)
+    return pd.DataFrame(rows, columns=COLUMNS)

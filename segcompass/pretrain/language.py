@@ -1,0 +1,150 @@
+"""Stages 2 and 3 — alignment and instruction tuning of the tiny VLM's language model on dialogues.
+
+The vision tower and its merger are frozen after stage 1, so their output for each pool image is computed
+once (`FeatureCache`) and handed to the model through transformers' `mm_encoder_outputs`; a training step
+runs the language model only. Positions (multimodal rotary ids) still come from the image grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from segcompass.backbones import Backbone, PreparedBatch
+
+from .dialogue import Dialogue, Turn, assistant_labels, continuation
+from .optim import LoopRecord, Schedule, run_loop
+from .pool import ScenePool
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureCache:
+    """Merged image tokens of a pool's images under a frozen vision tower, computed once per image."""
+
+    def __init__(self, backbone: Backbone, pool: ScenePool, batch_size: int = 32) -> None:
+        self.backbone, self.pool, self.batch_size = backbone, pool, batch_size
+        self._features: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def get(self, indices: list[int]) -> list[torch.Tensor]:
+        """[cells_i, D] per index (computed for the missing ones in batches)."""
+        missing = sorted({i for i in indices if i not in self._features})
+        visual = self.backbone.model.model.visual
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            images = [self.pool[i].sample.image for i in chunk]
+            inputs = self.backbone.processor.image_processor(images=images, return_tensors="pt")
+            grid = inputs["image_grid_thw"]
+            tokens = visual(inputs["pixel_values"].to(visual.dtype), grid_thw=grid).pooler_output
+            sizes = (grid.prod(-1) // 4).tolist()
+            for i, feats in zip(chunk, torch.split(tokens, sizes), strict=True):
+                self._features[i] = feats.detach()
+        return [self._features[i] for i in indices]
+
+
+@dataclass
+class DialogueBatch:
+    """Model inputs (without pixels) and assistant-turn labels of a batch of dialogues."""
+
+    prepared: PreparedBatch
+    labels: torch.Tensor
+    """int64 [B, T]."""
+    scenes: list[int]
+    """Pool index of each row."""
+
+
+def encode_dialogues(backbone: Backbone, pool: ScenePool, dialogues: list[Dialogue]) -> DialogueBatch:
+    """Tokenise dialogues (left-padded; the image before the first question)."""
+    prepared = backbone.prepare(
+        [pool[d.scene].sample.image for d in dialogues],
+        [d.turns[0].question for d in dialogues],
+        responses=[continuation(backbone, d.turns) for d in dialogues],
+    )
+    labels = assistant_labels(backbone, prepared.inputs["input_ids"])
+    labels[prepared.inputs["attention_mask"] == 0] = -100
+    return DialogueBatch(prepared, labels, [d.scene for d in dialogues])
+
+
+def model_inputs(batch: PreparedBatch, features: list[torch.Tensor]) -> dict:
+    """The prepared inputs with the pixels replaced by precomputed image features."""
+    inputs = {k: v for k, v in batch.inputs.items() if k != "pixel_values"}
+    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
+    return inputs
+
+
+def lm_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache) -> torch.Tensor:
+    """Logits [B, T, V] of the dialogues with cached image features."""
+    out = backbone.model(**model_inputs(batch.prepared, cache.get(batch.scenes)))
+    return out.logits
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of position t's logits against label t + 1 over labelled positions."""
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+def train_dialogues(
+    backbone: Backbone,
+    pool: ScenePool,
+    cache: FeatureCache,
+    schedule: Schedule,
+    make_dialogue: Callable[[int, np.random.Generator], Dialogue],
+    seed: int,
+    desc: str,
+    progress: bool = True,
+) -> LoopRecord:
+    """Train the language model (embeddings, blocks, head) on dialogues drawn by `make_dialogue(scene, rng)`;
+    the vision tower and merger stay frozen."""
+    model = backbone.model
+    visual = model.model.visual
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for p in visual.parameters():
+        p.requires_grad_(False)
+    language = [model.model.language_model, model.lm_head]
+
+    def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        picks = rng.choice(len(pool), size=schedule.batch_size, replace=schedule.batch_size > len(pool))
+        batch = encode_dialogues(backbone, pool, [make_dialogue(int(i), rng) for i in picks])
+        loss = next_token_loss(lm_logits(backbone, batch, cache), batch.labels)
+        return loss, {"lm": float(loss.detach())}
+
+    record = run_loop(language, schedule, step_loss, seed, desc, progress)
+    visual.eval()
+    return record
+
+
+@torch.no_grad()
+def score_candidates(
+    backbone: Backbone,
+    pool: ScenePool,
+    cache: FeatureCache,
+    items: list[tuple[int, Turn]],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """For single-turn questions (scene, turn): index of the candidate with the highest summed
+    log-likelihood of "candidate + end-of-turn"."""
+    backbone.model.eval()
+    expanded = [Dialogue(scene, (Turn(t.kind, t.question, c),)) for scene, t in items for c in t.candidates]
+    scores = []
+    for start in range(0, len(expanded), batch_size):
+        batch = encode_dialogues(backbone, pool, expanded[start : start + batch_size])
+        logits = lm_logits(backbone, batch, cache)
+        target = batch.labels[:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp_min(0)[..., None])
+        scores.append((logp.squeeze(-1) * (target != -100)).sum(-1).double())
+    flat = torch.cat(scores).numpy()
+    out, pos = [], 0
+    for _, t in items:
+        out.append(int(np.argmax(flat[pos : pos + len(t.candidates)])))
+        pos += len(t.candidates)
+    return np.asarray(out)
