@@ -55,7 +55,8 @@ COMMANDS = [
         "warmup",
         WarmupCommandConfig,
         warmup_main,
-        "warm up the tiny backbone on the synthetic world (cached by config) and print its evaluation",
+        "deprecated alias of `segcompass warmup`",
+        deprecated="segcompass warmup",
     ),
 ]
 

@@ -33,6 +33,7 @@ from segcompass.artifacts import (
     world_corpus,
 )
 from segcompass.backbones import Backbone, resolve_backbone
+from segcompass.warmup import ensure_warm_backbone
 from segcompass.world import WorldConfig
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         models["control"] = cfg.control_backbone
     stores, saes = {}, {}
     for role, spec in models.items():
+        ensure_warm_backbone(spec, seed=cfg.seed)  # a `warm:` backbone is built here if missing (logged)
         backbone = resolve_backbone(spec, seed=cfg.seed)
         logger.info(
             "%s backbone %s: %d layers, d=%d, hook layer %d",

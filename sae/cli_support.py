@@ -29,6 +29,8 @@ class Command:
     config: type
     run: Callable[[Any], Any]
     help: str
+    deprecated: str = ""
+    """For an old name kept as an alias: the command to use instead (a one-line notice is printed)."""
 
 
 def build_parser(prog: str, description: str, commands: Sequence[Command]) -> simple_parsing.ArgumentParser:
@@ -84,6 +86,8 @@ def run_cli(
         datefmt="%H:%M:%S",
     )
     chosen = next(c for c in commands if c.name == args.command)
+    if chosen.deprecated:
+        print(f"{prog} {chosen.name} is deprecated; use `{chosen.deprecated}`", file=sys.stderr)
     try:
         chosen.run(args.config)
     except KNOWN as err:

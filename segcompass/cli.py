@@ -10,13 +10,15 @@ from segcompass.pretrain.command import PretrainCommandConfig, run_pretrain_comm
 from segcompass.sam_warmup.command import SamWarmupCommandConfig, run_sam_warmup_command
 from segcompass.training.ablation import AblationConfig
 from segcompass.training.command import TrainCommandConfig, run_ablation_command, run_train_command
+from segcompass.warmup.cli import WarmupCommandConfig
+from segcompass.warmup.cli import main as warmup_main
 
 DESCRIPTION = (
     "SegCompass: reasoning segmentation through sparse-autoencoder concepts. `train` trains the policy and "
     "the head jointly (GRPO + supervision), `evaluate` scores a trained checkpoint, a trivial baseline or the "
     "oracle on any registered data set (one sample per sentence), `ablation` reproduces the synthetic-world "
-    "ablation (joint / RL only / seg only × seeds, beside the trivial baselines), `warmup-sam` builds the "
-    "cached tiny SAM that stands in for SAM's pretrained weights on CPU."
+    "ablation (joint / RL only / seg only × seeds, beside the trivial baselines), `warmup` builds the cached "
+    "warmed-up tiny backbone (`warm:<family>`), `warmup-sam` builds the cached tiny SAM that stands in for SAM's pretrained weights on CPU."
 )
 
 COMMANDS = [
@@ -35,6 +37,12 @@ COMMANDS = [
         PretrainCommandConfig,
         run_pretrain_command,
         "build the staged tiny VLM (vision pretraining -> alignment -> instruction tuning), cached by config",
+    ),
+    Command(
+        "warmup",
+        WarmupCommandConfig,
+        warmup_main,
+        "build the cached warmed-up tiny backbone (`warm:<family>`) and print its held-out evaluation",
     ),
     Command(
         "warmup-sam",

@@ -83,6 +83,12 @@ class Stage(Generic[C]):
         return root / self.subdir / self.key(config)
 
 
+def resolve_root(cache_root: str | os.PathLike | None = None) -> Path:
+    """The cache root a stage lookup uses: `cache_root`, else the root of the stage being built, else
+    `default_cache_root()`."""
+    return _resolve_root(cache_root)
+
+
 def _resolve_root(cache_root: str | os.PathLike | None) -> Path:
     if cache_root:
         return Path(cache_root).expanduser()
@@ -136,7 +142,13 @@ def build_stage(
             return path
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
-    os.replace(staging, path)
+    try:
+        os.replace(staging, path)
+    except OSError:
+        if not is_built(path):  # not a concurrent builder that published first: a real error
+            raise
+        logger.info("%s: another process built %s first; using its copy", stage.name, path)
+        shutil.rmtree(staging, ignore_errors=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     logger.info("%s: published %s", stage.name, path)

@@ -11,10 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOPS = ("sae", "segcompass", "analysis")
 LAYER = {"sae": 0, "segcompass": 1, "analysis": 2}
-# Known cycle, to be removed (issue #22): `warm:` loading imports the warm-up, which trains (step 5).
-ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = {
-    ("segcompass.backbones", "segcompass.warmup"),
-}
 
 
 def _files() -> list[Path]:
@@ -120,8 +116,6 @@ def _cycles(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
 
 def test_no_import_cycle_between_subpackages():
     graph = _graph()
-    for a, b in ALLOWED_CYCLE_EDGES:
-        graph.get(a, {}).pop(b, None)
     cycles = _cycles(graph)
     detail = {tuple(c): {a: sorted(set(graph[a]) & set(c)) for a in c} for c in cycles}
     assert not cycles, detail

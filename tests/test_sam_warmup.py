@@ -59,7 +59,8 @@ def test_checkpoint_loads_into_the_head_through_the_sam_path(tmp_path: Path) -> 
     assert set(art.evaluation) == {"instances", "trained", "control", "prompt_only"}
     assert len(art.train_info["losses"]) == cfg.steps
     again = tiny_sam(cfg, tmp_path, progress=False)
-    assert again.cached and again.path == art.path
+    assert again.cached and again.path == art.path and (art.path / "stage.json").is_file()
+    assert art.path.parent == tmp_path / "sam"
     sam = TinySam(cfg)
     from safetensors.torch import load_file
 
@@ -109,3 +110,25 @@ def test_bad_settings_and_specs_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="SAM checkpoint not found"):
         resolve_sam(str(tmp_path / "missing.safetensors"))
     assert resolve_sam("") == (None, None)
+
+
+def test_warm_sam_is_looked_up_never_trained(tmp_path: Path, monkeypatch) -> None:
+    from segcompass.sam_warmup import cache as sam_cache
+    from segcompass.stages import StageMissing
+
+    monkeypatch.setenv("SEGCOMPASS_CACHE", str(tmp_path))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("resolve_sam must not train")
+
+    monkeypatch.setattr(sam_cache, "train", no_training)
+    with pytest.raises(StageMissing, match=r"build it with `segcompass warmup-sam --seed 2`"):
+        resolve_sam("warm", seed=2)
+    # a folder of the previous layout (`<root>/sam/tiny_sam-<sha>/`) still loads
+    config = SamWarmupConfig(seed=2)
+    old = tmp_path / "sam" / config.key()
+    old.mkdir(parents=True)
+    for name in ("sam.safetensors", "sam_warmup_eval.json"):
+        (old / name).write_text("{}")
+    (old / "sam_warmup_config.json").write_text(config.to_json())
+    assert resolve_sam("warm", seed=2) == (old / "sam.safetensors", config)

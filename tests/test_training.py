@@ -293,11 +293,12 @@ def test_train_then_evaluate_the_checkpoint_from_the_command_line(data: Path, tm
             "--threads", "1", "--sam", "", "--head-warmup-steps", "2", "--head-warmup-samples", "4"]  # fmt: skip
     assert main(argv) == 0
     assert (tmp_path / "run" / "final" / "segcompass_model.json").exists()
-    (warm,) = (tmp_path / "run" / "head_warmup").glob("*.safetensors")
-    assert len(pd.read_csv(warm.with_suffix(".csv"))) == 2  # the head warm start ran its 2 steps
+    (warm,) = (tmp_path / "run" / "head_warmup").glob("head-warmup-*/head.safetensors")
+    assert len(pd.read_csv(warm.with_name("losses.csv"))) == 2  # the head warm start ran its 2 steps
+    assert (warm.parent / "stage.json").is_file()
     stamp = warm.stat().st_mtime_ns
     assert main(argv) == 0  # a rerun resumes the finished run and reuses the warm start
-    assert warm.stat().st_mtime_ns == stamp and len(list((tmp_path / "run" / "head_warmup").iterdir())) == 2
+    assert warm.stat().st_mtime_ns == stamp and len(list((tmp_path / "run" / "head_warmup").iterdir())) == 1
     argv = ["evaluate", *common, "--split", "val", "--predictor", "checkpoint", "--checkpoint", str(tmp_path / "run"),
             "--out", str(tmp_path / "eval"), "--progress", "false"]  # fmt: skip
     assert main(argv) == 0

@@ -12,6 +12,9 @@ from PIL import Image
 
 from analysis.cli import main as analyze_main
 from segcompass.backbones import TokenType, build_tiny, resolve_backbone
+from segcompass.backbones.warm import warm_folder
+from segcompass.cli import main as model_main
+from segcompass.stages import StageMissing
 from segcompass.warmup import (
     POSITIONS,
     QUESTION_TYPES,
@@ -236,8 +239,13 @@ def test_cache_key_depends_on_the_config(tmp_path, monkeypatch):
     assert len(keys) == len(variants) and base.key() not in keys
     assert WarmupConfig.from_json(base.to_json()) == base
     monkeypatch.setenv("SEGCOMPASS_CACHE", str(tmp_path / "env"))
-    assert cache_path(base) == tmp_path / "env" / base.key()
-    assert cache_path(base, tmp_path / "x") == tmp_path / "x" / base.key()
+    assert cache_path(base).parent == tmp_path / "env" / "backbones"
+    assert cache_path(base, tmp_path / "x").parent == tmp_path / "x" / "backbones"
+    assert (
+        cache_path(base).name
+        == cache_path(base, tmp_path / "x").name
+        != cache_path(WarmupConfig(seed=1)).name
+    )
     with pytest.raises(ValueError, match="TinySpec"):
         WarmupConfig(tiny={"layers": 2})
 
@@ -252,13 +260,13 @@ def test_cli_trains_then_cache_is_hit_and_logits_match(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(cache_module, "train", spy)
     argv = ["warmup", "--steps", "3", "--batch-size", "4", "--train-scenes", "8", "--val-scenes", "3"]
-    assert analyze_main([*argv, "--format-eval", "1", "--cache-dir", str(tmp_path)]) == 0
+    assert model_main([*argv, "--format-eval", "1", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     config = WarmupConfig(steps=3, batch_size=4, train_scenes=8, val_scenes=3, format_eval=1)
     path = cache_path(config, tmp_path)
     assert str(path) in out and "random_init" in out and "trained" in out
-    assert (path / "warmup_eval.csv").exists() and (path / "warmup_config.json").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+    assert (path / "warmup_eval.csv").exists() and (path / "stage.json").exists()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cache should have been hit")
@@ -275,21 +283,41 @@ def test_cli_trains_then_cache_is_hit_and_logits_match(tmp_path, monkeypatch, ca
         a = original.model(**batch_a.inputs).logits
         b = loaded.model(**batch_b.inputs).logits
     assert torch.equal(a, b)
-    assert analyze_main([*argv, "--format-eval", "1", "--cache-dir", str(tmp_path)]) == 0
-    assert "loaded from cache" in capsys.readouterr().out
+    assert analyze_main([*argv, "--format-eval", "1", "--cache-dir", str(tmp_path)]) == 0  # the old name
+    captured = capsys.readouterr()
+    assert "loaded from cache" in captured.out
+    assert "segcompass-analyze warmup is deprecated; use `segcompass warmup`" in captured.err
 
 
-def test_warm_spec_resolves_through_the_registry(monkeypatch):
-    calls = []
+def test_warm_spec_loads_a_built_warm_up_and_never_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGCOMPASS_CACHE", str(tmp_path))
 
-    def fake_warm_up(config, cache_dir=None, **kwargs):
-        calls.append((config, kwargs))
-        return "backbone"
+    def no_training(*args, **kwargs):
+        raise AssertionError("loading a warm: backbone must not train")
 
-    monkeypatch.setattr(cache_module, "warm_up", fake_warm_up)
-    assert resolve_backbone("warm:llava", seed=3, hook_layer=1) == "backbone"
-    (config, kwargs), *_ = calls
-    assert config == WarmupConfig(family="llava", seed=3) and kwargs == {"hook_layer": 1}
+    monkeypatch.setattr(cache_module, "train", no_training)
+    with pytest.raises(StageMissing, match=r"build it with `segcompass warmup --family llava --seed 3`"):
+        resolve_backbone("warm:llava", seed=3, hook_layer=1)
+    # built (here: a tiny backbone saved where the stage's folder is) → loaded through load_backbone
+    config = WarmupConfig(family="llava", seed=3)
+    folder = cache_path(config)
+    build_tiny("llava", seed=5).save(folder)
+    (folder / "stage.json").write_text("{}")
+    loaded = resolve_backbone("warm:llava", seed=3, hook_layer=1)
+    assert loaded.name_or_path == str(folder) and loaded.hook_layer == 1
+    with pytest.raises(StageMissing):
+        resolve_backbone("warm:llava", seed=4)
+
+
+def test_warm_up_folders_of_the_previous_layout_still_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGCOMPASS_CACHE", str(tmp_path))
+    config = WarmupConfig(family="llava")
+    old = tmp_path / config.key()  # `$SEGCOMPASS_CACHE/<family>-<sha>/`: the previous layout
+    build_tiny("llava").save(old)
+    (old / "warmup_config.json").write_text(config.to_json())
+    (old / "warmup_eval.csv").write_text("model,accuracy\ntrained,1.0\n")
+    assert resolve_backbone("warm:llava").name_or_path == str(old)
+    assert warm_folder(config) == old
 
 
 def test_format_reasoning_restates_the_referring_expression_without_its_template():

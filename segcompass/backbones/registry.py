@@ -130,13 +130,13 @@ def _ensure_reasoning_tokens(model, processor) -> None:
 
 
 def resolve_backbone(spec: str, *, seed: int = 0, hook_layer: int | None = None, **load_kwargs) -> Backbone:
-    """`tiny:<family>` builds a tiny random-weight preset (with `seed`); `warm:<family>` loads (training
-    once and caching it) the preset warmed up on the synthetic world (`segcompass.warmup`); anything else
-    is a folder or a hub id for `load_backbone`."""
+    """`tiny:<family>` builds a tiny random-weight preset (with `seed`); `warm:<family>` loads the preset
+    warmed up on the synthetic world, a cached stage that loading never trains (`warm.py`: `StageMissing`
+    names `segcompass warmup`, which builds it); anything else is a folder or a hub id for `load_backbone`."""
     if spec.startswith("warm:"):
-        from segcompass.warmup import resolve_warm  # lazy: pulls in the world and the training loop
+        from .warm import load_warm  # lazy: the warm-up's config pulls in the world's
 
-        return resolve_warm(spec, seed=seed, hook_layer=hook_layer, **load_kwargs)
+        return load_warm(spec, seed=seed, hook_layer=hook_layer, **load_kwargs)
     if spec.startswith("tiny:"):
         tiny = TinySpec() if hook_layer is None else TinySpec(hook_layer=hook_layer)
         return build_tiny(spec.removeprefix("tiny:"), seed=seed, spec=tiny)

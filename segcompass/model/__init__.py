@@ -6,7 +6,7 @@
 Training (`segcompass.training`), evaluation (`segcompass.evaluation`) and analysis import it from here.
 """
 
-from .build import build_model, cpu_head_config, model_head_config
+from .build import build_missing_stages, build_model, cpu_head_config, model_head_config
 from .core import (
     MODEL_FILE,
     ModelOutput,
@@ -22,6 +22,7 @@ __all__ = [
     "LoraSettings",
     "ModelOutput",
     "SegCompassModel",
+    "build_missing_stages",
     "build_model",
     "cpu_head_config",
     "head_config_from_dict",

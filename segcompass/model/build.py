@@ -10,7 +10,8 @@ import torch
 from segcompass.backbones import resolve_backbone
 from segcompass.head import HeadConfig, LossConfig, SamEncoderConfig, build_head
 from segcompass.policy import PolicyConfig
-from segcompass.sam_warmup import SamWarmupConfig, resolve_sam
+from segcompass.sam_warmup import SamWarmupConfig, ensure_sam, resolve_sam
+from segcompass.warmup import ensure_warm_backbone
 
 from .core import SegCompassModel
 
@@ -65,6 +66,14 @@ def model_head_config(
                 raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
         return HeadConfig.paper(d_in, d_sae=d_sae, num_slots=num_slots), checkpoint
     raise ValueError(f"unknown head preset {preset!r} (expected 'cpu' or 'paper')")
+
+
+def build_missing_stages(backbone_spec: str, sam: str = "", *, seed: int = 0) -> None:
+    """Build the cached stages `build_model(backbone_spec, …, sam)` loads if they are missing — the warmed-up
+    backbone of a `warm:` spec, the tiny SAM of `sam="warm"` — logging what it builds. `build_model` itself
+    only loads (a missing stage raises `StageMissing` naming its command)."""
+    ensure_warm_backbone(backbone_spec, seed=seed)
+    ensure_sam(sam, seed=seed)
 
 
 def build_model(

@@ -6,14 +6,24 @@ synthetic-world scenes (dense mask prompts → the instance's mask, 20·focal + 
 scenes beside a random-init control and the prompt itself, and caches a SAM-format checkpoint that the head
 loads through the same `load_sam_weights` path as a real SAM file::
 
-    art = tiny_sam()                                       # trained once, then cached
+    art = tiny_sam()                                       # built once if missing, then read from the cache
     head = build_head(cfg, sae, image_encoder=True, sam_checkpoint=art.checkpoint)
 
 No instruction, colour or shape name is seen: the warm-up is class-agnostic, like SAM's.
 """
 
-from .cache import SamWarmupArtifact, resolve_sam, tiny_sam
+from .cache import SAM_STAGE, SamWarmupArtifact, ensure_sam, resolve_sam, sam_folder, tiny_sam
 from .config import SAM_WARMUP_VERSION, SamWarmupConfig
 from .train import TinySam
 
-__all__ = ["SAM_WARMUP_VERSION", "SamWarmupArtifact", "SamWarmupConfig", "TinySam", "resolve_sam", "tiny_sam"]
+__all__ = [
+    "SAM_STAGE",
+    "SAM_WARMUP_VERSION",
+    "SamWarmupArtifact",
+    "SamWarmupConfig",
+    "TinySam",
+    "ensure_sam",
+    "resolve_sam",
+    "sam_folder",
+    "tiny_sam",
+]

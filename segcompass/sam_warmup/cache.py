@@ -1,40 +1,45 @@
-"""The on-disk cache of warmed-up tiny SAMs: one folder per config, written atomically.
+"""The warmed-up tiny SAMs as a cached stage (`segcompass.stages`): one folder per config, built once,
+published atomically.
 
-Layout of `<cache_dir>/tiny_sam-<sha256(config json)[:16]>/`::
+Layout of `<cache root>/sam/tiny-sam-<sha>/`::
 
     sam.safetensors        a SAM checkpoint (image_encoder.*, prompt_encoder.*, mask_decoder.*) that
                            `SegCompassHead.load_sam_weights` reads like the real one
     sam_warmup_config.json the SamWarmupConfig (with sam_warmup_version)
     sam_warmup_eval.json   held-out prompted IoU: trained, random-init control, the prompt itself
     sam_warmup_train.json  loss per step, wall time
+    stage.json             the stage record (written last)
+
+`tiny_sam` builds what is missing (and logs it); `resolve_sam("warm")` only looks it up (`StageMissing`
+names `segcompass warmup-sam`). Folders of the previous layout (`<cache root>/sam/tiny_sam-<sha>/`) still load.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from segcompass.warmup.cache import publish_folder
+from segcompass.stages import Stage, StageMissing, build_stage, default_cache_root, is_built, resolve_root
 
-from .config import SamWarmupConfig
+from .config import SAM_WARMUP_VERSION, SamWarmupConfig
 from .train import TinySam, prompt_only_iou, prompted_iou, scene_tensors, train
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "SEGCOMPASS_CACHE"
-"""Environment variable that moves the cache root (default `~/.cache/segcompass`)."""
 CHECKPOINT_FILE = "sam.safetensors"
 CONFIG_FILE = "sam_warmup_config.json"
 EVAL_FILE = "sam_warmup_eval.json"
 TRAIN_FILE = "sam_warmup_train.json"
+SAM_WARMUP_COMMAND = "segcompass warmup-sam"
+"""The command that builds a tiny SAM (`--seed` and the config's other fields as flags)."""
 
 
 @dataclass
@@ -59,13 +64,12 @@ class SamWarmupArtifact:
 
 
 def default_cache_dir() -> Path:
-    """`$SEGCOMPASS_CACHE/sam` or `~/.cache/segcompass/sam`."""
-    env = os.environ.get(CACHE_ENV)
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "segcompass") / "sam"
+    """`$SEGCOMPASS_CACHE/sam` or `~/.cache/segcompass/sam`: where the tiny SAMs live."""
+    return default_cache_root() / "sam"
 
 
 def is_complete(path: Path) -> bool:
-    """True when `path` holds a finished warm-up (only ever renamed into place when complete)."""
+    """True when `path` holds a finished warm-up (either layout; only ever renamed into place when complete)."""
     return all((path / f).exists() for f in (CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE))
 
 
@@ -73,7 +77,7 @@ def load_artifact(path: str | os.PathLike) -> SamWarmupArtifact:
     """Read a finished cache folder."""
     path = Path(path)
     if not is_complete(path):
-        raise FileNotFoundError(f"{path} is not a finished tiny-SAM warm-up folder")
+        raise StageMissing(f"{path} is not a finished tiny-SAM warm-up folder")
     train_file = path / TRAIN_FILE
     return SamWarmupArtifact(
         path=path,
@@ -97,21 +101,8 @@ def evaluate_sam(model: TinySam, config: SamWarmupConfig) -> dict:
     }
 
 
-def tiny_sam(
-    config: SamWarmupConfig | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    force: bool = False,
-    progress: bool = True,
-) -> SamWarmupArtifact:
-    """The warmed-up tiny SAM of `config`: trained once (minutes on 2 CPU cores), then read from the cache."""
-    config = config or SamWarmupConfig()
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = root / config.key()
-    if is_complete(path) and not force:
-        logger.info("tiny-SAM cache hit: %s", path)
-        return load_artifact(path)
-    logger.info("tiny-SAM cache miss: training %s into %s", config.key(), path)
+def _build(config: SamWarmupConfig, folder: Path, *, progress: bool = True) -> None:
+    """The stage's build: train, evaluate beside the random-init control, save into `folder`."""
     result = train(config, progress=progress)
     evaluation = evaluate_sam(result.model, config)
     info = {
@@ -120,32 +111,73 @@ def tiny_sam(
         "scene_s": result.scene_s,
         "losses": result.losses,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
-        save_file(state, str(tmp / CHECKPOINT_FILE), metadata={"sam_warmup": config.key()})
-        (tmp / CONFIG_FILE).write_text(config.to_json())
-        (tmp / EVAL_FILE).write_text(json.dumps(evaluation, indent=2))
-        (tmp / TRAIN_FILE).write_text(json.dumps(info))
-        publish_folder(tmp, path, replace=force, complete=is_complete)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    artifact = load_artifact(path)
+    state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
+    save_file(state, str(folder / CHECKPOINT_FILE), metadata={"sam_warmup": config.key()})
+    (folder / CONFIG_FILE).write_text(config.to_json())
+    (folder / EVAL_FILE).write_text(json.dumps(evaluation, indent=2))
+    (folder / TRAIN_FILE).write_text(json.dumps(info))
+
+
+SAM_STAGE: Stage[SamWarmupConfig] = Stage(
+    "tiny-sam", SAM_WARMUP_VERSION, _build, SAM_WARMUP_COMMAND, subdir="sam"
+)
+"""The tiny-SAM warm-up stage."""
+
+
+def sam_folder(config: SamWarmupConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The built folder of `config`'s tiny SAM (new layout, else the previous one under `<root>/sam/`);
+    `StageMissing` naming the command that builds it otherwise. Never trains."""
+    path = SAM_STAGE.path(config, cache_dir)
+    if is_built(path):
+        return path
+    old = resolve_root(cache_dir) / SAM_STAGE.subdir / config.key()
+    if is_complete(old):
+        logger.info("tiny SAM: using %s (previous cache layout)", old)
+        return old
+    raise StageMissing(
+        f"the tiny SAM (seed {config.seed}) is not built yet ({path}); "
+        f"build it with `{SAM_WARMUP_COMMAND} --seed {config.seed}`"
+    )
+
+
+def tiny_sam(
+    config: SamWarmupConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> SamWarmupArtifact:
+    """The warmed-up tiny SAM of `config`: built once if missing (minutes on 2 CPU cores; logged), then read.
+    `cache_dir` is the cache root (default `$SEGCOMPASS_CACHE` or `~/.cache/segcompass`)."""
+    config = config or SamWarmupConfig()
+    if not force:
+        try:
+            return load_artifact(sam_folder(config, cache_dir))
+        except StageMissing:
+            logger.info("tiny SAM (seed %d) is not built: building it (training, minutes)", config.seed)
+    stage = dataclasses.replace(SAM_STAGE, build=functools.partial(_build, progress=progress))
+    artifact = load_artifact(build_stage(stage, config, cache_dir, force=force))
     artifact.cached = False
     return artifact
+
+
+def ensure_sam(spec: str, *, seed: int = 0) -> None:
+    """Build the tiny SAM a `warm` SAM spec names if it is missing (and say so); other specs need nothing."""
+    if spec in ("warm", "warm:tiny_sam"):
+        tiny_sam(SamWarmupConfig(seed=seed))
 
 
 def resolve_sam(spec: str, *, seed: int = 0) -> tuple[Path | None, SamWarmupConfig | None]:
     """A SAM spec → (checkpoint path, warm-up config when it is one).
 
     `""` or `"random"`: no checkpoint (random init); `"warm"` / `"warm:tiny_sam"`: the default tiny-SAM
-    warm-up with `seed` (built on first use); anything else: a checkpoint file the user names.
+    warm-up with `seed` (must be built: `StageMissing` names `segcompass warmup-sam`; `ensure_sam` builds
+    it); anything else: a checkpoint file the user names.
     """
     if spec in ("", "random"):
         return None, None
     if spec in ("warm", "warm:tiny_sam"):
-        art = tiny_sam(SamWarmupConfig(seed=seed))
+        art = load_artifact(sam_folder(SamWarmupConfig(seed=seed)))
         return art.checkpoint, art.config
     p = Path(spec).expanduser()
     if not p.is_file():

@@ -26,7 +26,7 @@ class SamWarmupCommandConfig:
     val_scenes: int = SamWarmupConfig.val_scenes
     """Held-out scenes for the evaluation."""
     cache_dir: str = ""
-    """Cache root (default `$SEGCOMPASS_CACHE/sam` or `~/.cache/segcompass/sam`)."""
+    """Cache root; tiny SAMs live under its sam/ (default `$SEGCOMPASS_CACHE` or `~/.cache/segcompass`)."""
     force: bool = False
     """Retrain and replace an existing cache entry."""
 

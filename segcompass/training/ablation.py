@@ -31,7 +31,7 @@ from segcompass.evaluation.baselines import EmptyPredictor, UnionOfObjectsPredic
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.evaluation.model_predictor import SegCompassPredictor
 from segcompass.head import LR_MULTIPLIERS
-from segcompass.model import SegCompassModel, build_model
+from segcompass.model import SegCompassModel, build_missing_stages, build_model
 from segcompass.policy import PolicyConfig
 from segcompass.world import WorldConfig, write_refcoco_style
 
@@ -174,8 +174,7 @@ def _warm_head(
 ) -> dict:
     """Warm-start `model.head` in place (or load the cached result); returns its trainable state."""
     key = _start_key(cfg, model, data, sae_path, seed)
-    path = out / "head_warmup" / f"seed{seed}-{key}.safetensors"
-    return cached_warm_start(model, train_set, _warm_config(cfg, seed), path)
+    return cached_warm_start(model, train_set, _warm_config(cfg, seed), out, f"seed{seed}-{key}")
 
 
 def _head_multipliers(scale: float) -> dict[str, float]:
@@ -219,6 +218,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     data = _data(cfg, out)
     train_set, val_set = open_dataset("grefcoco", data, "train"), open_dataset("grefcoco", data, "val")
     calib_set = open_dataset("grefcoco", data, "calib") if cfg.calibration_samples > 0 else None
+    build_missing_stages(cfg.backbone, cfg.sam)
     sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone))
     policy = PolicyConfig(max_new_tokens=cfg.max_new_tokens)
     ev = EvalConfig(progress=False, img_size=256, convention="both")

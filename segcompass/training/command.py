@@ -6,10 +6,9 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from segcompass.artifacts import backbone_key, stage_key
-from segcompass.model import build_model
+from segcompass.model import build_missing_stages, build_model
 
 from .ablation import AblationConfig, run_ablation
 from .config import JointTrainConfig
@@ -57,6 +56,7 @@ def run_train_command(cfg: TrainCommandConfig) -> None:
     if not cfg.data_root or not cfg.sae:
         raise ValueError("--data-root and --sae are required (segcompass ablation builds both for the world)")
     dataset = open_dataset(cfg.data, cfg.data_root, cfg.split)
+    build_missing_stages(cfg.backbone, cfg.sam if cfg.head == "cpu" else "")
     model = build_model(cfg.backbone, cfg.sae, cfg.seed, cfg.policy, cfg.sam, cfg.head)
     if cfg.head_warmup_steps > 0:
         warm = HeadWarmupConfig(
@@ -66,7 +66,7 @@ def run_train_command(cfg: TrainCommandConfig) -> None:
             backbone_key(cfg.backbone, model.backbone), cfg.sae, cfg.sam, cfg.head, cfg.data, cfg.data_root,
             cfg.split, dataclasses.asdict(warm), dataclasses.asdict(cfg.policy),
         )  # fmt: skip
-        cached_warm_start(model, dataset, warm, Path(cfg.out) / "head_warmup" / f"{key}.safetensors")
+        cached_warm_start(model, dataset, warm, cfg.out, key)
     result = train_joint(
         cfg,
         model,

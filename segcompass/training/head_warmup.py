@@ -9,6 +9,8 @@ joint objective starts. The LLM is untouched.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import time
@@ -21,11 +23,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sae.files import atomic_write
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, head_param_groups
 from segcompass.model import SegCompassModel
 from segcompass.policy import generate_rollouts, policy_forward
+from segcompass.stages import Stage, build_stage
 
 from .batches import SampleSource
 
@@ -158,26 +160,54 @@ def warm_start_head(
     return pd.DataFrame(rows)
 
 
-def cached_warm_start(
-    model: SegCompassModel, dataset: RefDataset, cfg: HeadWarmupConfig, path: Path, progress: bool = True
-) -> dict[str, torch.Tensor]:
-    """`warm_start_head`, or load its result from `path` (safetensors: the head's state without the frozen
-    SAE, buffers included — the e_k standardisation lives there). Written atomically with a `.csv` of the
-    losses beside it. Name `path` by everything that decides the result (config, backbone, SAE, data)."""
-    path = Path(path)
-    if path.exists():
-        state = load_file(str(path))
-        model.head.load_state_dict(state, strict=False)
-        logger.info("head warm start loaded from %s", path)
-        return state
+HEAD_FILE = "head.safetensors"
+HISTORY_FILE = "losses.csv"
+
+
+def _build_warm_start(
+    config: dict, folder: Path, *, model: SegCompassModel, dataset: RefDataset, cfg: HeadWarmupConfig,
+    progress: bool,
+) -> None:  # fmt: skip
+    """The stage's build: `warm_start_head`, then the head's state without the frozen SAE (buffers included:
+    the e_k standardisation lives there) and the losses."""
     history = warm_start_head(model, dataset, cfg, progress)
     state = {
         k: v.detach().contiguous()
         for k, v in model.head.state_dict().items()
         if not k.startswith("concepts.")
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one temporary per process: DDP ranks may all write it
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
-    history.to_csv(path.with_suffix(".csv"), index=False)
+    save_file(state, str(folder / HEAD_FILE))
+    history.to_csv(folder / HISTORY_FILE, index=False)
+
+
+HEAD_WARMUP_STAGE: Stage[dict] = Stage(
+    "head-warmup", 1, _build_warm_start, "segcompass train --head-warmup-steps N", subdir="head_warmup"
+)
+"""The head's warm start as a cached stage under a run's out folder (built by `segcompass train` /
+`segcompass ablation`; the build is bound to the model and data set it trains)."""
+
+
+def cached_warm_start(
+    model: SegCompassModel,
+    dataset: RefDataset,
+    cfg: HeadWarmupConfig,
+    out: str | Path,
+    identity: str,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """`warm_start_head` as a cached stage under `<out>/head_warmup/head-warmup-<sha>/`, keyed by `cfg` and
+    `identity` (name it by everything else that decides the result: backbone, SAE, data, policy); built if
+    missing (logged), loaded otherwise. A file of the previous layout (`<out>/head_warmup/<identity>.safetensors`)
+    still loads. DDP ranks may all build it: the first published copy wins."""
+    out = Path(out)
+    legacy = out / HEAD_WARMUP_STAGE.subdir / f"{identity}.safetensors"
+    config = {"identity": identity, "warmup": dataclasses.asdict(cfg)}
+    if legacy.is_file():
+        path = legacy
+    else:
+        build = functools.partial(_build_warm_start, model=model, dataset=dataset, cfg=cfg, progress=progress)
+        path = build_stage(dataclasses.replace(HEAD_WARMUP_STAGE, build=build), config, out) / HEAD_FILE
+    state = load_file(str(path))
+    model.head.load_state_dict(state, strict=False)
+    logger.info("head warm start loaded from %s", path)
     return state

@@ -6,18 +6,22 @@ SegCompass output format (``<think>reasoning</think>`` + K ``<REF_POS>``). The r
 keyed by its config and loaded through `load_backbone`, like a real checkpoint::
 
     from segcompass.warmup import WarmupConfig, warm_up
-    bb = warm_up(WarmupConfig())                       # trains once (minutes on 2 cores), then loads
-    bb = resolve_backbone("warm:qwen2_5_vl")           # the same, through the backbone resolver
+    bb = warm_up(WarmupConfig())                       # builds once if missing (minutes on 2 cores), then loads
+    bb = resolve_backbone("warm:qwen2_5_vl")           # loads the built one; never trains (StageMissing)
 
-`segcompass-analyze warmup` builds it from the command line and prints the held-out evaluation
+`segcompass warmup` builds it from the command line and prints the held-out evaluation
 (trained vs random-init control, beside chance and majority rates).
 """
 
+from segcompass.stages import CACHE_ENV
+
 from .cache import (
-    CACHE_ENV,
+    WARMUP_BUILD,
     WarmupArtifact,
+    build_warm_up,
     cache_path,
     default_cache_dir,
+    ensure_warm_backbone,
     load_artifact,
     resolve_warm,
     warm_up,
@@ -34,6 +38,7 @@ __all__ = [
     "POSITIONS",
     "QUESTION_TYPES",
     "TASKS",
+    "WARMUP_BUILD",
     "WARMUP_VERSION",
     "EncodedBatch",
     "EvalSet",
@@ -43,9 +48,11 @@ __all__ = [
     "WarmupConfig",
     "build_eval_set",
     "build_scenes",
+    "build_warm_up",
     "cache_path",
     "default_cache_dir",
     "encode",
+    "ensure_warm_backbone",
     "evaluate",
     "evaluate_with_control",
     "format_ok",

@@ -1,4 +1,4 @@
-"""`segcompass-analyze warmup`: build (or load) the cached warmed-up tiny backbone and print its evaluation."""
+"""`segcompass warmup`: build (or load) the cached warmed-up tiny backbone and print its evaluation."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class WarmupCommandConfig:
     bf16: bool = False
     """bf16 autocast (not faster for training on the 2-core development CPU)."""
     cache_dir: str = ""
-    """Cache root (default: $SEGCOMPASS_CACHE or ~/.cache/segcompass/backbones)."""
+    """Cache root; warm-ups live under its backbones/ (default: $SEGCOMPASS_CACHE or ~/.cache/segcompass)."""
     force: bool = False
     """Retrain and replace the cached entry."""
     threads: int = 0

@@ -1,0 +1,71 @@
+"""`warm:<family>`: the tiny preset warmed up on the synthetic world, looked up as a cached stage.
+
+Loading never trains: a missing warm-up raises `StageMissing` naming the command that builds it
+(`segcompass warmup`). The stage's identity (name, version, config → key, folder) lives here, beside the
+loader; `segcompass.warmup` supplies the build (training + held-out evaluation) under the same identity.
+
+Folders: `<cache root>/backbones/backbone-warmup-<sha>/` (`segcompass.stages`). Folders of the previous
+layout (`<cache root>/backbones/<family>-<sha>/`, or `$SEGCOMPASS_CACHE/<family>-<sha>/`) still load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from segcompass.stages import Stage, StageMissing, is_built, resolve_root
+
+from .backbone import METADATA_FILE, Backbone
+from .registry import load_backbone
+from .warm_config import WARMUP_VERSION, WarmupConfig
+
+logger = logging.getLogger(__name__)
+
+WARMUP_COMMAND = "segcompass warmup"
+"""The command that builds a warm-up (`--family`, `--seed` and the config's other fields as flags)."""
+LEGACY_FILES = ("config.json", METADATA_FILE, "warmup_config.json", "warmup_eval.csv")
+"""What a finished folder of the previous cache layout holds."""
+
+
+def _build_with_segcompass_warmup(config: WarmupConfig, folder: Path) -> None:
+    raise StageMissing(f"the warm-up is built by `{WARMUP_COMMAND}` (segcompass.warmup), not on load")
+
+
+WARMUP_STAGE: Stage[WarmupConfig] = Stage(
+    "backbone-warmup", WARMUP_VERSION, _build_with_segcompass_warmup, WARMUP_COMMAND, subdir="backbones"
+)
+"""The warm-up's identity; `segcompass.warmup.WARMUP_BUILD` is the same stage with its build."""
+
+
+def build_command(config: WarmupConfig) -> str:
+    """The command line that builds `config`'s warm-up (flags for the family and seed)."""
+    return f"{WARMUP_COMMAND} --family {config.family} --seed {config.seed}"
+
+
+def legacy_folders(config: WarmupConfig, cache_root: str | os.PathLike | None = None) -> list[Path]:
+    """Where the previous cache layout kept `config`'s warm-up."""
+    root = resolve_root(cache_root)
+    return [root / "backbones" / config.key(), root / config.key()]
+
+
+def warm_folder(config: WarmupConfig, cache_root: str | os.PathLike | None = None) -> Path:
+    """The built folder of `config`'s warm-up (new layout, else the previous one); `StageMissing` naming
+    the command that builds it otherwise. Never trains."""
+    path = WARMUP_STAGE.path(config, cache_root)
+    if is_built(path):
+        return path
+    for old in legacy_folders(config, cache_root):
+        if all((old / f).exists() for f in LEGACY_FILES):
+            logger.info("warm-up: using %s (previous cache layout)", old)
+            return old
+    raise StageMissing(
+        f"the warmed-up {config.family} backbone (seed {config.seed}) is not built yet ({path}); "
+        f"build it with `{build_command(config)}`"
+    )
+
+
+def load_warm(spec: str, *, seed: int = 0, **load_kwargs) -> Backbone:
+    """`warm:<family>` → the default warm-up of that family with `seed`, loaded through `load_backbone`."""
+    family = spec.removeprefix("warm:") or "qwen2_5_vl"
+    return load_backbone(warm_folder(WarmupConfig(family=family, seed=seed)), **load_kwargs)
