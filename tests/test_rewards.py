@@ -16,12 +16,12 @@ from segcompass.rewards import (
 )
 
 T = "<REF_POS>"
-K4 = FormatRewardConfig(num_tokens=4)
-SINGLE = FormatRewardConfig(mode="single")
+K4 = 4  # expected concentration tokens: the policy's head_slots (K in multi mode)
+SINGLE = 1  # single mode (the reference): one token
 
 
 def test_well_formed_k_tokens_scores_one_and_reports_parts() -> None:
-    r = format_reward("<think>look at the red one</think>" + T * 4, K4)
+    r = format_reward("<think>look at the red one</think>" + T * 4, expected_tokens=K4)
     assert r.reward == 1.0 and r.failure is None
     assert (r.think_chars, r.think_words, r.num_tokens, r.expected_tokens) == (19, 5, 4, 4)
     assert r.as_dict()["think_chars"] == 19
@@ -43,42 +43,46 @@ def test_well_formed_k_tokens_scores_one_and_reports_parts() -> None:
         ("no tags at all", K4, "think_blocks"),
     ],
 )
-def test_hard_rules_give_zero(text: str, cfg: FormatRewardConfig, failure: str) -> None:
-    r = format_reward(text, cfg)
+def test_hard_rules_give_zero(text: str, cfg: int, failure: str) -> None:
+    r = format_reward(text, expected_tokens=cfg)
     assert r.reward == 0.0 and r.failure == failure
 
 
 def test_single_mode_is_the_reference_rule() -> None:
-    assert format_reward("<think>ok</think>" + T, SINGLE).reward == 1.0
-    assert SINGLE.expected_tokens == 1 and K4.expected_tokens == 4
+    assert format_reward("<think>ok</think>" + T, expected_tokens=SINGLE).reward == 1.0
+    with pytest.raises(TypeError):
+        format_reward("<think>ok</think>" + T)  # the expected count is the policy's: no default of its own
 
 
 def test_soft_rules_give_point_nine() -> None:
-    assert format_reward("Sure. <think>x</think>" + T, SINGLE).reward == 0.9
-    assert format_reward("  \n<think>x</think>" + T, SINGLE).reward == 1.0  # whitespace is not text
-    assert format_reward("<think>" + "a" * 2048 + "</think>" + T, SINGLE).reward == 1.0
-    long = format_reward("<think>" + "a" * 2049 + "</think>" + T, SINGLE)
+    assert format_reward("Sure. <think>x</think>" + T, expected_tokens=SINGLE).reward == 0.9
+    assert (
+        format_reward("  \n<think>x</think>" + T, expected_tokens=SINGLE).reward == 1.0
+    )  # whitespace is not text
+    assert format_reward("<think>" + "a" * 2048 + "</think>" + T, expected_tokens=SINGLE).reward == 1.0
+    long = format_reward("<think>" + "a" * 2049 + "</think>" + T, expected_tokens=SINGLE)
     assert long.reward == 0.9 and long.long_think and long.think_chars == 2049
     ten = " ".join(["w"] * 10)
     eleven = " ".join(["w"] * 11)
-    assert format_reward(f"<think>x</think> {ten} {T}", SINGLE).reward == 1.0
-    r = format_reward(f"<think>x</think> {eleven} {T}", SINGLE)
+    assert format_reward(f"<think>x</think> {ten} {T}", expected_tokens=SINGLE).reward == 1.0
+    r = format_reward(f"<think>x</think> {eleven} {T}", expected_tokens=SINGLE)
     assert r.reward == 0.9 and r.words_between == 11
     # K = 2: the words between the tokens count too (3 + 8 = 11 > 10)
-    k2 = FormatRewardConfig(num_tokens=2)
-    r2 = format_reward(f"<think>x</think> a b c {T} d e f g h i j k {T}", k2)
+    r2 = format_reward(f"<think>x</think> a b c {T} d e f g h i j k {T}", expected_tokens=2)
     assert r2.reward == 0.9 and r2.words_between == 11
     # words after the last token are recorded, not penalised
-    r3 = format_reward(f"<think>x</think>{T} and then many more words follow here okay yes no no", SINGLE)
+    r3 = format_reward(
+        f"<think>x</think>{T} and then many more words follow here okay yes no no", expected_tokens=SINGLE
+    )
     assert r3.reward == 1.0 and r3.words_after == 11
 
 
 def test_format_reward_values_are_configurable() -> None:
-    cfg = FormatRewardConfig(mode="single", max_think_chars=3, reduced=0.5, full=2.0)
-    assert format_reward("<think>abcd</think>" + T, cfg).reward == 0.5
-    assert format_reward("<think>abc</think>" + T, cfg).reward == 2.0
-    with pytest.raises(ValueError, match="unknown format mode"):
-        _ = FormatRewardConfig(mode="nope").expected_tokens  # type: ignore[arg-type]
+    cfg = FormatRewardConfig(max_think_chars=3, reduced=0.5, full=2.0)
+    assert format_reward("<think>abcd</think>" + T, cfg, expected_tokens=1).reward == 0.5
+    assert format_reward("<think>abc</think>" + T, cfg, expected_tokens=1).reward == 2.0
+    with pytest.raises(ValueError, match="expected_tokens"):
+        format_reward("<think>abc</think>" + T, cfg, expected_tokens=0)
 
 
 def _m(rows: list[list[float]]) -> torch.Tensor:
@@ -142,11 +146,11 @@ def test_combined_reward_weights() -> None:
     conf = torch.tensor([0.9, 0.2, 0.5, 0.49])
     gt = torch.stack([G0, G1, G2])
     text = "<think>find them</think>" + T * 4
-    r = compute_reward(text, probs, conf, gt)
+    r = compute_reward(text, probs, conf, gt, expected_tokens=4)
     assert r.total == pytest.approx(0.3 * 1.0 + 0.7 / 3, abs=1e-5)
     logged = r.log_dict()
     assert logged["reward/format"] == 1.0 and logged["reward/format_think_chars"] == 9.0
-    cfg = RewardConfig(format_weight=1.0, seg_weight=0.0, format=FormatRewardConfig(mode="single"))
-    assert compute_reward(text, probs, conf, gt, cfg).total == 0.0
+    cfg = RewardConfig(format_weight=1.0, seg_weight=0.0)
+    assert compute_reward(text, probs, conf, gt, cfg, expected_tokens=1).total == 0.0
     with pytest.raises(ValueError, match="GT masks"):
-        compute_reward(text, probs, conf, torch.zeros(1, 3, 3))
+        compute_reward(text, probs, conf, torch.zeros(1, 3, 3), expected_tokens=4)

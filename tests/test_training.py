@@ -461,3 +461,45 @@ def test_head_presets_pick_their_geometry_and_refuse_mismatched_sam(tmp_path: Pa
         model_head_config("paper", 64, 128, 4, str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="unknown head preset"):
         model_head_config("huge", 64, 128, 4, "")
+
+
+def test_k_and_the_sae_width_are_one_edit_each_end_to_end(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """K lives in the policy and d_sae in the SAE: build -> train a step -> save -> load follows both."""
+    from _head_common import make_sae
+
+    from segcompass.backbones.warm import warm_config
+    from segcompass.model import build_model
+    from segcompass.policy import PolicyConfig
+    from segcompass.stages import StageMissing
+    from segcompass.training import step as step_module
+    from segcompass.warmup import cache_path
+
+    sae_dir = tmp_path / "sae"
+    make_sae(128, 96, apply_b_dec_to_input=False).save_model(str(sae_dir))  # the one edit of the SAE width
+    policy = PolicyConfig(num_slots=3, max_new_tokens=12)  # the one edit of K
+    model = build_model("tiny:qwen2_5_vl", sae_dir, 0, policy, sam="")
+    assert (model.head.cfg.num_slots, model.head.cfg.d_sae) == (3, 96)
+    assert model.head.codebook.d_sae == 96
+    demanded = []
+    real = step_module.compute_reward
+
+    def spy(*args, **kwargs):
+        demanded.append(kwargs["expected_tokens"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "compute_reward", spy)
+    with pytest.raises(ValueError, match="K is set once"):  # no second, silently different K
+        train_joint(tiny_train_config(tmp_path / "other", steps=1, policy=PolicyConfig()), model,
+                    open_world(data, "train"), progress=False)  # fmt: skip
+    result = train_joint(tiny_train_config(tmp_path / "run", steps=1, policy=policy), model,
+                         open_world(data, "train"), progress=False)  # fmt: skip
+    assert demanded and set(demanded) == {3}  # the format reward demands the policy's K
+    loaded = load_model(result.final)
+    assert loaded.policy.num_slots == 3 and (loaded.head.cfg.num_slots, loaded.head.cfg.d_sae) == (3, 96)
+    assert loaded.head.codebook.d_sae == 96
+    # a warmed-up backbone is the one taught to emit the policy's K <REF_POS>
+    monkeypatch.setenv("SEGCOMPASS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(StageMissing) as missing:
+        build_model("warm:qwen2_5_vl", sae_dir, 0, policy, sam="")
+    assert str(cache_path(warm_config("warm:qwen2_5_vl", num_slots=3))) in str(missing.value)
+    assert warm_config("warm:qwen2_5_vl", num_slots=3).num_slots == 3

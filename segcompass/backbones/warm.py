@@ -65,7 +65,14 @@ def warm_folder(config: WarmupConfig, cache_root: str | os.PathLike | None = Non
     )
 
 
-def load_warm(spec: str, *, seed: int = 0, **load_kwargs) -> Backbone:
-    """`warm:<family>` → the default warm-up of that family with `seed`, loaded through `load_backbone`."""
+def warm_config(spec: str, *, seed: int = 0, num_slots: int | None = None) -> WarmupConfig:
+    """The warm-up a `warm:<family>` spec names: the default one of that family with `seed`, taught to
+    emit `num_slots` `<REF_POS>` (the policy's K; None: the warm-up's default)."""
     family = spec.removeprefix("warm:") or "qwen2_5_vl"
-    return load_backbone(warm_folder(WarmupConfig(family=family, seed=seed)), **load_kwargs)
+    k = {} if num_slots is None else {"num_slots": num_slots}
+    return WarmupConfig(family=family, seed=seed, **k)
+
+
+def load_warm(spec: str, *, seed: int = 0, num_slots: int | None = None, **load_kwargs) -> Backbone:
+    """`warm:<family>` → the built warm-up `warm_config` names, loaded through `load_backbone`."""
+    return load_backbone(warm_folder(warm_config(spec, seed=seed, num_slots=num_slots)), **load_kwargs)

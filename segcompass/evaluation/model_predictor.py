@@ -42,10 +42,10 @@ class SegCompassPredictor:
         conf = out.slot_confidence  # [B, K]
         cot = rollouts.cot_lengths()
         found = rollouts.token_types == TokenType.CONCENTRATION  # [B, P + R]
-        fmt_cfg = FormatRewardConfig(num_tokens=model.policy.num_slots, mode=model.policy.mode)
+        fmt_cfg = FormatRewardConfig()
         preds = []
         for i, s in enumerate(samples):
-            fmt = format_reward(rollouts.texts[i], fmt_cfg)
+            fmt = format_reward(rollouts.texts[i], fmt_cfg, expected_tokens=model.policy.head_slots)
             preds.append(
                 Prediction(
                     sample_id=s.sample_id,

@@ -117,8 +117,9 @@ class HeadConfig:
 
     d_in: int
     """LLM hidden size D: width of the hook-layer states (= SAE d_in) and of the concentration states."""
-    d_sae: int = 65536
-    """SAE dictionary size (rows of the query codebook)."""
+    d_sae: int = 0
+    """SAE dictionary size (rows of the query codebook). 0: the SAE's, filled in when the head is built (the
+    width has one home, the SAE; a non-zero value is checked against it)."""
     d_c: int = 512
     """Codebook / aggregator width."""
     num_slots: int = 4
@@ -175,6 +176,8 @@ class HeadConfig:
             raise ValueError(f"d_c={self.d_c} must be divisible by aggregator_heads={self.aggregator_heads}")
         if self.num_slots < 1:
             raise ValueError(f"num_slots must be ≥ 1, got {self.num_slots}")
+        if self.d_sae < 0:
+            raise ValueError(f"d_sae must be ≥ 0 (0: the SAE's), got {self.d_sae}")
         if self.top_n is not None and self.top_n < 1:
             raise ValueError(f"top_n must be ≥ 1 or None, got {self.top_n}")
         if self.tau <= 0:
@@ -197,7 +200,7 @@ class HeadConfig:
         return replace(cls(d_in=d_in), **overrides)  # type: ignore[arg-type]
 
     @classmethod
-    def tiny(cls, d_in: int, d_sae: int = 512, **overrides: object) -> HeadConfig:
+    def tiny(cls, d_in: int, d_sae: int = 0, **overrides: object) -> HeadConfig:
         """Small widths and tiny SAM parts for CPU tests; same geometry as the paper head."""
         base = cls(
             d_in=d_in,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ class SegCompassHead(nn.Module):
     def __init__(self, cfg: HeadConfig, sae: nn.Module, image_encoder: nn.Module | None = None):
         super().__init__()
         d_in, d_sae = check_sae(sae)
+        if cfg.d_sae == 0:  # the SAE's width (its one home)
+            cfg = dataclasses.replace(cfg, d_sae=d_sae)
         if d_in != cfg.d_in or d_sae != cfg.d_sae:
             raise ValueError(
                 f"SAE shape (d_in={d_in}, d_sae={d_sae}) does not match HeadConfig (d_in={cfg.d_in}, d_sae={cfg.d_sae})"
@@ -246,8 +249,6 @@ def build_head(
 
 #: Builders by preset name, segment-anything style: `head_registry["tiny"](sae)`.
 head_registry: dict[str, Callable[..., SegCompassHead]] = {
-    "paper": lambda sae, **kw: build_head(
-        HeadConfig.paper(check_sae(sae)[0], d_sae=check_sae(sae)[1]), sae, **kw
-    ),
+    "paper": lambda sae, **kw: build_head(HeadConfig.paper(check_sae(sae)[0]), sae, **kw),
     "tiny": lambda sae, **kw: build_head(HeadConfig.tiny(*check_sae(sae)), sae, **kw),
 }

@@ -68,11 +68,14 @@ def model_head_config(
     raise ValueError(f"unknown head preset {preset!r} (expected 'cpu' or 'paper')")
 
 
-def build_missing_stages(backbone_spec: str, sam: str = "", *, seed: int = 0) -> None:
-    """Build the cached stages `build_model(backbone_spec, …, sam)` loads if they are missing — the warmed-up
-    backbone of a `warm:` spec, the tiny SAM of `sam="warm"` — logging what it builds. `build_model` itself
-    only loads (a missing stage raises `StageMissing` naming its command)."""
-    ensure_warm_backbone(backbone_spec, seed=seed)
+def build_missing_stages(
+    backbone_spec: str, sam: str = "", *, policy: PolicyConfig | None = None, seed: int = 0
+) -> None:
+    """Build the cached stages `build_model(backbone_spec, …, policy, sam)` loads if they are missing — the
+    warmed-up backbone of a `warm:` spec (emitting the policy's K `<REF_POS>`), the tiny SAM of `sam="warm"`
+    — logging what it builds. `build_model` itself only loads (a missing stage raises `StageMissing` naming
+    its command)."""
+    ensure_warm_backbone(backbone_spec, seed=seed, num_slots=(policy or PolicyConfig()).num_slots)
     ensure_sam(sam, seed=seed)
 
 
@@ -88,7 +91,9 @@ def build_model(
     SAM weights per `sam`, the rest of the head initialised from `seed`."""
     from sae.saved import load_sae
 
-    backbone = resolve_backbone(backbone_spec)
+    # K has one home, the policy: a warmed-up backbone is the one taught to emit K <REF_POS>
+    warm_k = {"num_slots": policy.num_slots} if backbone_spec.startswith("warm:") else {}
+    backbone = resolve_backbone(backbone_spec, **warm_k)
     sae, _ = load_sae(sae_path)
     head_cfg, checkpoint = model_head_config(head, backbone.hidden_size, sae.cfg.d_sae, policy.num_slots, sam)
     torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 """Rewards of the policy (docs/design.md §4): format reward, segmentation rewards and their weighted sum.
 
 - **Format** (:func:`format_reward`): 0 unless the response holds exactly one non-empty
-  ``<think>…</think>`` and exactly K concentration tokens after it (K = ``num_tokens``; ``mode="single"``
+  ``<think>…</think>`` and exactly K concentration tokens after it (K = the policy's ``head_slots``; ``mode="single"``
   expects one, as the reference); 0.9 instead of 1 when the think block is over 2048 characters, text
   precedes ``<think>``, or more than 10 words stand between ``</think>`` and the last token (the tokens
   themselves not counted; with one token this is the reference's rule). Text after the last token is
@@ -98,10 +98,13 @@ def compute_reward(
     confidence: Tensor,
     gt_masks: Tensor | None,
     config: RewardConfig | None = None,
+    *,
+    expected_tokens: int,
 ) -> RewardResult:
-    """Format + segmentation reward of one response (shapes as in :func:`multi_object_seg_reward`)."""
+    """Format + segmentation reward of one response (shapes as in :func:`multi_object_seg_reward`) that must
+    end in `expected_tokens` concentration tokens (the policy's `head_slots`)."""
     cfg = config or RewardConfig()
-    fmt = format_reward(text, cfg.format)
+    fmt = format_reward(text, cfg.format, expected_tokens=expected_tokens)
     if cfg.seg_mode == "multi":
         seg = multi_object_seg_reward(mask_probs, confidence, gt_masks, cfg.seg)
     elif cfg.seg_mode == "single":

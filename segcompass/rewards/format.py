@@ -1,5 +1,6 @@
 """Format reward (docs/design.md §4): 0 unless exactly one non-empty ``<think>…</think>`` and exactly K
-concentration tokens after it (K = ``num_tokens``; ``mode="single"`` expects one, as the reference); 0.9
+concentration tokens after it (``expected_tokens``: the policy's, `PolicyConfig.head_slots` — K in ``multi``
+mode, one in ``single`` mode as the reference; K has its one home in `PolicyConfig.num_slots`); 0.9
 instead of 1 when the think block is over 2048 characters, text precedes ``<think>``, or more than 10
 words stand between ``</think>`` and the last token (the tokens themselves not counted; with one token this
 is the reference's rule). Text after the last token is recorded (``words_after``) but not penalised, as in
@@ -10,17 +11,12 @@ learning to skip its reasoning shows up in the logs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 
 @dataclass
 class FormatRewardConfig:
     """Rules of the format reward."""
 
-    num_tokens: int = 4
-    """K: concentration tokens expected after ``</think>`` in ``multi`` mode."""
-    mode: Literal["multi", "single"] = "multi"
-    """``multi``: exactly ``num_tokens`` tokens; ``single``: exactly one (the reference's rule)."""
     token: str = "<REF_POS>"
     """The concentration token."""
     think_open: str = "<think>"
@@ -35,15 +31,6 @@ class FormatRewardConfig:
     """Reward of a well-formed response."""
     reduced: float = 0.9
     """Reward of a valid but untidy response."""
-
-    @property
-    def expected_tokens(self) -> int:
-        """Number of concentration tokens the rules demand."""
-        if self.mode == "single":
-            return 1
-        if self.mode != "multi":
-            raise ValueError(f"unknown format mode {self.mode!r} (expected 'multi' or 'single')")
-        return self.num_tokens
 
 
 @dataclass
@@ -81,13 +68,18 @@ class FormatResult:
         return asdict(self)
 
 
-def format_reward(text: str, config: FormatRewardConfig | None = None) -> FormatResult:
-    """Score the format of one decoded response (see the module docstring for the rules)."""
+def format_reward(
+    text: str, config: FormatRewardConfig | None = None, *, expected_tokens: int
+) -> FormatResult:
+    """Score the format of one decoded response that must end in `expected_tokens` concentration tokens (the
+    policy's `head_slots`; see the module docstring for the rules)."""
     cfg = config or FormatRewardConfig()
+    if expected_tokens < 1:
+        raise ValueError(f"expected_tokens must be >= 1, got {expected_tokens}")
     r = FormatResult(
         reward=0.0, failure=None, num_think_open=text.count(cfg.think_open),
         num_think_close=text.count(cfg.think_close), think_chars=0, think_words=0,
-        num_tokens=text.count(cfg.token), expected_tokens=cfg.expected_tokens, text_before_think=False,
+        num_tokens=text.count(cfg.token), expected_tokens=expected_tokens, text_before_think=False,
         words_between=0, words_after=0, long_think=False,
     )  # fmt: skip
     start, close = text.find(cfg.think_open), text.find(cfg.think_close)

@@ -56,7 +56,7 @@ def run_train_command(cfg: TrainCommandConfig) -> None:
     if not cfg.data_root or not cfg.sae:
         raise ValueError("--data-root and --sae are required (segcompass ablation builds both for the world)")
     dataset = open_dataset(cfg.data, cfg.data_root, cfg.split)
-    build_missing_stages(cfg.backbone, cfg.sam if cfg.head == "cpu" else "")
+    build_missing_stages(cfg.backbone, cfg.sam if cfg.head == "cpu" else "", policy=cfg.policy)
     model = build_model(cfg.backbone, cfg.sae, cfg.seed, cfg.policy, cfg.sam, cfg.head)
     if cfg.head_warmup_steps > 0:
         warm = HeadWarmupConfig(

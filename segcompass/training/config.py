@@ -109,9 +109,6 @@ class JointTrainConfig:
             raise ValueError(f"head_ema_decay must be in [0, 1), got {self.head_ema_decay}")
         if not 0.0 <= self.head_loss_llm_grad <= 1.0:
             raise ValueError(f"head_loss_llm_grad must be in [0, 1], got {self.head_loss_llm_grad}")
-        if self.reward.format.num_tokens != self.policy.num_slots:
-            self.reward.format.num_tokens = self.policy.num_slots
-        self.reward.format.mode = self.policy.mode
 
     @property
     def uses_policy_gradient(self) -> bool:

@@ -147,6 +147,12 @@ def train_joint(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    if (cfg.policy.num_slots, cfg.policy.mode) != (model.policy.num_slots, model.policy.mode):
+        raise ValueError(
+            f"the training config's policy has K = {cfg.policy.num_slots} ({cfg.policy.mode}) but the model was "
+            f"built with K = {model.policy.num_slots} ({model.policy.mode}); K is set once, by the PolicyConfig "
+            "given to build_model (pass the same one to JointTrainConfig)"
+        )
     if cfg.prompts_per_step % info.world_size:
         raise ValueError(
             f"prompts_per_step {cfg.prompts_per_step} is not divisible by {info.world_size} processes"

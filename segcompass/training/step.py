@@ -56,16 +56,20 @@ def score_responses(
     targets: list[Tensor],
     cfg: JointTrainConfig,
     reward_fn: RewardFn | None = None,
+    *,
+    expected_tokens: int | None = None,
 ) -> list[RewardResult | float]:
     """Reward of every response from its text and the head's detached masks and confidences
     (`reward_fn` replaces `compute_reward` with `cfg.reward`: plug in your own reward here; it may return
-    a `RewardResult` or a plain float)."""
+    a `RewardResult` or a plain float). `expected_tokens`: the concentration tokens the format demands, the
+    model's `policy.head_slots` (default: `cfg.policy`'s, which `train_joint` checks against the model's)."""
+    k = cfg.policy.head_slots if expected_tokens is None else expected_tokens
     head = out.head
     probs = torch.sigmoid(head.slot_masks.detach().float())  # [N, K, S, S]
     conf = head.slot_confidence.detach().float()  # [N, K]
     if reward_fn is None:
         return [
-            compute_reward(text, probs[i], conf[i], targets[i], cfg.reward)
+            compute_reward(text, probs[i], conf[i], targets[i], cfg.reward, expected_tokens=k)
             for i, text in enumerate(rollouts.texts)
         ]
     return [reward_fn(text, probs[i], conf[i], targets[i]) for i, text in enumerate(rollouts.texts)]
@@ -101,7 +105,9 @@ def joint_step(
         out = forward_module(rollouts, embeddings, targets if cfg.trains_head else None, step,
                              cfg.head_loss_llm_grad, cfg.head_loss_responses)  # fmt: skip
     with _timer(t, "reward"):
-        rewards = score_responses(rollouts, out, targets, cfg, reward_fn)
+        rewards = score_responses(
+            rollouts, out, targets, cfg, reward_fn, expected_tokens=model.policy.head_slots
+        )
         r = torch.tensor([x.total if isinstance(x, RewardResult) else float(x) for x in rewards])
         parts = [x for x in rewards if isinstance(x, RewardResult)]
         adv = group_advantages(r, g, std=cfg.advantage_std).advantages if g > 1 else torch.zeros_like(r)
@@ -139,7 +145,7 @@ def joint_step(
             "policy/cot_tokens": float(rollouts.cot_lengths().float().mean()),
             "policy/response_tokens": float(rollouts.response_mask.sum(1).float().mean()),
             "policy/concentration_found": float(states.concentration_found.float().mean()),
-            "policy/complete": float((states.concentration_found >= cfg.policy.head_slots).float().mean()),
+            "policy/complete": float((states.concentration_found >= model.policy.head_slots).float().mean()),
             "head/confident_slots": float(out.head.confident.sum(1).float().mean()),
             "grad_norm": float(grad_norm),
         }

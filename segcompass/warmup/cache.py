@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from segcompass.backbones import Backbone, load_backbone
-from segcompass.backbones.warm import WARMUP_STAGE, StageMissing, load_warm, warm_folder
+from segcompass.backbones.warm import WARMUP_STAGE, StageMissing, load_warm, warm_config, warm_folder
 from segcompass.stages import Stage, build_stage, default_cache_root
 
 from .config import WarmupConfig
@@ -153,11 +153,12 @@ def warm_up(
     return warm_up_artifact(config, cache_dir, force=force, progress=progress, **load_kwargs).backbone
 
 
-def ensure_warm_backbone(spec: str, *, seed: int = 0) -> None:
-    """Build the warm-up a `warm:<family>` backbone spec names if it is missing (and say so); other specs
-    need nothing. What the pipeline and the training commands call before they load `spec`."""
+def ensure_warm_backbone(spec: str, *, seed: int = 0, num_slots: int | None = None) -> None:
+    """Build the warm-up a `warm:<family>` backbone spec names (`warm_config`: `num_slots` is the policy's K)
+    if it is missing, and say so; other specs need nothing. What the pipeline and the training commands call
+    before they load `spec`."""
     if spec.startswith("warm:"):
-        build_warm_up(WarmupConfig(family=spec.removeprefix("warm:") or "qwen2_5_vl", seed=seed))
+        build_warm_up(warm_config(spec, seed=seed, num_slots=num_slots))
 
 
 def resolve_warm(spec: str, *, seed: int = 0, **load_kwargs) -> Backbone:
