@@ -61,7 +61,8 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
     model = SimpleNamespace(backbone=backbone, head=SimpleNamespace(cfg=head_cfg))
     data, sae = tmp_path / "refs-1", tmp_path / "sae"
     key = _start_key(cfg, model, data, sae, 0)
-    assert key == _start_key(replace(cfg, steps=cfg.steps + 1, results_md="x"), model, data, sae, 0)
+    longer = replace(cfg.train, steps=cfg.train.steps + 1)
+    assert key == _start_key(replace(cfg, train=longer, results_md="x"), model, data, sae, 0)
     other_backbone = SimpleNamespace(
         backbone=SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-0"), head=model.head
     )
@@ -72,7 +73,13 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
         _start_key(replace(cfg, head_warmup_steps=10), model, data, sae, 0),
         _start_key(replace(cfg, head_warmup_lr=1e-3), model, data, sae, 0),
         _start_key(replace(cfg, head_warmup_steps=0), model, data, sae, 0),
-        _start_key(replace(cfg, max_new_tokens=64), model, data, sae, 0),
+        _start_key(
+            replace(cfg, train=replace(cfg.train, policy=replace(cfg.train.policy, max_new_tokens=64))),
+            model,
+            data,
+            sae,
+            0,
+        ),
         _start_key(cfg, other_backbone, data, sae, 0),
         _start_key(cfg, other_head, data, sae, 0),
         _start_key(cfg, model, tmp_path / "refs-2", sae, 0),
@@ -90,3 +97,31 @@ def test_head_lr_scale_scales_the_head_groups_only() -> None:
     )
     assert _head_multipliers(1.0) == {"codebook": 30.0, "heads": 25.0, "sam_prompt_encoder": 10.0,
                                       "sam_mask_decoder": 5.0, "llm": 1.0}  # fmt: skip
+
+
+def test_the_ablation_holds_one_joint_train_config_and_its_flags_reach_it() -> None:
+    from dataclasses import fields
+
+    from sae.cli_support import build_parser
+    from segcompass.cli import COMMANDS, DESCRIPTION
+    from segcompass.training import JointTrainConfig
+    from segcompass.training.ablation import AblationConfig
+
+    # no JointTrainConfig field is re-declared (and copied by hand) beside the nested one
+    assert {f.name for f in fields(AblationConfig)} & {f.name for f in fields(JointTrainConfig)} == {"out"}
+    argv = ["ablation", "--steps", "7", "--num-slots", "3", "--lr", "0.5", "--head-ema-decay", "0.9"]
+    cfg = build_parser("segcompass", DESCRIPTION, COMMANDS).parse_args(argv).config
+    assert isinstance(cfg, AblationConfig) and isinstance(cfg.train, JointTrainConfig)
+    assert (cfg.train.steps, cfg.train.policy.num_slots, cfg.train.lr, cfg.train.head_ema_decay) == (
+        7,
+        3,
+        0.5,
+        0.9,
+    )
+    default = AblationConfig().train
+    assert (default.steps, default.group_size, default.policy.max_new_tokens, default.threads) == (
+        60,
+        4,
+        128,
+        1,
+    )

@@ -142,6 +142,6 @@ def test_default_response_budget_fits_the_worlds_reference_responses(backbone) -
     }  # + the end-of-turn token
     relational = [lengths[s.sample_id] for s in samples if s.kind == "relational"]
     assert relational and max(relational) > 80  # the old budget cut these
-    for budget in (cfg.max_new_tokens, ablation.max_new_tokens):
+    for budget in (cfg.max_new_tokens, ablation.train.policy.max_new_tokens):
         fits = sum(n <= budget for n in lengths.values()) / len(lengths)
         assert fits >= 0.95, f"only {fits:.0%} of the reference responses fit in {budget} new tokens"

@@ -51,6 +51,21 @@ def _seeds() -> list[int]:
     return [0, 1, 2]
 
 
+def ablation_train_config() -> JointTrainConfig:
+    """The arms' joint training: 60 steps × 4 prompts × G 4, lr 1e-4, one thread, 128-token responses.
+
+    At 120 steps the joint arm's seeds spread further apart (previous table, 100 val samples: held-out gIoU
+    0.300 / 0.243 vs 0.281 / 0.275 at 60; results/training_ablation.md). The world's reference responses are 62
+    tokens at the median and 93 at the 90th percentile (relational ones 87 on average); at 80, 31 % of them —
+    95 % of the relational ones — would be cut before their ``<REF_POS>`` tokens, leaving the head zero
+    concentration states (2 % at 128).
+    """
+    return JointTrainConfig(
+        steps=60, prompts_per_step=4, group_size=4, lr=1e-4, threads=1, head_loss_llm_grad=1.0,
+        head_loss_responses="all", head_ema_decay=0.0, policy=PolicyConfig(max_new_tokens=128),
+    )  # fmt: skip
+
+
 @dataclass
 class AblationConfig:
     """Train every (objective, seed) arm on the synthetic world and compare them on held-out data."""
@@ -75,10 +90,6 @@ class AblationConfig:
     calibration_samples: int = 300
     """World samples of a third split ("calib") on which every model's mask / confidence thresholds are
     chosen (`calibrate_thresholds`) before it is scored on val; 0: the 0.5 / 0.5 defaults only."""
-    steps: int = 60
-    """Optimiser steps per run (joint / RL / seg after the warm start). At 120 the joint arm's seeds spread
-    further apart (previous table, 100 val samples: held-out gIoU 0.300 / 0.243 vs 0.281 / 0.275 at 60;
-    results/training_ablation.md)."""
     head_warmup_steps: int = 1200
     """Supervised warm start of the head on the policy's greedy responses before every arm (0: none); shared
     by the arms of a seed and reported as its own row (cosine lr, EMA of the weights: `HeadWarmupConfig`;
@@ -89,30 +100,15 @@ class AblationConfig:
     """Training prompts the warm start decodes (once) and cycles through. With 400 the head memorises them
     (train gIoU 0.41 vs val 0.25) and its thresholds cannot be calibrated; 2000 keep train ≈ val
     (results/head_diagnosis.md §7)."""
-    prompts_per_step: int = 4
-    """Prompts per step."""
-    group_size: int = 4
-    """G: sampled responses per prompt."""
-    lr: float = 1e-4
-    """Base learning rate (LLM blocks after the hook; the head's groups ×30/×25/×10/×5 × `head_lr_scale`)."""
+    train: JointTrainConfig = field(default_factory=lambda: ablation_train_config())
+    """The joint training of every arm (`JointTrainConfig`; each arm sets its own `out`, `objective`, `seed`
+    and `checkpoint_every` = steps / 4, and scales the head's lr multipliers by `head_lr_scale`)."""
     head_lr_scale: float = 1.0
     """Scales the head's learning-rate multipliers in the arms (after its warm start), not the LLM's."""
-    head_loss_llm_grad: float = 1.0
-    """`JointTrainConfig.head_loss_llm_grad` of the arms (1: L_seg / L_conf reach the LLM through e_k)."""
-    head_loss_responses: str = "all"
-    """`JointTrainConfig.head_loss_responses` of the arms that train the head (``all`` or ``complete``)."""
-    head_ema_decay: float = 0.0
-    """`JointTrainConfig.head_ema_decay` of the arms that train the head (0: the head ends at its last weights)."""
-    max_new_tokens: int = 128
-    """Longest response. The world's reference responses are 62 tokens at the median and 93 at the 90th
-    percentile (relational ones 87 on average); at 80, 31 % of them — 95 % of the relational ones — would be
-    cut before their ``<REF_POS>`` tokens, leaving the head zero concentration states (2 % at 128)."""
     sae_documents: int = 400
     """Corpus documents the SAE is trained on (when `sae` is empty)."""
     world_seed: int = 0
     """Seed of the synthetic world."""
-    threads: int = 1
-    """torch threads."""
     results_md: str = ""
     """Also write the Markdown table here (e.g. results/training_ablation.md)."""
 
@@ -165,7 +161,7 @@ def _start_key(cfg: AblationConfig, model: SegCompassModel, data: Path, sae_path
         dataclasses.asdict(model.head.cfg),
         data.name,
         warm,
-        cfg.max_new_tokens,
+        cfg.train.policy.max_new_tokens,
     )
 
 
@@ -177,9 +173,11 @@ def _warm_head(
     return cached_warm_start(model, train_set, _warm_config(cfg, seed), out, f"seed{seed}-{key}")
 
 
-def _head_multipliers(scale: float) -> dict[str, float]:
-    """The head's lr multipliers × `scale` (the LLM's stays 1)."""
-    return {k: v * (1.0 if k == "llm" else scale) for k, v in LR_MULTIPLIERS.items()}
+def _head_multipliers(scale: float, overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """The head's lr multipliers (the defaults, with the training config's `overrides`) × `scale` (the LLM's
+    stays as it is)."""
+    merged = {**LR_MULTIPLIERS, **(overrides or {})}
+    return {k: v * (1.0 if k == "llm" else scale) for k, v in merged.items()}
 
 
 class _Replay:
@@ -213,14 +211,15 @@ def _scored(predictor, val_set, calib_set, ev: EvalConfig, arm: str, seed: int |
 
 def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     """Run (or reuse) every arm and write `ablation.csv` / `ablation.md` under `out`; returns the table."""
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.train.threads)
     out = Path(cfg.out)
     data = _data(cfg, out)
     train_set, val_set = open_dataset("grefcoco", data, "train"), open_dataset("grefcoco", data, "val")
     calib_set = open_dataset("grefcoco", data, "calib") if cfg.calibration_samples > 0 else None
-    build_missing_stages(cfg.backbone, cfg.sam)
-    sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone))
-    policy = PolicyConfig(max_new_tokens=cfg.max_new_tokens)
+    policy = cfg.train.policy  # K and the response budget: one home, the arms' training config
+    build_missing_stages(cfg.backbone, cfg.sam, policy=policy)
+    warm_k = {"num_slots": policy.num_slots} if cfg.backbone.startswith("warm:") else {}
+    sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone, **warm_k))
     ev = EvalConfig(progress=False, img_size=256, convention="both")
     rows = []
     for base in (EmptyPredictor(), UnionOfObjectsPredictor(val_set)):
@@ -242,12 +241,10 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
             # The run folder is keyed by its starting point, so a changed warm start or backbone never
             # resumes (and silently reuses) a finished run of the old one.
             start = _start_key(cfg, model, data, sae_path, seed)
-            train_cfg = JointTrainConfig(
-                out=str(out / "runs" / f"{objective}-seed{seed}-{start}"), objective=objective, steps=cfg.steps,
-                prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr, seed=seed,
-                checkpoint_every=max(1, cfg.steps // 4), policy=policy, threads=cfg.threads,
-                lr_multipliers=_head_multipliers(cfg.head_lr_scale), head_loss_llm_grad=cfg.head_loss_llm_grad,
-                head_ema_decay=cfg.head_ema_decay, head_loss_responses=cfg.head_loss_responses,
+            train_cfg = dataclasses.replace(
+                cfg.train, out=str(out / "runs" / f"{objective}-seed{seed}-{start}"), objective=objective,
+                seed=seed, checkpoint_every=max(1, cfg.train.steps // 4),
+                lr_multipliers=_head_multipliers(cfg.head_lr_scale, cfg.train.lr_multipliers),
             )  # fmt: skip
             res = train_joint(
                 train_cfg,

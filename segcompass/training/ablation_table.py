@@ -54,14 +54,15 @@ def ablation_markdown(table: pd.DataFrame, cfg: AblationConfig) -> str:
     """Mean ± sd over seeds per arm: the main metrics, then gIoU per instruction kind (when recorded)."""
     num = [c for c in table.columns if c not in ("arm", "seed")]
     kinds = [c for c in num if c.startswith(KIND_PREFIX)]
+    t = cfg.train
     head = (
         f"Synthetic world (seed {cfg.world_seed}): {cfg.train_samples} train / {cfg.val_samples} held-out val / "
         f"{cfg.calibration_samples} calibration samples; "
         f"backbone {cfg.backbone}; SAM {cfg.sam or 'random init'}; head warm start {cfg.head_warmup_steps} steps "
         f"on {cfg.head_warmup_samples} greedy-decoded prompts; then "
-        f"{cfg.steps} steps × {cfg.prompts_per_step} prompts × G {cfg.group_size}, lr {cfg.lr}"
-        f" (head multipliers × {cfg.head_lr_scale}; head losses' gradient into the LLM × {cfg.head_loss_llm_grad};"
-        f" head EMA decay {cfg.head_ema_decay}; head losses on {cfg.head_loss_responses} responses); "
+        f"{t.steps} steps × {t.prompts_per_step} prompts × G {t.group_size}, lr {t.lr}"
+        f" (head multipliers × {cfg.head_lr_scale}; head losses' gradient into the LLM × {t.head_loss_llm_grad};"
+        f" head EMA decay {t.head_ema_decay}; head losses on {t.head_loss_responses} responses); "
         "greedy evaluation, one sample per sentence, masks scored in the image frame"
         + (", at mask / confidence thresholds chosen on the calibration split (gIoU, rela)"
            if cfg.calibration_samples else "")
