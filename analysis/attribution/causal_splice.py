@@ -2,7 +2,7 @@
 contributions into the backbone at the hook layer (nnsight), so later layers — and the concentration-token
 states the slot queries come from — see the ablation too.
 
-Same pattern as `sae.evaluation.splice`: under an nnsight trace the output of decoder block L − 1
+Same splice as `sae.evaluation.splice` (both through `sae.splice.HookLayer`): under an nnsight trace the output of decoder block L − 1
 (= HF `hidden_states[L]`, the SAE's input) is replaced by `sae.decode(acts)`, where `acts = sae.encode(h)`
 with the removed atoms zeroed (per sample, at the chosen positions). With nothing removed this is exactly
 the plain-reconstruction splice. The reference of the check is that nothing-removed splice, so the SAE's own
@@ -29,6 +29,7 @@ from analysis.attribution.causal import CausalConfig, CausalResult, Reference, c
 from analysis.attribution.core import AttributionConfig, attribute, slot_objectives
 from analysis.attribution.head_inputs import HeadInputs
 from analysis.attribution.support_filter import AtomRemoval
+from sae.splice import HookLayer, check_sae_fits
 from sae.token_types import TokenType
 
 logger = logging.getLogger(__name__)
@@ -87,44 +88,22 @@ class BackboneSplicer:
     """Runs the backbone with the (ablated) SAE reconstruction spliced in at the hook layer."""
 
     def __init__(self, backbone: Any, sae: Any) -> None:
-        from nnsight.modeling.transformers import TransformersModel
-
-        hidden = getattr(backbone, "hidden_size", None)
-        if hidden is not None and int(hidden) != int(sae.cfg.d_in):
-            raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but the backbone's hidden size is {hidden}")
+        check_sae_fits(backbone, sae)
         self.sae = sae
-        self.lm = TransformersModel(
-            backbone.model,
-            processor=backbone.processor,
-            tokenizer=backbone.processor.tokenizer,
-            task="image-text-to-text",
-        )
-        target = backbone.decoder_layers[backbone.hook_layer - 1]
-        paths = [name for name, module in backbone.model.named_modules() if module is target]
-        if not paths:
-            raise ValueError("the hook layer's module is not part of the backbone's model")
-        self.path = paths[0]
-
-    def _layer(self) -> Any:
-        envoy = self.lm
-        for part in self.path.split("."):
-            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-        return envoy
+        self.hook = HookLayer(backbone)
 
     @torch.no_grad()
     def run(
         self, inputs: Mapping[str, Any], removal: AtomRemoval | None = None, positions: Tensor | None = None
     ) -> SpliceStates:
         """One forward with `reconstruction_without(sae, h, removal, positions)` spliced in."""
-        with self.lm.trace(**inputs, output_hidden_states=True):
-            layer = self._layer()
-            out = layer.output
-            clean = out[0] if isinstance(out, tuple) else out
-            spliced = reconstruction_without(self.sae, clean, removal, positions)
-            layer.output = (spliced, *out[1:]) if isinstance(out, tuple) else spliced
+        with self.hook.lm.trace(**inputs, output_hidden_states=True):
+            clean, spliced = self.hook.splice(
+                lambda h: reconstruction_without(self.sae, h, removal, positions)
+            )
             clean_saved, spliced_saved = clean.save(), spliced.save()
-            final = self.lm.output.hidden_states[-1].save()
-            logits = self.lm.output.logits.save()
+            final = self.hook.lm.output.hidden_states[-1].save()
+            logits = self.hook.lm.output.logits.save()
         return SpliceStates(clean_saved, spliced_saved, final, logits)
 
 

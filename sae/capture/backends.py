@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from sae.backbone_protocol import CaptureBackbone, PreparedInputs
+from sae.splice import HookLayer
 
 logger = logging.getLogger(__name__)
 
@@ -55,29 +56,16 @@ class NnsightBackend(CaptureBackend):
 
     def __init__(self, backbone: CaptureBackbone, early_stop: bool = True) -> None:
         super().__init__(backbone, early_stop)
-        from nnsight.modeling.transformers import TransformersModel
-
-        self.lm = TransformersModel(
-            backbone.model,
-            processor=backbone.processor,
-            tokenizer=backbone.processor.tokenizer,
-            task="image-text-to-text",
-        )
-        self._layer_path = _module_path(backbone.model, backbone.decoder_layers[backbone.hook_layer - 1])
-
-    def _hook_envoy(self):
-        envoy = self.lm
-        for part in self._layer_path.split("."):
-            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-        return envoy
+        self.hook = HookLayer(backbone)
+        self.lm = self.hook.lm
 
     @torch.no_grad()
     def prompt_states(self, prepared: PreparedInputs) -> torch.Tensor:
         with self.lm.trace(**prepared.inputs) as tracer:
-            states = self._hook_envoy().output.save()
+            states = self.hook.output().save()
             if self.early_stop:
                 tracer.stop()
-        return _first(states)
+        return states
 
     @torch.no_grad()
     def generate(self, prepared: PreparedInputs, max_new_tokens: int) -> GeneratedStates:
@@ -87,7 +75,7 @@ class NnsightBackend(CaptureBackend):
         with self.lm.generate(**prepared.inputs, max_new_tokens=steps, do_sample=False) as tracer:
             collected = list().save()
             for _ in tracer.iter[:steps]:
-                collected.append(_first(self._hook_envoy().output))
+                collected.append(self.hook.output())
             ids = tracer.result.save()
         states = torch.cat(collected, dim=1)  # [B, T + n_steps - 1, D]
         keep = min(states.shape[1], ids.shape[1] - 1)
@@ -138,14 +126,3 @@ def make_backend(name: str, backbone: CaptureBackbone, early_stop: bool = True) 
     if name not in BACKENDS:
         raise ValueError(f"unknown capture backend {name!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[name](backbone, early_stop)
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _module_path(root: torch.nn.Module, target: torch.nn.Module) -> str:
-    for name, module in root.named_modules():
-        if module is target:
-            return name
-    raise ValueError("the hook layer's module is not part of the model")

@@ -7,8 +7,8 @@ over the positions whose *target* token is of the chosen types (default: every t
 placeholders). CE loss recovered = (L_zero − L_sae) / (L_zero − L_clean): 1 when splicing costs nothing, 0
 when the SAE is as bad as deleting the residual stream.
 
-The backbone is duck-typed (`sae` never imports `segcompass`): `.model` (HF model), `.processor`,
-`.decoder_layers`, `.hook_layer` and `.prepare(images, instructions, responses)` returning an object with
+The nnsight wrapping and the hook-layer walk are `sae.splice.HookLayer`'s. The backbone is duck-typed (`sae`
+never imports `segcompass`): `.model` (HF model), `.processor`, `.decoder_layers`, `.hook_layer` and `.prepare(images, instructions, responses)` returning an object with
 `.inputs` and `.token_types` ([B, T]) — `segcompass.backbones.Backbone` is one.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sae.splice import HookLayer, check_sae_fits
 from sae.token_types import TokenType
 
 TEXT_TYPES = (
@@ -49,43 +50,17 @@ class CELossResult:
         return asdict(self)
 
 
-def _module_path(root: torch.nn.Module, target: torch.nn.Module) -> str:
-    for name, module in root.named_modules():
-        if module is target:
-            return name
-    raise ValueError("the hook layer's module is not part of the backbone's model")
-
-
 class _Splicer:
     def __init__(self, backbone: Any) -> None:
-        from nnsight.modeling.transformers import TransformersModel
-
-        self.lm = TransformersModel(
-            backbone.model,
-            processor=backbone.processor,
-            tokenizer=backbone.processor.tokenizer,
-            task="image-text-to-text",
-        )
-        self.path = _module_path(backbone.model, backbone.decoder_layers[backbone.hook_layer - 1])
-
-    def _layer(self) -> Any:
-        envoy = self.lm
-        for part in self.path.split("."):
-            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-        return envoy
+        self.hook = HookLayer(backbone)
 
     @torch.no_grad()
     def logits(self, inputs: Any, replace: Any = None) -> torch.Tensor:
         """Logits of a forward in which `replace(states) -> states` rewrites the hook layer's output."""
-        with self.lm.trace(**inputs):
+        with self.hook.lm.trace(**inputs):
             if replace is not None:
-                layer = self._layer()
-                out = layer.output
-                if isinstance(out, tuple):
-                    layer.output = (replace(out[0]), *out[1:])
-                else:
-                    layer.output = replace(out)
-            logits = self.lm.output.logits.save()
+                self.hook.splice(replace)
+            logits = self.hook.lm.output.logits.save()
         return logits
 
 
@@ -107,9 +82,7 @@ def ce_loss_recovered(
     loss_token_types: Sequence[TokenType | str] = TEXT_TYPES,
 ) -> CELossResult:
     """CE loss clean / spliced / zero-ablated over the documents (see the module docstring)."""
-    hidden = getattr(backbone, "hidden_size", None)
-    if hidden is not None and int(hidden) != int(sae.cfg.d_in):
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but the backbone's hidden size is {hidden}")
+    check_sae_fits(backbone, sae)
     keep = torch.tensor([int(TokenType.parse(t)) for t in loss_token_types])
     splicer = _Splicer(backbone)
     sums = torch.zeros(3, dtype=torch.float64)
