@@ -14,32 +14,35 @@ from __future__ import annotations
 
 import logging
 import random
-import re
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sae.files import staged_folder
+from sae.files.checkpoints import CHECKPOINT_DIR, Checkpoint, CheckpointSeries
 from sae.saved import METADATA_FILE
 
 from .config import config_differences
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
+__all__ = [
+    "CHECKPOINT_DIR",
+    "SERIES",
+    "STATE_FILE",
+    "Checkpoint",
+    "check_out_dir",
+    "list_checkpoints",
+    "load_state",
+    "remove_temporaries",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
 STATE_FILE = "segcompass_state.pt"
-_NAME = re.compile(r"^tokens-(\d+)$")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A complete checkpoint on disk."""
-
-    path: Path
-    tokens: int
+SERIES = CheckpointSeries("tokens", 15, STATE_FILE)
+"""`checkpoints/tokens-<N>/` (`sae.files.checkpoints`: the layout every trainer shares)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,14 +62,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def list_checkpoints(out: Path) -> list[Checkpoint]:
     """Complete checkpoints in `out`, oldest first."""
-    root = Path(out) / CHECKPOINT_DIR
-    found = []
-    if root.is_dir():
-        for p in root.iterdir():
-            m = _NAME.match(p.name)
-            if m and (p / STATE_FILE).exists():
-                found.append(Checkpoint(p, int(m.group(1))))
-    return sorted(found, key=lambda c: c.tokens)
+    return SERIES.list(out)
 
 
 def check_out_dir(out: Path, resume: bool) -> list[Checkpoint]:
@@ -87,29 +83,16 @@ def check_out_dir(out: Path, resume: bool) -> list[Checkpoint]:
 
 def remove_temporaries(out: Path) -> None:
     """Delete half-written checkpoint folders left by a killed run."""
-    root = Path(out) / CHECKPOINT_DIR
-    if root.is_dir():
-        for p in root.glob(".tmp-*"):
-            logger.info("removing the unfinished checkpoint %s", p)
-            shutil.rmtree(p, ignore_errors=True)
+    SERIES.remove_temporaries(out)
 
 
 def save_checkpoint(trainer: Any, out: Path, tokens: int, state: dict[str, Any], keep: int) -> Path:
     """Write a checkpoint of `trainer` (an sae-lens `SAETrainer`) at `tokens` global tokens, atomically;
     then delete all but the newest `keep` complete checkpoints."""
-    root = Path(out) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"tokens-{tokens:015d}"
-    if final.exists():
-        raise FileExistsError(f"checkpoint {final} already exists; it is never overwritten")
-    with staged_folder(final) as tmp:
-        trainer.save_checkpoint(checkpoint_name=tmp.name, base_path=root)
+    with SERIES.write(out, tokens, keep) as tmp:
+        trainer.save_checkpoint(checkpoint_name=tmp.name, base_path=tmp.parent)
         torch.save({**state, "tokens": tokens}, tmp / STATE_FILE)
-    logger.info("checkpoint %s", final)
-    if keep > 0:
-        for old in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(old.path, ignore_errors=True)
-    return final
+    return SERIES.path(out, tokens)
 
 
 def load_state(

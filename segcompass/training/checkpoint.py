@@ -5,8 +5,8 @@ average when the run keeps one (`ema.safetensors`), the optimiser
 and scheduler states (`optimizer.pt`, loaded with ``weights_only=True``), and `state.json`: step, data
 cursor, the config fingerprint and the settings it hashes (config, data, identity of the model's initial
 weights per part), so a refused resume names what differs. Rollouts are seeded per (seed, step, rank), so
-no RNG state is needed for an exact resume. The folder is written as `.tmp-…` (`sae.files.staged_folder`:
-umask modes, fsync, rename); `state.json` is written last, so a kill -9 at any moment leaves either a
+no RNG state is needed for an exact resume. The folder is written as `.tmp-…` (`sae.files.checkpoints`,
+the layout every trainer shares: umask modes, fsync, rename); `state.json` is written last, so a kill -9 at any moment leaves either a
 complete checkpoint or a temporary folder the next run deletes, and a failed write (a full disk) removes
 its temporary folder and raises a `WriteError` naming the checkpoint.
 """
@@ -17,8 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,17 +25,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sae.files import read_json, staged_folder
+from sae.files import read_json
+from sae.files.checkpoints import Checkpoint, CheckpointSeries
 from sae.training.config import config_differences
 
 from .config import JointTrainConfig
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 EMA_FILE = "ema.safetensors"
-_NAME = re.compile(r"^step-(\d+)$")
+SERIES = CheckpointSeries("step", 8, STATE_FILE)
+"""`checkpoints/step-<N>/` (`sae.files.checkpoints`: the layout every trainer shares)."""
 _NOT_RESULT_FIELDS = ("out", "steps", "checkpoint_every", "keep_checkpoints", "log_every", "resume",
                       "wandb_project", "threads", "gradient_checkpointing")  # fmt: skip
 
@@ -54,23 +53,14 @@ def fingerprint(cfg: JointTrainConfig, context: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints (step, folder), oldest first."""
-    root = Path(out) / CHECKPOINT_DIR
-    found = []
-    if root.is_dir():
-        for p in root.iterdir():
-            m = _NAME.match(p.name)
-            if m and (p / STATE_FILE).exists():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
+def list_checkpoints(out: str | os.PathLike) -> list[Checkpoint]:
+    """Complete checkpoints (`.step`, `.path`), oldest first."""
+    return SERIES.list(out)
 
 
 def remove_temporaries(out: str | os.PathLike) -> None:
-    root = Path(out) / CHECKPOINT_DIR
-    for p in root.glob(".tmp-*") if root.is_dir() else []:
-        logger.info("removing the unfinished checkpoint %s", p)
-        shutil.rmtree(p, ignore_errors=True)
+    """Delete half-written checkpoint folders left by a killed run."""
+    SERIES.remove_temporaries(out)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,12 +85,7 @@ def save_checkpoint(
     `weights` / `optimizer_state`: full states gathered from a sharded run (`sharding.gather_training_state`);
     default: this process's trainable parameters and `optimizer.state_dict()`. `ema`: the head's moving
     average (`HeadEMA.state_dict`), written as `ema.safetensors`."""
-    root = Path(out) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    if final.exists():
-        raise FileExistsError(f"checkpoint {final} already exists; checkpoints are never overwritten")
-    with staged_folder(final) as tmp:
+    with SERIES.write(out, step, keep) as tmp:
         save_file(
             {
                 k: v.contiguous()
@@ -120,10 +105,7 @@ def save_checkpoint(
             tmp / "optimizer.pt",
         )
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
-    logger.info("checkpoint %s", final)
-    for _, old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return SERIES.path(out, step)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

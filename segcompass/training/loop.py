@@ -208,11 +208,11 @@ def _train_locked(
     found = list_checkpoints(out)
     if found and not cfg.resume:
         raise FileExistsError(
-            f"{out} holds checkpoints (newest {found[-1][1].name}); set resume=True or use another out"
+            f"{out} holds checkpoints (newest {found[-1].path.name}); set resume=True or use another out"
         )
     history: list[dict[str, Any]] = []
     if found:
-        step_done, path = found[-1]
+        step_done, path = found[-1].step, found[-1].path
         if step_done > cfg.steps:
             raise ValueError(
                 f"{out} holds a checkpoint at step {step_done}, past steps={cfg.steps}: resuming would return the "
