@@ -86,7 +86,7 @@ def _states_both(instruction: str, colour: str, shape: str) -> bool:
 
 
 def reasoning_accuracy(
-    backbone: Backbone, pool: ScenePool, label: str, num_slots: int, max_new_tokens: int = 160
+    backbone: Backbone, pool: ScenePool, label: str, num_slots: int, max_new_tokens: int = 200
 ) -> list[dict]:
     """Referent named by the greedy reasoning (single-target instructions), and the format rate."""
     single = [s for s in pool.scenes if len(s.sample.target_ids) == 1]

@@ -75,7 +75,7 @@ class StackConfig:
     """Stage 1 objective weights."""
     align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
     """Stage 2 optimiser (language model on scene descriptions; vision frozen)."""
-    instruct: Schedule = field(default_factory=lambda: Schedule(steps=800, batch_size=16, lr=2e-3))
+    instruct: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=16, lr=2e-3))
     """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen)."""
     questions_per_dialogue: int = 6
     """Question turns per instruction-tuning sequence."""

@@ -1,0 +1,29 @@
+"""`segcompass pretrain`: its flags map one-to-one onto the stack's config and are documented in --help."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from segcompass.cli import main
+from segcompass.pretrain.command import PretrainCommandConfig, stack_config
+from segcompass.pretrain.stack import StackConfig
+
+
+def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
+    config = stack_config(PretrainCommandConfig(seed=2, vision_steps=5, align_steps=6, instruct_steps=7))
+    default = StackConfig()
+    assert (config.seed, config.vision.steps, config.align.steps, config.instruct.steps) == (2, 5, 6, 7)
+    assert config.vision.lr == default.vision.lr and config.instruct.batch_size == default.instruct.batch_size
+    assert stack_config(PretrainCommandConfig()) == default
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(PretrainCommandConfig):
+        assert f"--{f.name}" in text or f"--{f.name.replace('_', '-')}" in text, f.name
+    assert "Stage 1 optimiser steps" in text
