@@ -5,28 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from analysis.atoms.command import AtomsReportConfig, atoms_main
-from analysis.commands import CoverageReportConfig, SparsityReportConfig, coverage_main, sparsity_main
+from analysis.coverage.command import CoverageReportConfig, coverage_main
 from analysis.pipeline import PipelineConfig
 from analysis.pipeline import main as run_pipeline_cli
 from analysis.provenance.command import ProvenanceReportConfig, provenance_main
+from analysis.sparsity.command import SparsityReportConfig, sparsity_main
 from sae.cli_support import Command, run_cli
-from segcompass.warmup.cli import WarmupCommandConfig
-from segcompass.warmup.cli import main as warmup_main
+from segcompass.warmup.command import WarmupCommandConfig
+from segcompass.warmup.command import main as warmup_main
 from segcompass.world.contrast_probe import ContrastProbeConfig, run_contrast_baseline
 
 DESCRIPTION = (
-    "Analyse what SegCompass's sparse concepts do: the default pipeline on the built-in synthetic world, "
-    "the pixel-contrast baseline, and (as they land) coverage, sparsity, attribution and provenance reports."
+    "Analyse what SegCompass's sparse concepts do: the default pipeline on the built-in synthetic world and "
+    "the coverage, sparsity, atom and provenance reports. (`warmup` and `contrast-baseline` are deprecated "
+    "aliases: they moved to `segcompass`.)"
 )
 
 COMMANDS = [
     Command("pipeline", PipelineConfig, run_pipeline_cli, "run the default pipeline on the synthetic world"),
-    Command(
-        "contrast-baseline",
-        ContrastProbeConfig,
-        run_contrast_baseline,
-        "linear probes on raw patch pixels: how far pixel contrast alone gets (default vs plain world)",
-    ),
     Command(
         "coverage",
         CoverageReportConfig,
@@ -57,6 +53,13 @@ COMMANDS = [
         warmup_main,
         "deprecated alias of `segcompass warmup`",
         deprecated="segcompass warmup",
+    ),
+    Command(
+        "contrast-baseline",
+        ContrastProbeConfig,
+        run_contrast_baseline,
+        "deprecated alias of `segcompass contrast-baseline`",
+        deprecated="segcompass contrast-baseline",
     ),
 ]
 

@@ -15,12 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.commands import (
-    CoverageReportConfig,
-    SparsityReportConfig,
-    run_coverage_report,
-    run_sparsity_report,
-)
+from analysis.coverage.command import CoverageReportConfig, run_coverage_report
+from analysis.sparsity.command import SparsityReportConfig, run_sparsity_report
 from segcompass.artifacts import (
     TINY_SAE_ARCHITECTURE,
     TINY_SAE_DEAD_WINDOW,

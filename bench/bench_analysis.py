@@ -105,12 +105,8 @@ def build_inputs(
 
 def worker(args) -> None:
     """Run one report in this (fresh) process and print its time and memory as JSON."""
-    from analysis.commands import (
-        CoverageReportConfig,
-        SparsityReportConfig,
-        run_coverage_report,
-        run_sparsity_report,
-    )
+    from analysis.coverage.command import CoverageReportConfig, run_coverage_report
+    from analysis.sparsity.command import SparsityReportConfig, run_sparsity_report
     from sae.store import ActivationStore
 
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

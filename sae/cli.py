@@ -53,10 +53,17 @@ COMMANDS = [
         "train a sparse autoencoder on an activation store (sae-lens)",
     ),
     Command(
-        "eval",
+        "evaluate",
         EvalConfig,
         run_eval_command,
         "evaluate an SAE per token type (explained variance, L0, dead atoms)",
+    ),
+    Command(
+        "eval",
+        EvalConfig,
+        run_eval_command,
+        "deprecated alias of `evaluate`",
+        deprecated="segcompass-sae evaluate",
     ),
 ]
 

@@ -10,8 +10,9 @@ from segcompass.pretrain.command import PretrainCommandConfig, run_pretrain_comm
 from segcompass.sam_warmup.command import SamWarmupCommandConfig, run_sam_warmup_command
 from segcompass.training.ablation import AblationConfig
 from segcompass.training.command import TrainCommandConfig, run_ablation_command, run_train_command
-from segcompass.warmup.cli import WarmupCommandConfig
-from segcompass.warmup.cli import main as warmup_main
+from segcompass.warmup.command import WarmupCommandConfig
+from segcompass.warmup.command import main as warmup_main
+from segcompass.world.contrast_probe import ContrastProbeConfig, run_contrast_baseline
 
 DESCRIPTION = (
     "SegCompass: reasoning segmentation through sparse-autoencoder concepts. `train` trains the policy and "
@@ -37,6 +38,12 @@ COMMANDS = [
         PretrainCommandConfig,
         run_pretrain_command,
         "build the staged tiny VLM (vision pretraining -> alignment -> instruction tuning), cached by config",
+    ),
+    Command(
+        "contrast-baseline",
+        ContrastProbeConfig,
+        run_contrast_baseline,
+        "linear probes on raw patch pixels: how far pixel contrast alone gets (default vs plain world)",
     ),
     Command(
         "warmup",

@@ -135,12 +135,16 @@ def test_unwritable_out_is_refused_before_the_computation(
 ) -> None:
     """#23.4: an output folder that cannot be written is one sentence naming it, found before the analysis
     runs (not a traceback after the whole computation)."""
-    import analysis.commands as commands
+    import analysis.coverage.command as coverage_command
+    import analysis.sparsity.command as sparsity_command
 
     out = tmp_path / "readonly"
     make_unwritable(out, monkeypatch)
     computed = []
-    for name in ("coverage_with_controls", "sparsity_with_controls"):
+    for commands, name in (
+        (coverage_command, "coverage_with_controls"),
+        (sparsity_command, "sparsity_with_controls"),
+    ):
         real = getattr(commands, name)
         monkeypatch.setattr(commands, name, lambda *a, _real=real, **k: computed.append(1) or _real(*a, **k))
     argv = [command, "--sae", str(inputs["sae"]), "--store", str(inputs["store"]), "--out", str(out)]

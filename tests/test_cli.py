@@ -27,8 +27,8 @@ def test_console_scripts_print_help(script):
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     assert out.startswith(f"usage: {script}")
     for sub in {
-        "segcompass-sae": ["capture", "train", "eval"],
-        "segcompass-analyze": ["pipeline", "contrast-baseline", "coverage", "sparsity"],
+        "segcompass-sae": ["capture", "train", "evaluate"],
+        "segcompass-analyze": ["pipeline", "coverage", "sparsity", "atoms", "provenance"],
     }[script]:
         assert sub in out
         sub_help = subprocess.run(
@@ -38,8 +38,25 @@ def test_console_scripts_print_help(script):
 
 
 def test_cli_errors_are_one_line_messages(capsys):
-    assert analyze_main(["contrast-baseline", "--worlds", "mars"]) == 2
+    from segcompass.cli import main as model_main
+
+    assert model_main(["contrast-baseline", "--worlds", "mars"]) == 2
     assert "error: worlds must be a subset of default,plain" in capsys.readouterr().err
+    assert analyze_main(["contrast-baseline", "--worlds", "mars"]) == 2  # the old name still works
+    err = capsys.readouterr().err
+    assert "segcompass-analyze contrast-baseline is deprecated; use `segcompass contrast-baseline`" in err
+
+
+def test_one_verb_per_action_across_the_three_clis():
+    from analysis.cli import COMMANDS as ANALYZE
+    from sae.cli import COMMANDS as SAE
+    from segcompass.cli import COMMANDS as MODEL
+
+    live = {c.name for commands in (ANALYZE, SAE, MODEL) for c in commands if not c.deprecated}
+    assert "eval" not in live and {"evaluate", "warmup", "contrast-baseline"} <= live
+    # model-side commands sit in `segcompass`; `segcompass-analyze` keeps only deprecated aliases of them
+    assert {c.name for c in ANALYZE if c.deprecated} == {"warmup", "contrast-baseline"}
+    assert all(c.deprecated.split()[0] == "segcompass" for c in ANALYZE if c.deprecated)
 
 
 @pytest.mark.slow

@@ -95,7 +95,19 @@ def test_eval_command_writes_tables_and_refuses_mismatches(tmp_path):
     identity_sae(32).save_model(sae_dir)
     out = tmp_path / "eval"
     assert (
-        main(["eval", "--sae", str(sae_dir), "--store", str(store.root), "--out", str(out), "--split", "all"])
+        main(
+            [
+                "evaluate",
+                "--sae",
+                str(sae_dir),
+                "--store",
+                str(store.root),
+                "--out",
+                str(out),
+                "--split",
+                "all",
+            ]
+        )
         == 0
     )
     report = json.loads((out / "eval.json").read_text())

@@ -23,8 +23,8 @@ from analysis.atoms.naming import (
     consistency_summary,
     naming_with_controls,
 )
-from analysis.commands import _Inputs, _load, _metadata, resolve_instances
 from analysis.common.inputs import AnalysisInputError, open_store
+from analysis.common.report_inputs import ReportInputs, load_report_saes, report_metadata, resolve_instances
 from analysis.report.html import ReportFiles, Section, write_report
 from sae.files import lock_output
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class AtomsReportConfig(NamingConfig, _Inputs):
+class AtomsReportConfig(NamingConfig, ReportInputs):
     """Atom naming: each atom's max-activating tokens and image patches, an offline label (the synthetic
     world's colour / shape / background under its top patches, or the most frequent word at its top tokens)
     with its purity, and a consistency score on held-out documents (ROC-AUC, precision, recall of "label
@@ -83,7 +83,7 @@ def run_atoms_report(cfg: AtomsReportConfig) -> tuple[list[NamingResult], Report
     """Name the atoms (and the control's) and write `<out>/atoms.html` + tables."""
     if cfg.cards_by not in CARD_ORDERS:
         raise AnalysisInputError(f"unknown --cards-by {cfg.cards_by!r}; choose from {CARD_ORDERS}")
-    sae, control = _load(cfg)
+    sae, control = load_report_saes(cfg)
     instances = resolve_instances(cfg, required=False)
     naming = NamingConfig(**{k: getattr(cfg, k) for k in NamingConfig.__dataclass_fields__})
     tokenizer = resolve_tokenizer(cfg.tokenizer, open_store(cfg.store))
@@ -134,7 +134,12 @@ def run_atoms_report(cfg: AtomsReportConfig) -> tuple[list[NamingResult], Report
         "inputs": inputs,
     }
     files = write_report(
-        cfg.out, "atoms", "SegCompass atom naming", sections, tables, metadata=_metadata(cfg, sae, control)
+        cfg.out,
+        "atoms",
+        "SegCompass atom naming",
+        sections,
+        tables,
+        metadata=report_metadata(cfg, sae, control),
     )
     return results, files
 

@@ -1,2 +1,2 @@
 """Instance coverage: do the image tokens where the SAE is most active cover the objects? (`core`), its tables
-(`tables`) and figure (`plot`); the command is `analysis.commands` (`segcompass-analyze coverage`)."""
+(`tables`) and figure (`plot`); the command is `command.py` (`segcompass-analyze coverage`)."""

@@ -1,2 +1,2 @@
 """Sparsity by token type: L0, activation mass and distinct atoms per kind of token (`core`); the command is
-`analysis.commands` (`segcompass-analyze sparsity`)."""
+`command.py` (`segcompass-analyze sparsity`)."""

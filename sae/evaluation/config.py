@@ -1,4 +1,4 @@
-"""Options of `segcompass-sae eval` (imports nothing heavy, so `--help` is fast)."""
+"""Options of `segcompass-sae evaluate` (imports nothing heavy, so `--help` is fast)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class EvalConfig:
 
 
 def run_eval_command(cfg: EvalConfig) -> None:
-    """`segcompass-sae eval`: print the metrics table (and the CE result), write them when --out is given."""
+    """`segcompass-sae evaluate`: print the metrics table (and the CE result), write them when --out is given."""
     from .run import run_eval
 
     report = run_eval(cfg)

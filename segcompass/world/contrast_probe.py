@@ -211,7 +211,7 @@ def run_contrast_baseline(cfg: ContrastProbeConfig) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    """`python -m segcompass.world.contrast_probe` (the same as `segcompass-analyze contrast-baseline`)."""
+    """`python -m segcompass.world.contrast_probe` (the same as `segcompass contrast-baseline`)."""
     import simple_parsing
 
     parser = simple_parsing.ArgumentParser(
