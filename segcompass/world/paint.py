@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from segcompass.world.vocab import COLOURS
+
 _NAMED_RGB: dict[str, tuple[int, int, int]] = {
-    "red": (214, 39, 40),
-    "green": (44, 160, 44),
-    "blue": (31, 90, 220),
-    "yellow": (236, 206, 30),
-    "purple": (148, 70, 190),
-    "orange": (245, 130, 20),
-    "cyan": (30, 190, 205),
+    **COLOURS,  # the object colours, then everyday colours of backgrounds
     "white": (240, 240, 240),
     "grey": (128, 128, 128),
     "black": (20, 20, 20),
