@@ -153,3 +153,43 @@ def build_stage(
         shutil.rmtree(old, ignore_errors=True)
     logger.info("%s: published %s", stage.name, path)
     return path
+
+
+def find_stage(
+    stage: Stage[C],
+    config: C,
+    cache_root: str | os.PathLike | None = None,
+    *,
+    legacy: list[Path] | tuple[Path, ...] = (),
+    legacy_complete: Callable[[Path], bool] | None = None,
+    missing: str = "",
+) -> Path:
+    """Like `stage_folder`, but a folder of a previous cache layout (the first of `legacy` that
+    `legacy_complete` accepts) is used when the stage's own folder is not built; `missing` replaces the
+    `StageMissing` message (name the exact command that builds it). Never builds."""
+    path = stage.path(config, cache_root)
+    if is_built(path):
+        return path
+    for old in legacy:
+        if legacy_complete is not None and legacy_complete(old):
+            logger.info("%s: using %s (previous cache layout)", stage.name, old)
+            return old
+    raise StageMissing(missing or f"{stage.name} is not built yet ({path}); build it with `{stage.command}`")
+
+
+def ensure_stage(
+    stage: Stage[C],
+    config: C,
+    cache_root: str | os.PathLike | None = None,
+    *,
+    find: Callable[[C, str | os.PathLike | None], Path] | None = None,
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """What the pipeline and the commands call: (folder, True) when `find` (default `stage_folder`) finds
+    the stage built, else (and with `force`) build it, saying so, → (folder, False)."""
+    if not force:
+        try:
+            return (find(config, cache_root) if find else stage_folder(stage, config, cache_root)), True
+        except StageMissing:
+            logger.info("%s is not built: building it", stage.name)
+    return build_stage(stage, config, cache_root, force=force), False

@@ -10,17 +10,14 @@ layout (`<cache root>/backbones/<family>-<sha>/`, or `$SEGCOMPASS_CACHE/<family>
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-from segcompass.stages import Stage, StageMissing, is_built, resolve_root
+from segcompass.stages import Stage, StageMissing, find_stage, resolve_root
 
 from .backbone import METADATA_FILE, Backbone
 from .registry import load_backbone
 from .warm_config import WARMUP_VERSION, WarmupConfig
-
-logger = logging.getLogger(__name__)
 
 WARMUP_COMMAND = "segcompass warmup"
 """The command that builds a warm-up (`--family`, `--seed` and the config's other fields as flags)."""
@@ -40,7 +37,8 @@ WARMUP_STAGE: Stage[WarmupConfig] = Stage(
 
 def build_command(config: WarmupConfig) -> str:
     """The command line that builds `config`'s warm-up (flags for the family and seed)."""
-    return f"{WARMUP_COMMAND} --family {config.family} --seed {config.seed}"
+    k = "" if config.num_slots == WarmupConfig.num_slots else f" --num-slots {config.num_slots}"
+    return f"{WARMUP_COMMAND} --family {config.family} --seed {config.seed}{k}"
 
 
 def legacy_folders(config: WarmupConfig, cache_root: str | os.PathLike | None = None) -> list[Path]:
@@ -52,17 +50,13 @@ def legacy_folders(config: WarmupConfig, cache_root: str | os.PathLike | None = 
 def warm_folder(config: WarmupConfig, cache_root: str | os.PathLike | None = None) -> Path:
     """The built folder of `config`'s warm-up (new layout, else the previous one); `StageMissing` naming
     the command that builds it otherwise. Never trains."""
-    path = WARMUP_STAGE.path(config, cache_root)
-    if is_built(path):
-        return path
-    for old in legacy_folders(config, cache_root):
-        if all((old / f).exists() for f in LEGACY_FILES):
-            logger.info("warm-up: using %s (previous cache layout)", old)
-            return old
-    raise StageMissing(
-        f"the warmed-up {config.family} backbone (seed {config.seed}) is not built yet ({path}); "
-        f"build it with `{build_command(config)}`"
-    )
+    return find_stage(
+        WARMUP_STAGE, config, cache_root,
+        legacy=legacy_folders(config, cache_root),
+        legacy_complete=lambda old: all((old / f).exists() for f in LEGACY_FILES),
+        missing=f"the warmed-up {config.family} backbone (seed {config.seed}, K {config.num_slots}) is not built "
+        f"yet ({WARMUP_STAGE.path(config, cache_root)}); build it with `{build_command(config)}`",
+    )  # fmt: skip
 
 
 def warm_config(spec: str, *, seed: int = 0, num_slots: int | None = None) -> WarmupConfig:

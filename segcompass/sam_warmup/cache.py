@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from segcompass.stages import Stage, StageMissing, build_stage, default_cache_root, is_built, resolve_root
+from segcompass.stages import Stage, StageMissing, default_cache_root, ensure_stage, find_stage, resolve_root
 
 from .config import SAM_WARMUP_VERSION, SamWarmupConfig
 from .train import TinySam, prompt_only_iou, prompted_iou, scene_tensors, train
@@ -127,17 +127,12 @@ SAM_STAGE: Stage[SamWarmupConfig] = Stage(
 def sam_folder(config: SamWarmupConfig, cache_dir: str | os.PathLike | None = None) -> Path:
     """The built folder of `config`'s tiny SAM (new layout, else the previous one under `<root>/sam/`);
     `StageMissing` naming the command that builds it otherwise. Never trains."""
-    path = SAM_STAGE.path(config, cache_dir)
-    if is_built(path):
-        return path
-    old = resolve_root(cache_dir) / SAM_STAGE.subdir / config.key()
-    if is_complete(old):
-        logger.info("tiny SAM: using %s (previous cache layout)", old)
-        return old
-    raise StageMissing(
-        f"the tiny SAM (seed {config.seed}) is not built yet ({path}); "
-        f"build it with `{SAM_WARMUP_COMMAND} --seed {config.seed}`"
-    )
+    return find_stage(
+        SAM_STAGE, config, cache_dir,
+        legacy=[resolve_root(cache_dir) / SAM_STAGE.subdir / config.key()], legacy_complete=is_complete,
+        missing=f"the tiny SAM (seed {config.seed}) is not built yet ({SAM_STAGE.path(config, cache_dir)}); "
+        f"build it with `{SAM_WARMUP_COMMAND} --seed {config.seed}`",
+    )  # fmt: skip
 
 
 def tiny_sam(
@@ -149,15 +144,10 @@ def tiny_sam(
 ) -> SamWarmupArtifact:
     """The warmed-up tiny SAM of `config`: built once if missing (minutes on 2 CPU cores; logged), then read.
     `cache_dir` is the cache root (default `$SEGCOMPASS_CACHE` or `~/.cache/segcompass`)."""
-    config = config or SamWarmupConfig()
-    if not force:
-        try:
-            return load_artifact(sam_folder(config, cache_dir))
-        except StageMissing:
-            logger.info("tiny SAM (seed %d) is not built: building it (training, minutes)", config.seed)
     stage = dataclasses.replace(SAM_STAGE, build=functools.partial(_build, progress=progress))
-    artifact = load_artifact(build_stage(stage, config, cache_dir, force=force))
-    artifact.cached = False
+    path, cached = ensure_stage(stage, config or SamWarmupConfig(), cache_dir, find=sam_folder, force=force)
+    artifact = load_artifact(path)
+    artifact.cached = cached
     return artifact
 
 

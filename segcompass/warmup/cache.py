@@ -26,7 +26,7 @@ import pandas as pd
 
 from segcompass.backbones import Backbone, load_backbone
 from segcompass.backbones.warm import WARMUP_STAGE, StageMissing, load_warm, warm_config, warm_folder
-from segcompass.stages import Stage, build_stage, default_cache_root
+from segcompass.stages import Stage, default_cache_root, ensure_stage
 
 from .config import WarmupConfig
 from .evaluate import evaluate_with_control
@@ -112,14 +112,8 @@ def build_warm_up(
     progress: bool = True,
 ) -> tuple[Path, bool]:
     """Build `config`'s warm-up unless it is built (new or previous layout); (folder, was it cached)."""
-    config = config or WarmupConfig()
-    if not force:
-        try:
-            return warm_folder(config, cache_dir), True
-        except StageMissing:
-            logger.info("warm-up %s is not built: building it (training, minutes)", config.family)
     stage = dataclasses.replace(WARMUP_BUILD, build=functools.partial(_build, progress=progress))
-    return build_stage(stage, config, cache_dir, force=force), False
+    return ensure_stage(stage, config or WarmupConfig(), cache_dir, find=warm_folder, force=force)
 
 
 def warm_up_artifact(
