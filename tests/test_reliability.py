@@ -103,29 +103,37 @@ def test_a_refused_run_leaves_no_folder_behind(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-@pytest.fixture
-def small_file_limit():
-    """Writes past 20 kB fail as on a full disk (RLIMIT_FSIZE; EFBIG instead of ENOSPC)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+def _write_past_a_small_file_limit(library: str, target: str, results) -> None:
+    """In a child process only: writes past 20 kB fail as on a full disk (RLIMIT_FSIZE; EFBIG instead of
+    ENOSPC). The limit must not touch the test runner's own output, which may be a file larger than that."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    big = {"x": torch.zeros(100_000)}
+    write = (lambda p: torch.save(big, p)) if library == "torch" else (lambda p: save_file(big, str(p)))
     try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
+        atomic_write(target, write)
+        results.put(("no error", None, None))
+    except WriteError as err:
+        results.put(("WriteError", err.filename, err.errno))
+    except BaseException as err:  # reported to the parent, which fails the test
+        results.put((type(err).__name__, str(err), None))
 
 
 @pytest.mark.parametrize("library", ["torch", "safetensors"])
-def test_library_write_failures_name_the_file(tmp_path: Path, small_file_limit, library) -> None:
+def test_library_write_failures_name_the_file(tmp_path: Path, library) -> None:
     """torch raises RuntimeError("... unexpected pos ...") and safetensors a SafetensorError on a failed
     write; both become a WriteError naming the target, and no temporary file stays."""
-    big = {"x": torch.zeros(100_000)}
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
     target = tmp_path / "big.bin"
-    write = (lambda p: torch.save(big, p)) if library == "torch" else (lambda p: save_file(big, str(p)))
-    with pytest.raises(WriteError) as info:
-        atomic_write(target, write)
-    assert info.value.filename == str(target) and info.value.errno in (errno.EFBIG, errno.ENOSPC, errno.EIO)
+    child = context.Process(target=_write_past_a_small_file_limit, args=(library, str(target), results))
+    child.start()
+    kind, filename, code = results.get(timeout=120)
+    child.join(timeout=60)
+    assert kind == "WriteError", (kind, filename)
+    assert filename == str(target) and code in (errno.EFBIG, errno.ENOSPC, errno.EIO)
     assert list(tmp_path.iterdir()) == []
 
 
