@@ -66,12 +66,13 @@ def kill_at_random_points(
     start: Callable[[], subprocess.Popen], folder: Path, window: float, *, attempts: int = 3, seed: int = 0
 ) -> int:
     """Start the run `attempts` times; each time, once it holds `folder`'s lock, SIGKILL it after a random
-    delay in [0, window) s (a run that already finished is left alone). Returns how many runs were killed
-    while running."""
+    delay in [0.05, 0.7) × `window` s (a run that already finished is left alone). Returns how many runs were
+    killed while running. The delays stay well inside the reference duration `window`: a kill drawn near its
+    end would miss whenever this run is a little faster than the reference was."""
     rng = random.Random(seed)
     killed = 0
     for _ in range(attempts):
-        delay = rng.uniform(0, window)
+        delay = rng.uniform(0.05, 0.7) * window
         proc = start()
         if wait_until(lambda p=proc: holds_lock(folder, p.pid), proc, what="lock"):
             time.sleep(delay)
