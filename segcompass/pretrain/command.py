@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +14,6 @@ import torch
 from segcompass.backbones import build_tiny, load_backbone
 
 from .evaluate import evaluate_stack
-from .optim import Schedule
 from .pool import ScenePool
 from .stack import IMAGE_PIXELS, StackConfig, build_stack, scene_pool, set_image_pixels
 
@@ -57,9 +56,9 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         seed=cfg.seed,
         train_scenes=cfg.train_scenes,
         val_scenes=cfg.val_scenes,
-        vision=Schedule(**{**d.vision.__dict__, "steps": cfg.vision_steps}),
-        align=Schedule(**{**d.align.__dict__, "steps": cfg.align_steps}),
-        instruct=Schedule(**{**d.instruct.__dict__, "steps": cfg.instruct_steps}),
+        vision=replace(d.vision, steps=cfg.vision_steps),
+        align=replace(d.align, steps=cfg.align_steps),
+        instruct=replace(d.instruct, steps=cfg.instruct_steps),
     )
 
 

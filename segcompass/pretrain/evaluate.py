@@ -74,9 +74,7 @@ def question_accuracy(backbone: Backbone, pool: ScenePool, label: str) -> list[d
         truth = [items[j][1].answer for j in idx]
         hits = [items[j][1].candidates[picked[j]] == items[j][1].answer for j in idx]
         majority = max(Counter(truth).values()) / len(truth) if truth else float("nan")
-        rows.append(
-            dict(model=label, measure=kind, n=len(idx), accuracy=float(np.mean(hits)), majority=majority)
-        )
+        rows.append(_row(label, kind, len(idx), float(np.mean(hits)), majority))
     return rows
 
 
@@ -101,39 +99,22 @@ def reasoning_accuracy(
         if not _states_both(s.sample.instruction, target.colour, target.shape):
             hidden_hits.append(ok)
         formats.append(format_ok(text, num_slots))
-    all_formats = formats  # single-target instructions only (the others share the format)
+    unstated = float(np.mean(hidden_hits)) if hidden_hits else float("nan")
     return [
-        dict(
-            model=label,
-            measure="reasoning_referent",
-            n=len(hits),
-            accuracy=float(np.mean(hits)),
-            majority=np.nan,
-        ),
-        dict(
-            model=label,
-            measure="reasoning_referent_unstated",
-            n=len(hidden_hits),
-            accuracy=float(np.mean(hidden_hits)) if hidden_hits else float("nan"),
-            majority=np.nan,
-        ),
-        dict(
-            model=label,
-            measure="format",
-            n=len(all_formats),
-            accuracy=float(np.mean(all_formats)),
-            majority=np.nan,
-        ),
+        _row(label, "reasoning_referent", len(hits), float(np.mean(hits))),
+        _row(label, "reasoning_referent_unstated", len(hidden_hits), unstated),
+        _row(label, "format", len(formats), float(np.mean(formats))),  # over the single-target instructions
     ]
+
+
+def _row(model: str, measure: str, n: int, accuracy: float, majority: float = float("nan")) -> dict:
+    return dict(model=model, measure=measure, n=n, accuracy=accuracy, majority=majority)
 
 
 def probe_rows(backbone: Backbone, train: ScenePool, val: ScenePool, label: str) -> list[dict]:
     """Linear probes of hook-layer image tokens (fitted on `train`, scored on `val`)."""
     results = token_probes(hook_layer_tokens(backbone, train), train, hook_layer_tokens(backbone, val), val)
-    return [
-        dict(model=label, measure=f"hook_probe_{k}", n=r.n_test, accuracy=r.accuracy, majority=r.majority)
-        for k, r in results.items()
-    ]
+    return [_row(label, f"hook_probe_{k}", r.n_test, r.accuracy, r.majority) for k, r in results.items()]
 
 
 def evaluate_stack(

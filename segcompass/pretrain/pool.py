@@ -12,6 +12,7 @@ it is exact up to the resize of the mask to the grid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from segcompass.warmup.tasks import POSITIONS, lite_sample
 from segcompass.world.config import WorldConfig
 from segcompass.world.generate import generate_sample
 from segcompass.world.language import location_words
@@ -31,11 +33,6 @@ logger = logging.getLogger(__name__)
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
-POSITIONS: tuple[str, ...] = tuple(
-    " ".join(w for w in (r, c) if w) or "centre" for r in ("top", "", "bottom") for c in ("left", "", "right")
-)
-"""The nine coarse 3 × 3 positions, row-major ("top left", "top", …, "centre", …, "bottom right")."""
-
 SILHOUETTE = 8
 """Side of the object silhouettes."""
 FINE = 4
@@ -50,7 +47,7 @@ class PooledScene:
     """One scene of a pool: the sample (masks dropped) and its token-grid labels."""
 
     sample: WorldSample
-    """The world sample; `masks` is replaced by an empty array (the coverage below keeps what is needed)."""
+    """The world sample without its masks (`warmup.tasks.lite_sample`; the labels below keep what is needed)."""
     grid: tuple[int, int]
     """(rows, cols) of the image-token grid."""
     coverage: np.ndarray
@@ -64,8 +61,6 @@ class PooledScene:
     """float32 [n_obj, 3]: each object's centre row, centre column and radius, in grid cells."""
     fine_coverage: np.ndarray
     """float16 [n_obj, FINE·rows, FINE·cols]: coverage on a grid FINE times finer (each cell's outline)."""
-    masks: np.ndarray | None = None
-    """bool [n_obj, H, W] visible masks at image resolution, kept only when the pool asks for them."""
 
     @property
     def background(self) -> np.ndarray:
@@ -135,20 +130,16 @@ def object_geometry(sample: WorldSample, grid: tuple[int, int]) -> np.ndarray:
     return np.asarray(geo, dtype=np.float32).reshape(-1, 3)
 
 
-def pool_scene(sample: WorldSample, grid: tuple[int, int], keep_masks: bool = False) -> PooledScene:
+def pool_scene(sample: WorldSample, grid: tuple[int, int]) -> PooledScene:
     """Label one sample for a token grid."""
-    coverage = cell_coverage(sample.masks, grid)
-    masks = sample.masks if keep_masks else None
-    lite = WorldSample(**{**sample.__dict__, "masks": np.zeros((0, 1, 1), dtype=bool)})
     return PooledScene(
-        lite,
+        lite_sample(sample),
         grid,
-        coverage,
+        cell_coverage(sample.masks, grid),
         object_attributes(sample),
         silhouettes(sample.masks),
         object_geometry(sample, grid),
         cell_coverage(sample.masks, (grid[0] * FINE, grid[1] * FINE)).astype(np.float16),
-        masks,
     )
 
 
@@ -157,28 +148,17 @@ def _render(args: tuple[WorldConfig, str, int]) -> WorldSample:
 
 
 def build_pool(
-    world: WorldConfig,
-    split: str,
-    n: int,
-    grid_fn: GridFn,
-    *,
-    workers: int = 1,
-    keep_masks: bool = False,
-    progress: bool = False,
+    world: WorldConfig, split: str, n: int, grid_fn: GridFn, *, workers: int = 1, progress: bool = False
 ) -> ScenePool:
     """Render samples 0 … n − 1 of `split` and label them for the grid `grid_fn` gives each image size.
 
     `workers` > 1 renders in that many processes; the result does not depend on it (a sample is a pure
     function of config, split and index)."""
     jobs = [(world, split, i) for i in range(n)]
-    bar = dict(total=n, desc=f"scenes {split}", disable=not progress, leave=False)
-    if workers <= 1:
-        samples = map(_render, jobs)
-        return ScenePool(split, [_label(s, grid_fn, keep_masks) for s in tqdm(samples, **bar)])
-    with ProcessPoolExecutor(workers) as ex:
-        samples = ex.map(_render, jobs, chunksize=16)
-        return ScenePool(split, [_label(s, grid_fn, keep_masks) for s in tqdm(samples, **bar)])
-
-
-def _label(sample: WorldSample, grid_fn: GridFn, keep_masks: bool) -> PooledScene:
-    return pool_scene(sample, grid_fn(sample.scene.height, sample.scene.width), keep_masks)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            samples = stack.enter_context(ProcessPoolExecutor(workers)).map(_render, jobs, chunksize=16)
+        else:
+            samples = map(_render, jobs)
+        bar = tqdm(samples, total=n, desc=f"scenes {split}", disable=not progress, leave=False)
+        return ScenePool(split, [pool_scene(s, grid_fn(s.scene.height, s.scene.width)) for s in bar])
