@@ -8,22 +8,39 @@ command that builds it; `build_stage` builds what is missing and says so.
 
 A stage whose input is another stage's output puts that stage's key into its own config, so changing an
 early stage changes every key after it.
+
+A *resumable* stage (`Stage.resumable`: an activation capture, an SAE training run) is built in place in a
+stable work folder `<key>.partial` beside its final folder, which an interruption leaves behind: the next
+build calls `build` on it again, which continues what is there, and the folder is renamed to `<key>` when the
+build returns. A lock file `.<key>.lock` beside it keeps a second builder out (it waits, or with
+`wait=False` is refused with `StageBusy`); a killed builder's lock is dropped by the kernel, so the next
+builder takes over and resumes. A `.partial` folder is never loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from sae.files.atomic import staged_folder
+from sae.files import (
+    FolderLock,
+    FolderLockedError,
+    apply_umask_tree,
+    atomic_write_text,
+    fsync_dir,
+    fsync_tree,
+)
+from sae.files.atomic import staged_folder, temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +48,10 @@ CACHE_ENV = "SEGCOMPASS_CACHE"
 """Environment variable that moves the cache (default `~/.cache/segcompass`)."""
 STAGE_FILE = "stage.json"
 """Written last into every stage folder: the stage name, version, key and config."""
+PARTIAL_SUFFIX = ".partial"
+"""A resumable stage is built in `<key>.partial` (kept across interruptions) and renamed to `<key>`."""
+WAIT_POLL_SECONDS = 2.0
+"""How often a builder waiting for another builder's lock on a resumable stage tries again."""
 
 C = TypeVar("C")
 
@@ -40,6 +61,10 @@ _building_root: contextvars.ContextVar[Path | None] = contextvars.ContextVar("st
 
 class StageMissing(FileNotFoundError):
     """A stage's folder is not built yet; the message names the command that builds it."""
+
+
+class StageBusy(FolderLockedError):
+    """Another live process is building the same resumable stage (the message names it)."""
 
 
 def default_cache_root() -> Path:
@@ -67,6 +92,10 @@ class Stage(Generic[C]):
     """The command a user runs to build it (named by `StageMissing`)."""
     subdir: str = "stages"
     """Folder under the cache root."""
+    resumable: bool = False
+    """Build in place in `<key>.partial`, which survives an interruption, under a lock; `build` is then
+    called again on what an interrupted build left there and must continue it (module docstring). False:
+    each attempt starts in a fresh temporary folder."""
 
     def key(self, config: C) -> str:
         """`<name>-<first 16 hex of sha256 of (name, version, config)>`."""
@@ -100,11 +129,23 @@ def is_built(path: Path) -> bool:
     return (path / STAGE_FILE).is_file()
 
 
+def partial_folder(path: Path) -> Path:
+    """The work folder a resumable stage whose final folder is `path` is built in."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _missing(stage: Stage[Any], path: Path) -> str:
+    text = f"{stage.name} is not built yet ({path}); build it with `{stage.command}`"
+    if stage.resumable and partial_folder(path).is_dir():
+        text += f" (it continues the interrupted build in {partial_folder(path)})"
+    return text
+
+
 def stage_folder(stage: Stage[C], config: C, cache_root: str | os.PathLike | None = None) -> Path:
     """The built folder of `stage` for `config`; `StageMissing` (naming the build command) otherwise."""
     path = stage.path(config, cache_root)
     if not is_built(path):
-        raise StageMissing(f"{stage.name} is not built yet ({path}); build it with `{stage.command}`")
+        raise StageMissing(_missing(stage, path))
     return path
 
 
@@ -114,13 +155,18 @@ def build_stage(
     cache_root: str | os.PathLike | None = None,
     *,
     force: bool = False,
+    wait: bool = True,
 ) -> Path:
     """Build `stage` for `config` unless it is already built (or `force`), publish it atomically, and
-    return its folder. A concurrent builder that finished first wins; its folder is kept."""
+    return its folder. A concurrent builder that finished first wins; its folder is kept. A resumable stage
+    continues its interrupted build; while another process builds it, this one waits for it (`wait`), or
+    raises `StageBusy`."""
     path = stage.path(config, cache_root)
     if is_built(path) and not force:
         logger.info("%s: cached (%s)", stage.name, path)
         return path
+    if stage.resumable:
+        return _build_resumable(stage, config, path, _resolve_root(cache_root), force=force, wait=wait)
     logger.info("%s: building %s", stage.name, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.building-{os.getpid()}")
@@ -129,9 +175,7 @@ def build_stage(
     try:
         with staged_folder(staging) as tmp:
             stage.build(config, tmp)
-            record = {"stage": stage.name, "version": stage.version, "key": path.name}
-            record["config"] = config_json(config)
-            (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+            (tmp / STAGE_FILE).write_text(_record(stage, config, path))
     finally:
         _building_root.reset(token)
     old = None
@@ -155,6 +199,66 @@ def build_stage(
     return path
 
 
+def _record(stage: Stage[C], config: C, path: Path) -> str:
+    record = {"stage": stage.name, "version": stage.version, "key": path.name, "config": config_json(config)}
+    return json.dumps(record, indent=2, sort_keys=True, default=str)
+
+
+@contextlib.contextmanager
+def _builder_lock(stage: Stage[Any], path: Path, wait: bool) -> Iterator[None]:
+    """Hold `.<key>.lock` beside `path`: one builder of a resumable stage at a time."""
+    lock = FolderLock(path.parent, f"building {stage.name}", name=f".{path.name}.lock")
+    waiting = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except FolderLockedError as err:
+            if not wait:
+                raise StageBusy(f"{stage.name} ({path}) is being built by another process: {err}") from None
+            if not waiting:
+                logger.info("%s: another process is building %s; waiting for it", stage.name, path)
+                waiting = True
+            time.sleep(WAIT_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build_resumable(stage: Stage[C], config: C, path: Path, root: Path, *, force: bool, wait: bool) -> Path:
+    """Build (or continue building) `stage` in `<key>.partial` under its lock and rename it to `path`."""
+    work = partial_folder(path)
+    with _builder_lock(stage, path, wait):
+        if is_built(path) and not force:  # the builder this one waited for published it
+            logger.info("%s: built by another process meanwhile (%s)", stage.name, path)
+            return path
+        if force:
+            shutil.rmtree(work, ignore_errors=True)
+        resumed = work.is_dir()
+        logger.info(
+            "%s: %s %s", stage.name, "continuing the interrupted build in" if resumed else "building in", work
+        )
+        work.mkdir(parents=True, exist_ok=True)
+        token = _building_root.set(root)
+        try:
+            stage.build(config, work)
+        finally:
+            _building_root.reset(token)
+        atomic_write_text(work / STAGE_FILE, _record(stage, config, path))  # a folder with it is complete
+        apply_umask_tree(work)
+        fsync_tree(work)
+        old = temporary_name(path, "old") if path.exists() else None
+        if old is not None:  # `force`: the previous build goes only once the new one is complete
+            os.replace(path, old)
+        os.replace(work, path)
+        fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    logger.info("%s: published %s", stage.name, path)
+    return path
+
+
 def find_stage(
     stage: Stage[C],
     config: C,
@@ -174,7 +278,7 @@ def find_stage(
         if legacy_complete is not None and legacy_complete(old):
             logger.info("%s: using %s (previous cache layout)", stage.name, old)
             return old
-    raise StageMissing(missing or f"{stage.name} is not built yet ({path}); build it with `{stage.command}`")
+    raise StageMissing(missing or _missing(stage, path))
 
 
 def ensure_stage(
@@ -184,12 +288,14 @@ def ensure_stage(
     *,
     find: Callable[[C, str | os.PathLike | None], Path] | None = None,
     force: bool = False,
+    wait: bool = True,
 ) -> tuple[Path, bool]:
     """What the pipeline and the commands call: (folder, True) when `find` (default `stage_folder`) finds
-    the stage built, else (and with `force`) build it, saying so, → (folder, False)."""
+    the stage built, else (and with `force`) build it, saying so, → (folder, False); `wait` as
+    `build_stage`'s."""
     if not force:
         try:
             return (find(config, cache_root) if find else stage_folder(stage, config, cache_root)), True
         except StageMissing:
             logger.info("%s is not built: building it", stage.name)
-    return build_stage(stage, config, cache_root, force=force), False
+    return build_stage(stage, config, cache_root, force=force, wait=wait), False

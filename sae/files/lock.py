@@ -96,12 +96,14 @@ def describe_holder(info: dict[str, Any] | None) -> str:
 
 
 class FolderLock:
-    """The exclusive lock of one output folder (`with FolderLock(out, "SAE training"): ...`)."""
+    """The exclusive lock of one output folder (`with FolderLock(out, "SAE training"): ...`); `name` picks
+    another lock file in it, for a lock of something beside the folder's other entries (a cached stage's
+    `.<key>.lock`)."""
 
-    def __init__(self, folder: str | os.PathLike, what: str) -> None:
+    def __init__(self, folder: str | os.PathLike, what: str, name: str = LOCK_FILE) -> None:
         self.folder = Path(folder)
         self.what = what
-        self.path = self.folder / LOCK_FILE
+        self.path = self.folder / name
         self._key: str | None = None
         self._created = False
 
@@ -113,7 +115,7 @@ class FolderLock:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise write_failure(err, self.folder) from err
-        key = os.path.realpath(self.folder)
+        key = os.path.join(os.path.realpath(self.folder), self.path.name)
         held = _held.get(key)
         if held is not None and held.pid == os.getpid():
             held.count += 1
