@@ -9,12 +9,19 @@ import torch
 
 from segcompass.backbones import build_tiny
 from segcompass.backbones.family import TinySpec
-from segcompass.pretrain.dialogue import Dialogue, Turn, qa_dialogue
+from segcompass.pretrain.dialogue import Dialogue, Turn, continuation, qa_dialogue
 from segcompass.pretrain.evaluate import named_referent
 from segcompass.pretrain.language import FeatureCache, encode_dialogues, lm_logits
 from segcompass.pretrain.pool import build_pool
 from segcompass.pretrain.stack import ProcessorGrid
-from segcompass.pretrain.vision import VisionHeads, VisionObjective, image_tokens, vision_batch, vision_loss
+from segcompass.pretrain.vision import (
+    PixelCache,
+    VisionHeads,
+    VisionObjective,
+    image_tokens,
+    vision_batch,
+    vision_loss,
+)
 from segcompass.world import WorldConfig
 
 SPEC = TinySpec(
@@ -41,11 +48,24 @@ def test_labels_cover_every_answer_and_end_of_turn_only(setup):
     backbone, pool = setup
     turns = (Turn("colour", "What colour is the star?", "red"), Turn("count", "How many circles?", "2"))
     batch = encode_dialogues(backbone, pool, [Dialogue(0, turns), Dialogue(1, turns[:1])])
-    ids = batch.prepared.inputs["input_ids"]
+    ids = batch.inputs["input_ids"]
     for row, expected in ((0, "red<|im_end|>2<|im_end|>"), (1, "red<|im_end|>")):
         kept = ids[row][batch.labels[row] != -100]
         assert backbone.tokenizer.decode(kept) == expected
-    assert (batch.labels[batch.prepared.inputs["attention_mask"] == 0] == -100).all()
+    assert (batch.labels[batch.inputs["attention_mask"] == 0] == -100).all()
+
+
+def test_text_only_encoding_equals_the_processor_with_pixels(setup):
+    backbone, pool = setup
+    dialogues = [qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 3, 1.0, 2) for i in range(3)]
+    batch = encode_dialogues(backbone, pool, dialogues)
+    prepared = backbone.prepare(
+        [pool[d.scene].sample.image for d in dialogues],
+        [d.turns[0].question for d in dialogues],
+        responses=[continuation(backbone, d.turns) for d in dialogues],
+    )
+    for key in ("input_ids", "attention_mask", "image_grid_thw"):
+        torch.testing.assert_close(batch.inputs[key], prepared.inputs[key], msg=key)
 
 
 def test_dialogues_are_deterministic_and_end_with_the_format_turn(setup):
@@ -65,17 +85,34 @@ def test_cached_features_give_the_same_logits_as_the_pixels(setup):
         pool,
         [qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 3, 1.0, 2) for i in range(3)],
     )
+    images = [pool[i].sample.image for i in range(3)]
+    pixels = backbone.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         cached = lm_logits(backbone, batch, FeatureCache(backbone, pool))
-        direct = backbone.model(**batch.prepared.inputs).logits
+        direct = backbone.model(**batch.inputs, pixel_values=pixels).logits
     torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_pixel_cache_gives_the_processors_patches_in_the_asked_order(setup):
+    backbone, pool = setup
+    cache = PixelCache(backbone, pool)
+    cache.batch([1])  # cached before the batch that reuses it
+    pixels, grid = cache.batch([2, 1, 2])
+    direct = backbone.processor.image_processor(
+        images=[pool[i].sample.image for i in (2, 1, 2)], return_tensors="pt"
+    )
+    torch.testing.assert_close(pixels, direct["pixel_values"])
+    torch.testing.assert_close(grid, direct["image_grid_thw"])
+    tokens = image_tokens(backbone, [pool[i] for i in (2, 1, 2)], (pixels, grid))
+    torch.testing.assert_close(tokens, image_tokens(backbone, [pool[i] for i in (2, 1, 2)]))
 
 
 def test_vision_objective_trains_the_tower_and_heads_only(setup):
     backbone, pool = setup
     heads = VisionHeads(backbone.hidden_size)
     scenes = list(pool.scenes)
-    loss = vision_loss(heads, image_tokens(backbone, scenes), vision_batch(scenes), VisionObjective())
+    objective = VisionObjective(token_object_weight=1.0)  # every head in use
+    loss = vision_loss(heads, image_tokens(backbone, scenes), vision_batch(scenes), objective)
     backbone.model.zero_grad()
     loss.total.backward()
     visual = backbone.model.model.visual
@@ -83,7 +120,7 @@ def test_vision_objective_trains_the_tower_and_heads_only(setup):
     assert visual.patch_embed.proj.weight.grad.abs().sum() > 0
     assert visual.merger.mlp[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.model.model.language_model.parameters())
-    assert set(loss.parts) == {"token", "object", "image", "offset", "outline", "silhouette"}
+    assert set(loss.parts) == {"token", "object", "image", "offset", "outline", "silhouette", "token_object"}
 
 
 def test_named_referent_is_the_last_object_phrase():

@@ -10,6 +10,7 @@ import torch
 
 from segcompass.pretrain.labels import (
     attribute_counts,
+    covering_attributes,
     covering_labels,
     object_weights,
     soft_cross_entropy,
@@ -45,6 +46,15 @@ def test_covering_labels_background_object_and_mixed_cells():
     classes = np.array([4, 2])
     # cell 0: object 0 covers 0.6 → class 4; cell 1: 0.3 / 0.3 / background 0.4 → mixed; cell 2: background 0.95
     np.testing.assert_array_equal(covering_labels(coverage, classes), [4, -2, -1])
+
+
+def test_covering_attributes_copy_the_covering_objects_row_and_ignore_the_rest():
+    coverage = np.array([[[0.6, 0.3, 0.05]], [[0.1, 0.55, 0.0]]], dtype=np.float32)  # 2 objects, 3 cells
+    attributes = np.array([[1, 2, 0, 5], [3, 4, 2, 7]])
+    expected = [[1, 2, 0, 5], [3, 4, 2, 7], [-100] * 4]  # cell 2: no object covers half of it
+    np.testing.assert_array_equal(covering_attributes(coverage, attributes), expected)
+    empty = covering_attributes(np.zeros((0, 1, 2), np.float32), np.zeros((0, 4), np.int64))
+    np.testing.assert_array_equal(empty, [[-100] * 4] * 2)
 
 
 def test_object_weights_normalise_and_drop_barely_visible_objects():

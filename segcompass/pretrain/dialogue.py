@@ -105,7 +105,7 @@ def qa_dialogue(
     return Dialogue(scene, tuple(turns))
 
 
-def _check_family(backbone: Backbone) -> None:
+def check_family(backbone: Backbone) -> None:
     if backbone.family.name != "qwen2_5_vl":
         raise NotImplementedError(
             f"multi-turn dialogues are written in Qwen2.5-VL's chat format; family {backbone.family.name!r} "
@@ -125,7 +125,7 @@ def continuation(backbone: Backbone, turns: tuple[Turn, ...]) -> str:
 def assistant_labels(backbone: Backbone, input_ids: torch.Tensor) -> torch.Tensor:
     """int64 [B, T]: the input id at every position inside an assistant turn (from the token after
     "<|im_start|>assistant\\n" up to and including the next end-of-turn token), −100 elsewhere."""
-    _check_family(backbone)
+    check_family(backbone)
     header = backbone.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     eot = backbone.tokenizer.convert_tokens_to_ids(backbone.tokenizer.eos_token)
     labels = torch.full_like(input_ids, IGNORE_INDEX)

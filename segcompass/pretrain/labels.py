@@ -66,6 +66,22 @@ def covering_labels(coverage: np.ndarray, classes: np.ndarray, min_fraction: flo
     return labels.astype(np.int64)
 
 
+def covering_attributes(
+    coverage: np.ndarray, attributes: np.ndarray, min_fraction: float = 0.5
+) -> np.ndarray:
+    """int64 [cells, n_attr]: the attributes of the object covering at least `min_fraction` of each cell,
+    −100 (ignored by the loss) where no object does."""
+    n_obj, cells = coverage.shape[0], int(np.prod(coverage.shape[1:]))
+    out = np.full((cells, attributes.shape[1]), -100, dtype=np.int64)
+    if n_obj == 0:
+        return out
+    flat = coverage.reshape(n_obj, cells)
+    best, value = flat.argmax(0), flat.max(0)
+    covered = value >= min_fraction
+    out[covered] = attributes[best[covered]]
+    return out
+
+
 def object_weights(coverage: np.ndarray, min_cells: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """Pooling weights of the objects visible enough to be pooled: (weights float32 [n_kept, cells] rows
     summing to 1, kept object indices int64 [n_kept]). An object is kept when its summed coverage is at

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from segcompass.backbones import Backbone, PreparedBatch
+from segcompass.backbones import Backbone
 
-from .dialogue import Dialogue, Turn, assistant_labels, continuation
+from .dialogue import Dialogue, Turn, assistant_labels, check_family, continuation
 from .optim import LoopRecord, Schedule, run_loop
 from .pool import ScenePool
 
@@ -53,7 +53,9 @@ class FeatureCache:
 class DialogueBatch:
     """Model inputs (without pixels) and assistant-turn labels of a batch of dialogues."""
 
-    prepared: PreparedBatch
+    inputs: dict[str, torch.Tensor]
+    """input_ids, attention_mask [B, T] (left-padded) and image_grid_thw [B, 3], as the processor gives
+    them for these dialogues' images."""
     labels: torch.Tensor
     """int64 [B, T]."""
     scenes: list[int]
@@ -61,27 +63,43 @@ class DialogueBatch:
 
 
 def encode_dialogues(backbone: Backbone, pool: ScenePool, dialogues: list[Dialogue]) -> DialogueBatch:
-    """Tokenise dialogues (left-padded; the image before the first question)."""
-    prepared = backbone.prepare(
-        [pool[d.scene].sample.image for d in dialogues],
-        [d.turns[0].question for d in dialogues],
-        responses=[continuation(backbone, d.turns) for d in dialogues],
-    )
-    labels = assistant_labels(backbone, prepared.inputs["input_ids"])
-    labels[prepared.inputs["attention_mask"] == 0] = -100
-    return DialogueBatch(prepared, labels, [d.scene for d in dialogues])
+    """Tokenise dialogues (left-padded; the image before the first question) without touching pixels.
+
+    The processor's only use of the image for the text is the number of image tokens, which the pool's
+    grid already holds: the placeholder is expanded to rows × cols image tokens and `image_grid_thw` is
+    the grid in patches — the same inputs `Backbone.prepare` gives (tested), at a fraction of its cost."""
+    check_family(backbone)
+    merge = backbone.processor.image_processor.merge_size
+    image_pad = backbone.family.image_token
+    texts, grids = [], []
+    for d in dialogues:
+        rows, cols = pool[d.scene].grid
+        prompt = backbone.family.chat_prompt(d.turns[0].question).text
+        texts.append(
+            prompt.replace(image_pad, image_pad * (rows * cols), 1) + continuation(backbone, d.turns)
+        )
+        grids.append([1, rows * merge, cols * merge])
+    encoded = backbone.tokenizer(texts, return_tensors="pt", padding=True)
+    inputs = {
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "image_grid_thw": torch.tensor(grids, dtype=torch.long),
+    }
+    labels = assistant_labels(backbone, inputs["input_ids"])
+    labels[inputs["attention_mask"] == 0] = -100
+    return DialogueBatch(inputs, labels, [d.scene for d in dialogues])
 
 
-def model_inputs(batch: PreparedBatch, features: list[torch.Tensor]) -> dict:
-    """The prepared inputs with the pixels replaced by precomputed image features."""
-    inputs = {k: v for k, v in batch.inputs.items() if k != "pixel_values"}
-    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
-    return inputs
+def model_inputs(inputs: dict[str, torch.Tensor], features: list[torch.Tensor]) -> dict:
+    """Text inputs plus precomputed image features in place of pixels."""
+    out = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    out["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
+    return out
 
 
 def lm_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache) -> torch.Tensor:
     """Logits [B, T, V] of the dialogues with cached image features."""
-    out = backbone.model(**model_inputs(batch.prepared, cache.get(batch.scenes)))
+    out = backbone.model(**model_inputs(batch.inputs, cache.get(batch.scenes)))
     return out.logits
 
 

@@ -28,7 +28,14 @@ from .language import FeatureCache, train_dialogues
 from .optim import Schedule, run_loop
 from .pool import ScenePool, build_pool
 from .probe import merged_tokens, token_probes
-from .vision import VisionHeads, VisionObjective, image_tokens, vision_batch, vision_loss
+from .vision import (
+    PixelCache,
+    VisionHeads,
+    VisionObjective,
+    image_tokens,
+    vision_batch,
+    vision_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -205,13 +212,13 @@ def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
         merged_tokens(backbone, probe_train), probe_train, merged_tokens(backbone, val), val
     )
     heads = VisionHeads(backbone.hidden_size)
+    pixels = PixelCache(backbone, train)
 
     def step_loss(step: int, rng: np.random.Generator):
-        picks = rng.choice(len(train), size=config.vision.batch_size, replace=False)
-        scenes = [train[int(i)] for i in picks]
-        loss = vision_loss(
-            heads, image_tokens(backbone, scenes), vision_batch(scenes), config.vision_objective
-        )
+        picks = [int(i) for i in rng.choice(len(train), size=config.vision.batch_size, replace=False)]
+        scenes = [train[i] for i in picks]
+        tokens = image_tokens(backbone, scenes, pixels.batch(picks))
+        loss = vision_loss(heads, tokens, vision_batch(scenes), config.vision_objective)
         return loss.total, loss.parts
 
     visual = backbone.model.model.visual

@@ -23,13 +23,14 @@ from .labels import (
     MAX_COUNT,
     NUM_CLASSES,
     attribute_counts,
+    covering_attributes,
     object_weights,
     offset_targets,
     outline_targets,
     soft_cross_entropy,
     token_composition,
 )
-from .pool import FINE, SILHOUETTE, PooledScene
+from .pool import FINE, SILHOUETTE, PooledScene, ScenePool
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class VisionObjective:
     """Dense SAM-like target: each token → the sub-cell mask of the object covering most of it."""
     silhouette_weight: float = 1.0
     """Pooled object → its visible outline (`pool.SILHOUETTE`² inside its bounding box)."""
+    token_object_weight: float = 0.0
+    """Dense grounding target: each token an object covers at least half of → that object's colour, shape,
+    size and 3 × 3 position (the object's properties in every one of its tokens, as grounding-trained
+    towers carry them)."""
 
 
 class VisionHeads(nn.Module):
@@ -67,6 +72,7 @@ class VisionHeads(nn.Module):
         self.offset = nn.Linear(dim, 3)
         self.outline = nn.Linear(dim, FINE * FINE)
         self.silhouette = nn.Linear(dim, SILHOUETTE * SILHOUETTE)
+        self.token_object = nn.ModuleDict({f: nn.Linear(dim, NUM_CLASSES[f]) for f in ATTRIBUTES})
 
 
 @dataclass
@@ -91,6 +97,9 @@ class VisionBatch:
     """float [n_objects, SILHOUETTE²]: outlines of the pooled objects."""
     outlines: torch.Tensor
     """float [cells, FINE²]: `labels.outline_targets`."""
+    token_objects: torch.Tensor
+    """int64 [cells, 4]: colour, shape, size, position of the object covering at least half of each cell
+    (−100 where none does)."""
 
 
 def vision_batch(scenes: list[PooledScene]) -> VisionBatch:
@@ -106,7 +115,7 @@ def vision_batch(scenes: list[PooledScene]) -> VisionBatch:
         )
         for i, f in enumerate(TOKEN_FIELDS)
     }
-    rows, labels, outlines, dense, covered = [], [], [], [], []
+    rows, labels, outlines, dense, covered, token_objects = [], [], [], [], [], []
     for s, start in zip(scenes, offsets[:-1], strict=True):
         weights, keep = object_weights(s.coverage)
         block = np.zeros((len(keep), total), dtype=np.float32)
@@ -117,6 +126,7 @@ def vision_batch(scenes: list[PooledScene]) -> VisionBatch:
         target, mask = offset_targets(s.coverage, s.geometry)
         dense.append(target)
         covered.append(mask)
+        token_objects.append(covering_attributes(s.coverage, s.attributes))
     image_index = np.repeat(np.arange(len(scenes)), sizes)
     return VisionBatch(
         token_targets=token_targets,
@@ -130,19 +140,55 @@ def vision_batch(scenes: list[PooledScene]) -> VisionBatch:
         outlines=torch.from_numpy(
             np.concatenate([outline_targets(s.coverage, s.fine_coverage, FINE) for s in scenes])
         ),
+        token_objects=torch.from_numpy(np.concatenate(token_objects)),
     )
 
 
-def image_tokens(backbone: Backbone, scenes: list[PooledScene]) -> torch.Tensor:
-    """The merged image tokens of `scenes` [cells, D], in raster order per image, with gradient."""
-    inputs = backbone.processor.image_processor(images=[s.sample.image for s in scenes], return_tensors="pt")
-    grid = inputs["image_grid_thw"]
+class PixelCache:
+    """The image processor's output (patches and grid) of each pool image, computed on first use.
+
+    A stage-1 run draws every image many times; the processor's resize + normalise + patchify is a fifth
+    of a step, so it runs once per image (float32 patches, ≈ 1.2 MB per image at 224²)."""
+
+    def __init__(self, backbone: Backbone, pool: ScenePool) -> None:
+        self.backbone, self.pool = backbone, pool
+        self._items: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel_values [patches, C·T·P·P], image_grid_thw [B, 3]) of pool images `indices`."""
+        missing = [i for i in dict.fromkeys(indices) if i not in self._items]
+        if missing:
+            inputs = self.backbone.processor.image_processor(
+                images=[self.pool[i].sample.image for i in missing], return_tensors="pt"
+            )
+            grid = inputs["image_grid_thw"]
+            for i, patches, g in zip(
+                missing, torch.split(inputs["pixel_values"], grid.prod(-1).tolist()), grid, strict=True
+            ):
+                self._items[i] = (patches, g)
+        items = [self._items[i] for i in indices]
+        return torch.cat([p for p, _ in items]), torch.stack([g for _, g in items])
+
+
+def image_tokens(
+    backbone: Backbone, scenes: list[PooledScene], pixels: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The merged image tokens of `scenes` [cells, D], in raster order per image, with gradient.
+
+    `pixels`: the processor's (pixel_values, image_grid_thw) of these scenes when already at hand
+    (`PixelCache`); computed here otherwise."""
+    if pixels is None:
+        inputs = backbone.processor.image_processor(
+            images=[s.sample.image for s in scenes], return_tensors="pt"
+        )
+        pixels = inputs["pixel_values"], inputs["image_grid_thw"]
+    pixel_values, grid = pixels
     expected = [s.grid for s in scenes]
     got = [(int(h) // 2, int(w) // 2) for _, h, w in grid.tolist()]
     if got != expected:
         raise ValueError(f"pool grids {expected[:3]}… do not match the processor's {got[:3]}…")
     visual = backbone.model.model.visual
-    out = visual(inputs["pixel_values"].to(visual.dtype), grid_thw=grid)
+    out = visual(pixel_values.to(visual.dtype), grid_thw=grid)
     return out.pooler_output  # [cells, D]
 
 
@@ -179,6 +225,13 @@ def vision_loss(
     parts["silhouette"] = nn.functional.binary_cross_entropy_with_logits(
         heads.silhouette(pooled), batch.silhouettes
     )
+    if objective.token_object_weight > 0 and bool((batch.token_objects[:, 0] >= 0).any()):
+        parts["token_object"] = sum(
+            nn.functional.cross_entropy(
+                heads.token_object[f](tokens), batch.token_objects[:, i], ignore_index=-100
+            )
+            for i, f in enumerate(ATTRIBUTES)
+        ) / len(ATTRIBUTES)
     total = (
         objective.token_weight * parts["token"]
         + objective.object_weight * parts["object"]
@@ -186,6 +239,7 @@ def vision_loss(
         + objective.offset_weight * parts["offset"]
         + objective.outline_weight * parts["outline"]
         + objective.silhouette_weight * parts["silhouette"]
+        + objective.token_object_weight * parts.get("token_object", 0.0)
     )
     if not math.isfinite(float(total.detach())):
         raise FloatingPointError(f"vision loss is not finite: { {k: float(v) for k, v in parts.items()} }")
