@@ -92,3 +92,16 @@ def render_report(
     errors = _ERRORS_PRE.search(dom)
     plots = len(re.findall(r'class="[^"]*\bplot-container\b', dom))
     return RenderCheck(plots, errors.group(1) if errors else "", console, dom, shot)
+
+
+def assert_renders(html_path: str | Path, figures: int | None = None, **kwargs) -> RenderCheck:
+    """Render `html_path` in headless Chromium and fail unless its figures were drawn (`figures` of them when
+    given) with no script error in the page or the console."""
+    check = render_report(html_path, **kwargs)
+    assert 'class="main-svg"' in check.dom, f"no figure drawn; console: {check.console[-5:]}"
+    assert check.page_errors == "", f"script errors in the page: {check.page_errors}"
+    assert check.console_errors == [], f"console errors: {check.console_errors}"
+    if figures is not None:
+        assert check.figures == figures, f"{check.figures} figures drawn, expected {figures}"
+    assert check.ok
+    return check

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from _browser_check import find_chromium, render_report
+from _browser_check import assert_renders, find_chromium, render_report
 
 import analysis.report.html as report_mod
 from analysis.report.html import Section, render_html, write_report
@@ -150,3 +150,15 @@ def test_browser_check_sees_script_errors(tmp_path: Path) -> None:
     path.write_text(page)
     check = render_report(path)
     assert "noSuchFunction" in check.page_errors and not check.ok
+    with pytest.raises(AssertionError, match="noSuchFunction"):  # what the report tests call: it fails
+        assert_renders(path)
+
+
+@needs_chromium
+def test_browser_check_fails_a_page_that_draws_no_figure(tmp_path: Path) -> None:
+    """A figure whose data plotly cannot draw (here: its script never runs) is a render failure."""
+    page = render_html("empty", _sections()[:1]).replace("Plotly.newPlot(", "void(")
+    path = tmp_path / "undrawn.html"
+    path.write_text(page)
+    with pytest.raises(AssertionError, match="no figure drawn"):
+        assert_renders(path)
