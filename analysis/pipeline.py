@@ -4,7 +4,8 @@
 
 with the docs/design.md §9 controls beside every number: the random-token baseline (inside the coverage
 analysis) and the same capture → SAE → analysis on a random-init backbone. Every stage caches its output
-under `--out`, keyed by its settings, and a re-run reuses it (an interrupted capture resumes).
+under `--out` as a cached stage (`segcompass/artifacts/`), keyed by its settings, and a re-run reuses it (an
+interrupted capture or SAE run continues).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from segcompass.artifacts import (
     TINY_SAE_DEAD_WINDOW,
     TINY_SAE_EPOCHS,
     TINY_SAE_K,
+    SaeConfig,
     activation_store,
     backbone_key,
-    stage_key,
     trained_sae,
     world_corpus,
 )
+from segcompass.artifacts.legacy import pipeline_folders
 from segcompass.backbones import Backbone, resolve_backbone
 from segcompass.warmup import ensure_warm_backbone
 from segcompass.world import WorldConfig
@@ -80,46 +82,54 @@ class PipelineResult:
     """Report name → HTML file."""
 
 
-def _key(*parts) -> str:
-    return stage_key(*parts)
-
-
-def _corpus(out: Path, world: WorldConfig, split: str, n: int) -> Path:
-    return world_corpus(out, world, split, n)
-
-
-def _store(
-    backbone: Backbone, corpus: Path, out: Path, name: str, cfg: PipelineConfig, analysis: bool
-) -> Path:
-    return activation_store(
-        backbone,
-        corpus,
-        out / "activations" / name,
-        text_column="instruction" if analysis else "text",
-        image_first=not (analysis and cfg.instruction_first),
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-    )
-
-
-def _sae(store: Path, out: Path, name: str, cfg: PipelineConfig) -> Path:
-    return trained_sae(
-        store,
-        out / "sae" / name,
+def _sae_config(cfg: PipelineConfig) -> SaeConfig:
+    return SaeConfig(
         preset=cfg.sae_preset,
         architecture=cfg.sae_architecture,
         k=cfg.sae_k,
         epochs=cfg.sae_epochs,
+        dead_feature_window=TINY_SAE_DEAD_WINDOW,
         seed=cfg.seed,
     )
+
+
+def _model_stages(
+    cfg: PipelineConfig,
+    out: Path,
+    world: WorldConfig,
+    spec: str,
+    backbone: Backbone,
+    corpora: dict[str, Path],
+) -> tuple[Path, Path]:
+    """(SAE, analysis store) of one backbone: capture the train corpus → train the SAE; capture the
+    analysis corpus. Each is a cached stage keyed by its settings (a finished folder of the previous
+    layout is used as it is)."""
+    sae_cfg = _sae_config(cfg)
+    old = pipeline_folders(
+        out, world, spec, backbone_key(spec, backbone), seed=cfg.seed, sae_documents=cfg.sae_documents,
+        analysis_documents=cfg.analysis_documents, instruction_first=cfg.instruction_first,
+        sae_recipe=(sae_cfg.preset, sae_cfg.architecture, sae_cfg.k, sae_cfg.epochs, sae_cfg.dead_feature_window),
+    )  # fmt: skip
+    capture = {"batch_size": cfg.batch_size, "seed": cfg.seed}
+    train_store = activation_store(
+        backbone, spec, corpora["train"], out, legacy=old["train_store"], **capture
+    )
+    sae = trained_sae(train_store, out, sae_cfg, legacy=old["sae"])
+    analysis_store = activation_store(
+        backbone, spec, corpora["val"], out, text_column="instruction", image_first=not cfg.instruction_first,
+        legacy=old["analysis_store"], **capture,
+    )  # fmt: skip
+    return sae, analysis_store
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run (or reuse) every stage and write the coverage and sparsity reports under `<out>/reports`."""
     out = Path(cfg.out)
     world = WorldConfig(seed=cfg.seed)
-    sae_corpus = _corpus(out, world, "train", cfg.sae_documents)
-    analysis_corpus = _corpus(out, world, "val", cfg.analysis_documents)
+    corpora = {
+        "train": world_corpus(out, world, "train", cfg.sae_documents),
+        "val": world_corpus(out, world, "val", cfg.analysis_documents),
+    }
     models = {"trained": cfg.backbone}
     if cfg.control_backbone:
         models["control"] = cfg.control_backbone
@@ -135,19 +145,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             backbone.hidden_size,
             backbone.hook_layer,
         )
-        # Each stage's folder is keyed by every setting that decides its content, so a changed setting
-        # never reuses a stale stage.
-        name = spec.replace(":", "-").replace("/", "_")
-        train_key = _key(backbone_key(spec, backbone), cfg.seed, sae_corpus.name)
-        train_store = _store(backbone, sae_corpus, out, f"{name}-sae-train-{train_key}", cfg, analysis=False)
-        sae_key = _key(
-            train_key, cfg.sae_preset, cfg.sae_architecture, cfg.sae_k, cfg.sae_epochs, TINY_SAE_DEAD_WINDOW
-        )
-        saes[role] = _sae(train_store, out, f"{name}-{sae_key}", cfg)
-        analysis_key = _key(
-            backbone_key(spec, backbone), cfg.seed, analysis_corpus.name, cfg.instruction_first
-        )
-        stores[role] = _store(backbone, analysis_corpus, out, f"{name}-analysis-{analysis_key}", cfg, True)
+        saes[role], stores[role] = _model_stages(cfg, out, world, spec, backbone, corpora)
     control = (
         {"control_store": str(stores["control"]), "control_sae": str(saes["control"])}
         if "control" in stores
@@ -157,7 +155,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         "store": str(stores["trained"]),
         "sae": str(saes["trained"]),
         "out": str(out / "reports"),
-        "corpus": str(analysis_corpus),
+        "corpus": str(corpora["val"]),
         **control,
     }
     coverage, coverage_files = run_coverage_report(CoverageReportConfig(**common, progress=False))

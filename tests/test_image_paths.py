@@ -98,6 +98,7 @@ def test_capture_sources_records_and_imagefolder(photos: Path, tmp_path: Path) -
         json.dumps({"id": f"o{o}", "image": str(photos / f"o{o}.jpg"), "text": "x"}) for o in ORIENTATIONS
     ]
     (records / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    (records / "stage.json").write_text(json.dumps({"stage": "corpus"}))  # a cached stage's record: not data
     folder = tmp_path / "imagefolder"
     folder.mkdir()
     for o in ORIENTATIONS:

@@ -31,6 +31,9 @@ from .records import JsonlRecords, RecordError
 logger = logging.getLogger(__name__)
 
 _RECORD_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_NOT_RECORDS = frozenset({"stage.json"})
+"""Files of a records folder that are not records: what a cached stage (segcompass/stages.py, e.g. the
+pipeline's corpus) records about its folder."""
 
 
 class SourceError(ValueError):
@@ -144,7 +147,9 @@ def open_source(
         ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
         return DocumentSource(ds, path, image_column, text_column, id_column or "file_name", "imagefolder")
     else:
-        files = sorted(f for f in path.iterdir() if f.suffix in _RECORD_SUFFIXES)
+        files = sorted(
+            f for f in path.iterdir() if f.suffix in _RECORD_SUFFIXES and f.name not in _NOT_RECORDS
+        )
         root = path
     if not files:
         raise SourceError(

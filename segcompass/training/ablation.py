@@ -17,14 +17,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from segcompass.artifacts import (
-    TINY_SAE_RECIPE,
-    activation_store,
-    backbone_key,
-    stage_key,
-    trained_sae,
-    world_corpus,
-)
+from segcompass.artifacts import activation_store, backbone_key, stage_key, trained_sae, world_corpus
+from segcompass.artifacts.legacy import ablation_folders
 from segcompass.backbones import resolve_backbone
 from segcompass.evaluation import EvalConfig, calibrate_thresholds, evaluate
 from segcompass.evaluation.baselines import EmptyPredictor, UnionOfObjectsPredictor
@@ -136,11 +130,11 @@ def _data(cfg: AblationConfig, out: Path) -> Path:
 def _sae_path(cfg: AblationConfig, out: Path, backbone) -> Path:
     if cfg.sae:
         return Path(cfg.sae)
-    corpus = world_corpus(out, WorldConfig(seed=cfg.world_seed), "train", cfg.sae_documents)
-    name = cfg.backbone.replace(":", "-").replace("/", "_")
-    bkey = backbone_key(cfg.backbone, backbone)
-    store = activation_store(backbone, corpus, out / "activations" / f"{name}-{stage_key(bkey, corpus.name)}")
-    return trained_sae(store, out / "sae" / f"{name}-{stage_key(bkey, corpus.name, *TINY_SAE_RECIPE)}")
+    world = WorldConfig(seed=cfg.world_seed)
+    corpus = world_corpus(out, world, "train", cfg.sae_documents)
+    old = ablation_folders(out, world, cfg.backbone, backbone_key(cfg.backbone, backbone), cfg.sae_documents)
+    store = activation_store(backbone, cfg.backbone, corpus, out, legacy=old["store"])
+    return trained_sae(store, out, legacy=old["sae"])
 
 
 def _warm_config(cfg: AblationConfig, seed: int) -> HeadWarmupConfig:
