@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _analysis_common import D_IN, exact_sae, make_store, random_sae, save_sae, write_corpus
+from _browser_check import assert_renders, find_chromium
 from _faults import make_unwritable
+from _report_check import first_figure, page_tables, page_verdict
 
 from analysis.cli import main
 
@@ -44,6 +46,88 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 FAST = ["--seeds", "2", "--k-grid", "10", "25", "50", "100", "--progress", "false"]
 
 
+@pytest.fixture(scope="module")
+def reports(inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Coverage and sparsity reports with the control, written by the commands."""
+    out = tmp_path_factory.mktemp("reports")
+    common = ["--sae", str(inputs["sae"]), "--store", str(inputs["store"]), "--out", str(out)]
+    common += ["--control-store", str(inputs["control"]), "--control-sae", str(inputs["control_sae"])]
+    common += ["--bootstrap", "200", "--progress", "false"]
+    assert main(["coverage", *common, *FAST[:-2]]) == 0
+    assert main(["sparsity", *common]) == 0
+    return out
+
+
+def test_coverage_report_opens_with_the_verdict_its_tables_carry(reports: Path) -> None:
+    page = (reports / "coverage.html").read_text()
+    verdict = page_verdict(page)
+    auc = pd.read_parquet(reports / "coverage" / "coverage_auc.parquet").set_index(
+        ["model", "ranking", "group"]
+    )
+    head = auc.loc[("trained", "l0", "referred")]
+    assert verdict.values == {
+        "headline": head["auc"],
+        "baseline": auc.loc[("trained", "random", "referred"), "auc"],
+        "control": auc.loc[("control", "l0", "referred"), "auc"],
+    }
+    assert head["auc_ci_low"] <= head["auc"] <= head["auc_ci_high"] and head["gain_ci_low"] > 0
+    # the exact SAE fires on the instances: the sentence reads the effect and carries the table's figures
+    assert verdict.sentence.startswith("Referred instances are covered better than random tokens: AUC ")
+    assert f"{head['auc']:.3f} [{head['auc_ci_low']:.3f}, {head['auc_ci_high']:.3f}]" in verdict.sentence
+    assert (
+        f"gain {head['auc_gain']:+.3f} [{head['gain_ci_low']:+.3f}, {head['gain_ci_high']:+.3f}]"
+        in verdict.sentence
+    )
+    control = auc.loc[("control", "l0", "referred")]
+    assert "random-init control" in verdict.sentence and f"AUC {control['auc']:.3f}" in verdict.sentence
+    contrast = pd.read_parquet(reports / "coverage" / "coverage_contrasts.parquet").set_index(
+        ["model", "ranking"]
+    )
+    c = contrast.loc[("trained", "l0")]
+    assert any(
+        f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" in n for n in verdict.notes
+    )
+    # verdict, then the curves, then the tables — each table once
+    tables = page_tables(page)
+    assert verdict.start < first_figure(page) < page.index(tables[0])
+    assert len(tables) == len(set(tables)) == 4 and page.count("<th>auc_ci_low</th>") == 1
+
+
+def test_sparsity_report_opens_with_the_verdict_its_tables_carry(reports: Path) -> None:
+    page = (reports / "sparsity.html").read_text()
+    verdict = page_verdict(page)
+    summary = pd.read_parquet(reports / "sparsity" / "sparsity_summary.parquet").set_index(["model", "group"])
+    assert verdict.values == {
+        "headline": summary.loc[("trained", "image_instance"), "mean_l0"],
+        "baseline": summary.loc[("trained", "image_background"), "mean_l0"],
+        "control": summary.loc[("control", "image_instance"), "mean_l0"],
+    }
+    contrast = pd.read_parquet(reports / "sparsity" / "sparsity_contrasts.parquet").set_index(
+        ["model", "measure"]
+    )
+    diff = contrast.loc[("trained", "mean_l0")]
+    assert (
+        diff["difference"] == 1.0 and diff["ci_low"] == diff["ci_high"] == 1.0
+    )  # one atom on every instance token
+    assert verdict.sentence.startswith(
+        "Instance image tokens activate more atoms than background ones: mean L0 "
+    )
+    assert (
+        f"difference {diff['difference']:+.3f}" in verdict.sentence
+        and "the CIs do not overlap" in verdict.sentence
+    )
+    assert "Random-init control:" in verdict.sentence
+    tables = page_tables(page)
+    assert verdict.start < first_figure(page) < page.index(tables[0]) and len(tables) == len(set(tables)) == 3
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed (.ci/run installs it)")
+@pytest.mark.parametrize("name", ["coverage", "sparsity"])
+def test_report_renders_in_headless_chromium(reports: Path, name: str) -> None:
+    check = assert_renders(reports / f"{name}.html", figures=1)
+    assert 'id="verdict"' in check.dom
+
+
 def test_coverage_command_writes_report_with_control(inputs, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     argv = ["coverage", "--sae", str(inputs["sae"]), "--store", str(inputs["store"]), "--out", str(out)]
@@ -51,7 +135,9 @@ def test_coverage_command_writes_report_with_control(inputs, tmp_path: Path, cap
     assert main(argv) == 0  # instance masks found through the store's data path
     printed = capsys.readouterr().out
     assert f"Coverage report: {(out / 'coverage.html').absolute()}" in printed
-    assert "trained: coverage AUC" in printed and "control: coverage AUC" in printed
+    assert (
+        "coverage AUC of referred instances (trained backbone" in printed and "random-init control" in printed
+    )
     auc = pd.read_parquet(out / "coverage" / "coverage_auc.parquet")
     assert set(auc.model) == {"trained", "control"}
     assert (out / "coverage" / "coverage_curves.csv").exists() and "main-svg" not in (
@@ -68,6 +154,9 @@ def test_sparsity_command(inputs, tmp_path: Path, capsys) -> None:
     assert (
         summary.loc["image_instance", "mean_l0"] == 1.0 and summary.loc["image_background", "mean_l0"] == 0.0
     )
+    verdict = page_verdict((out / "sparsity.html").read_text())  # no control: the verdict says so
+    assert verdict.values["control"] is None and verdict.sentence.endswith("Control not run.")
+    assert '<div class="value">control not run</div>' in (out / "sparsity.html").read_text()
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pandas as pd
 from analysis.common.report_inputs import ReportInputs, load_report_saes, report_metadata, resolve_instances
 from analysis.coverage.core import CoverageConfig, CoverageResult, coverage_with_controls
 from analysis.coverage.plot import coverage_figure
+from analysis.coverage.verdict import coverage_verdict
 from analysis.report.html import ReportFiles, Section, write_report
 from sae.files import lock_output
 
@@ -20,19 +21,29 @@ class CoverageReportConfig(CoverageConfig, ReportInputs):
     per instance size, and the same for a random-init control when given."""
 
 
-def _headline(auc: pd.DataFrame) -> str:
-    """One sentence per model: AUC of each ranking vs the random baseline, referred vs distractor."""
-    lines = []
-    for m in dict.fromkeys(auc["model"]):
-        a = auc[(auc["model"] == m)].set_index(["ranking", "group"])["auc"]
-        rankings = [r for r in dict.fromkeys(auc.loc[auc["model"] == m, "ranking"]) if r != "random"]
-        parts = [f"{r} {a[(r, 'instances')]:.3f}" for r in rankings]
-        text = f"{m}: coverage AUC {', '.join(parts)} vs random {a[('random', 'instances')]:.3f}"
-        if rankings and (rankings[0], "referred") in a and (rankings[0], "distractor") in a:
-            r0 = rankings[0]
-            text += f"; {r0}: referred {a[(r0, 'referred')]:.3f} vs distractor {a[(r0, 'distractor')]:.3f}"
-        lines.append(text + ".")
-    return " ".join(lines)
+FIGURE_TEXT = (
+    "Share of each instance's pixels covered by the image tokens where the SAE is most active (top K % of "
+    "an image's tokens), averaged over instances. Left: all instances, every ranking beside the same budget "
+    "of random tokens (grey band: ± sd over the random seeds). Middle: referred instances (the ones the "
+    "instruction names), distractors and background pixels for the first ranking. Right: area under the "
+    "curve by instance size. Solid lines: trained backbone; dashed: random-init control."
+)
+AUC_TEXT = (
+    "Area under coverage vs K/100 (random tokens ≈ 0.5). CIs resample documents; auc_gain is the AUC minus "
+    "that of random tokens on the same documents, with its paired CI; auc_std is the random tokens' spread "
+    "over seeds."
+)
+CONTRAST_TEXT = "Difference of the AUCs of two groups of instances, paired by document, with its CI."
+_GROUP_ORDER = ["referred", "distractor", "instances", "background"]
+
+
+def auc_table(auc: pd.DataFrame) -> pd.DataFrame:
+    """The AUC table in reading order: model, then referred / distractor / all / background, then sizes."""
+    rank = {g: i for i, g in enumerate(_GROUP_ORDER)}
+    key = auc["group"].map(lambda g: rank.get(g, len(rank)))
+    models = {m: i for i, m in enumerate(dict.fromkeys(auc["model"]))}
+    order = pd.DataFrame({"m": auc["model"].map(models), "g": key, "name": auc["group"]}, index=auc.index)
+    return auc.loc[order.sort_values(["m", "g", "name"], kind="stable").index].reset_index(drop=True)
 
 
 def run_coverage_report(cfg: CoverageReportConfig) -> tuple[CoverageResult, ReportFiles]:
@@ -49,16 +60,19 @@ def _coverage_report(cfg: CoverageReportConfig) -> tuple[CoverageResult, ReportF
     result = coverage_with_controls(
         cfg.store, sae, instances, analysis, control_store=cfg.control_store, control_sae=control
     )
-    auc_main = result.auc[result.auc["group"].isin(["instances", "referred", "distractor", "background"])]
     sections = [
-        Section("Coverage curves", _headline(result.auc), coverage_figure(result), auc_main),
-        Section("Area under the curves, all groups", table=result.auc),
-        Section(
-            "Curves (all instances)", table=result.curves[result.curves["group"] == "instances"], max_rows=200
-        ),
+        Section("Coverage curves", FIGURE_TEXT, coverage_figure(result)),
+        Section("Area under the curves", AUC_TEXT, table=auc_table(result.auc), max_rows=200),
+        Section("Referred vs distractor instances", CONTRAST_TEXT, table=result.contrasts),
+        Section("Curve points", table=result.curves, max_rows=1000, collapsed=True),
         Section("Inputs", table=result.inputs),
     ]
-    tables = {"curves": result.curves, "auc": result.auc, "inputs": result.inputs}
+    tables = {
+        "curves": result.curves,
+        "auc": result.auc,
+        "contrasts": result.contrasts,
+        "inputs": result.inputs,
+    }
     files = write_report(
         cfg.out,
         "coverage",
@@ -66,6 +80,7 @@ def _coverage_report(cfg: CoverageReportConfig) -> tuple[CoverageResult, ReportF
         sections,
         tables,
         metadata=report_metadata(cfg, sae, control),
+        verdict=coverage_verdict(result.auc, result.contrasts),
     )
     return result, files
 
@@ -76,5 +91,7 @@ def coverage_main(cfg: CoverageReportConfig) -> CoverageResult:
     table = result.auc[result.auc["group"].isin(["instances", "referred", "distractor", "background"])]
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(table.to_string(index=False))
-    print(f"\n{_headline(result.auc)}\nCoverage report: {files.html.absolute()}")
+    print(
+        f"\n{coverage_verdict(result.auc, result.contrasts).text()}\nCoverage report: {files.html.absolute()}"
+    )
     return result

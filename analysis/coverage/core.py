@@ -28,7 +28,7 @@ from analysis.common.inputs import (
     require_image_geometry,
 )
 from analysis.common.instances import Instance, InstanceIndex
-from analysis.coverage.tables import CoverageSums, coverage_tables
+from analysis.coverage.tables import Bootstrap, CoverageSums, coverage_tables
 from sae.store import ActivationStore
 from sae.token_types import TokenType
 
@@ -50,7 +50,11 @@ class CoverageConfig:
     seeds: int = 5
     """Random-token baseline seeds (mean and spread are reported)."""
     seed: int = 0
-    """Seed of the tie-breaking and the baseline."""
+    """Seed of the tie-breaking, the baseline and the bootstrap."""
+    bootstrap: int = 1000
+    """Bootstrap resamples (of documents) for the AUCs' confidence intervals."""
+    confidence: float = 0.95
+    """Confidence level of the intervals."""
     threshold: float = 0.0
     """An atom is active on a token when its activation is above this."""
     max_documents: int | None = None
@@ -72,6 +76,8 @@ class CoverageConfig:
             raise AnalysisInputError(f"k_grid must hold percentages in (0, 100]; got {self.k_grid}")
         if self.seeds < 1:
             raise AnalysisInputError(f"seeds must be at least 1, got {self.seeds}")
+        if not 0 < self.confidence < 1:
+            raise AnalysisInputError(f"confidence must lie in (0, 1), got {self.confidence}")
         return ranks
 
 
@@ -83,9 +89,14 @@ class CoverageResult:
     """model, ranking, group, k, coverage (mean over instances), coverage_std (over baseline seeds),
     pixel_coverage (pooled pixels), expected_random, instances, documents."""
     auc: pd.DataFrame
-    """model, ranking, group, auc (area under coverage vs K/100 from (0, 0)), auc_std, random_auc, auc_gain."""
+    """model, ranking, group, auc (area under coverage vs K/100 from (0, 0)) with its CI (auc_ci_low,
+    auc_ci_high: documents resampled), auc_std (random: over seeds), random_auc, auc_gain (auc − random_auc)
+    with its paired CI (gain_ci_low, gain_ci_high), instances, documents (`tables.AUC_COLUMNS`)."""
     inputs: pd.DataFrame
     """model, store, sae, documents read / used / skipped (and why), instances, image tokens."""
+    contrasts: pd.DataFrame
+    """model, ranking, contrast ("referred − distractor"), difference of AUCs with its CI (paired by
+    document), documents."""
 
 
 def _groups(inst: Instance) -> list[str]:
@@ -147,7 +158,7 @@ def _document(
     for key, order in orders.items():
         covered = np.cumsum(counts[:, order], axis=1)[:, budget - 1]
         for g, idx in members.items():
-            sums.add((*key, g), covered[idx], totals[idx], share)
+            sums.add((*key, g), covered[idx], totals[idx], share, doc.meta.doc_id)
     return len(kept)
 
 
@@ -177,7 +188,7 @@ def instance_coverage(
         desc=f"coverage ({model})",
     )
     ks = np.asarray(cfg.k_grid, dtype=float)
-    sums = CoverageSums(len(ks))
+    sums = CoverageSums(ks)
     skipped = defaultdict(int)
     used = n_inst = n_tokens = 0
     for doc in stream:
@@ -213,7 +224,8 @@ def instance_coverage(
     logger.info(
         "%s: coverage over %d documents, %d instances (skipped %s)", model, used, n_inst, dict(skipped)
     )
-    curves, auc = coverage_tables(sums, ks, model, cfg.seeds)
+    boot = Bootstrap(cfg.bootstrap, cfg.confidence, cfg.seed)
+    curves, auc, contrasts = coverage_tables(sums, ks, model, cfg.seeds, boot)
     inputs = pd.DataFrame(
         [
             {
@@ -227,7 +239,7 @@ def instance_coverage(
             }
         ]
     )
-    return CoverageResult(curves, auc, inputs)
+    return CoverageResult(curves, auc, inputs, contrasts)
 
 
 def combine(results: list[CoverageResult]) -> CoverageResult:
@@ -236,6 +248,7 @@ def combine(results: list[CoverageResult]) -> CoverageResult:
         pd.concat([r.curves for r in results], ignore_index=True),
         pd.concat([r.auc for r in results], ignore_index=True),
         pd.concat([r.inputs for r in results], ignore_index=True),
+        pd.concat([r.contrasts for r in results], ignore_index=True),
     )
 
 

@@ -113,5 +113,13 @@ def coverage_figure(
     fig.update_yaxes(title_text="fraction of pixels covered", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_yaxes(title_text="AUC", range=[0, 1], row=1, col=3)
-    fig.update_layout(title=title, barmode="group", height=460, width=1350, template="plotly_white")
+    fig.update_layout(
+        title=title,
+        barmode="group",
+        height=560,
+        width=1350,
+        template="plotly_white",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0, "font": {"size": 11}},
+        margin={"b": 150},
+    )
     return fig

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from analysis.common.activity import ActivityStream, DocumentMeta
 from analysis.common.inputs import AnalysisInputError, check_compatible, load_sae, open_store
 from analysis.common.instances import InstanceIndex
-from analysis.common.stats import bootstrap_ratio_ci
+from analysis.common.stats import bootstrap_ratio_ci, bootstrap_ratio_diff_ci
 from sae.store import ActivationStore
 from sae.token_types import TokenType
 
@@ -70,6 +70,51 @@ class SparsityResult:
     """model, group, l0, mass: a uniform sample of at most `max_samples` tokens per group."""
     inputs: pd.DataFrame
     """model, store, sae, documents, tokens, documents without masks."""
+    contrasts: pd.DataFrame
+    """model, measure (mean_l0 / mean_mass), contrast ("image_instance − image_background"), difference with
+    its CI (documents resampled together, so the two means are paired), documents (`CONTRAST_COLUMNS`)."""
+
+
+CONTRASTS = (("image_instance", "image_background"),)
+"""Group pairs compared per model (first − second)."""
+CONTRAST_COLUMNS = ["model", "measure", "contrast", "difference", "ci_low", "ci_high", "documents"]
+
+
+def _contrasts(
+    per_doc: dict[int, list[tuple[int, int, float, float, int]]], model: str, cfg: SparsityConfig
+) -> pd.DataFrame:
+    """Mean L0 and mass of group a − group b per `CONTRASTS` pair, paired by document, with CIs."""
+    rows = []
+    for a, b in CONTRASTS:
+        ga, gb = GROUPS.index(a), GROUPS.index(b)
+        if ga not in per_doc or gb not in per_doc:
+            continue
+        docs = sorted({e[0] for e in per_doc[ga]} | {e[0] for e in per_doc[gb]})
+        at = {g: {e[0]: e[1:] for e in per_doc[g]} for g in (ga, gb)}
+        zero = (0, 0.0, 0.0, 0)
+        arr = {g: np.array([at[g].get(d, zero) for d in docs], dtype=np.float64) for g in (ga, gb)}
+        for measure, col in (("mean_l0", 1), ("mean_mass", 2)):
+            ci = bootstrap_ratio_diff_ci(
+                arr[ga][:, col],
+                arr[ga][:, 0],
+                arr[gb][:, col],
+                arr[gb][:, 0],
+                n_boot=cfg.bootstrap,
+                confidence=cfg.confidence,
+                seed=cfg.seed,
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "measure": measure,
+                    "contrast": f"{a} − {b}",
+                    "difference": ci.estimate,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                    "documents": len(docs),
+                }
+            )
+    return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
 
 
 def image_token_groups(
@@ -161,7 +206,7 @@ def sparsity_by_token_type(
         desc=f"sparsity ({model})",
     )
     rng = np.random.default_rng(cfg.seed)
-    per_doc: dict[int, list[tuple[int, float, float, int]]] = defaultdict(list)
+    per_doc: dict[int, list[tuple[int, int, float, float, int]]] = defaultdict(list)
     reservoirs = {g: _Reservoir(cfg.max_samples, rng) for g in range(len(GROUPS))}
     docs = tokens = 0
     for doc in stream:
@@ -170,13 +215,15 @@ def sparsity_by_token_type(
         for g in np.unique(doc.group[doc.group >= 0]):
             sel = doc.group == g
             l0, mass = doc.l0[sel], doc.mass[sel]
-            per_doc[int(g)].append((int(sel.sum()), float(l0.sum()), float(mass.sum()), int((l0 == 0).sum())))
+            per_doc[int(g)].append(
+                (docs, int(sel.sum()), float(l0.sum()), float(mass.sum()), int((l0 == 0).sum()))
+            )
             reservoirs[int(g)].add(np.stack([l0, mass], 1))
     if docs == 0 or not per_doc:
         raise AnalysisInputError(f"no tokens selected from store {store.root}")
     rows, samples = [], []
     for g, entries in sorted(per_doc.items()):
-        n, s_l0, s_mass, zeros = (np.array(c, dtype=np.float64) for c in zip(*entries, strict=True))
+        _, n, s_l0, s_mass, zeros = (np.array(c, dtype=np.float64) for c in zip(*entries, strict=True))
         kw = {"n_boot": cfg.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed}
         ci_l0, ci_mass = bootstrap_ratio_ci(s_l0, n, **kw), bootstrap_ratio_ci(s_mass, n, **kw)
         used = int(stream.used_atoms[g].sum())
@@ -215,7 +262,9 @@ def sparsity_by_token_type(
         ]
     )
     logger.info("%s: sparsity over %d documents, %d tokens", model, docs, tokens)
-    return SparsityResult(pd.DataFrame(rows), pd.concat(samples, ignore_index=True), inputs)
+    return SparsityResult(
+        pd.DataFrame(rows), pd.concat(samples, ignore_index=True), inputs, _contrasts(per_doc, model, cfg)
+    )
 
 
 def sparsity_with_controls(
@@ -238,7 +287,7 @@ def sparsity_with_controls(
     return SparsityResult(
         *(
             pd.concat(parts, ignore_index=True)
-            for parts in zip(*((r.summary, r.samples, r.inputs) for r in results), strict=True)
+            for parts in zip(*((r.summary, r.samples, r.inputs, r.contrasts) for r in results), strict=True)
         )
     )
 
