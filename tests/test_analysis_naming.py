@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 from _analysis_common import CELL, GEOMETRY, GRID, SIZE, cell_mask, save_sae
+from _browser_check import assert_renders, find_chromium
+from _report_check import first_figure, page_tables, page_verdict
 from PIL import Image
 
 from analysis.atoms.naming import (
@@ -323,10 +325,10 @@ def test_atoms_command_writes_html_csv_parquet_atomically(world, tmp_path: Path,
     printed = capsys.readouterr().out
     assert (
         f"Atom naming report: {(out / 'atoms.html').absolute()}" in printed
-        and "trained: 4 labelled" in printed
+        and "The labels of 3 image atoms predict where they fire on held-out documents better than" in printed
     )
     page = (out / "atoms.html").read_text()
-    assert page.count("plotly.js v") <= 1 and '"type":"image"' in page and "Atom 0" in page
+    assert page.count("plotly.js v") <= 1 and '<img src="data:image/png;base64,' in page and "Atom 0" in page
     for name in ("table", "examples", "consistency", "shuffled", "inputs"):
         assert (out / "atoms" / f"atoms_{name}.csv").exists()
         assert len(pd.read_parquet(out / "atoms" / f"atoms_{name}.parquet")) > 0
@@ -356,4 +358,65 @@ def test_cards_degrade_without_images(world, tmp_path: Path) -> None:
             "--shuffles", "0", "--progress", "false"]  # fmt: skip
     assert main(argv) == 0
     page = (out / "atoms.html").read_text()
-    assert "images unavailable" in page and '"type":"image"' not in page
+    assert "images unavailable" in page and '<img src="data:image/png' not in page
+
+
+@pytest.fixture(scope="module")
+def atoms_report(world, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The atoms command's report with the control and cards for atoms 0 (image) and 3 (text)."""
+    out = tmp_path_factory.mktemp("atoms_report")
+    argv = ["atoms", "--sae", str(world["sae"]), "--store", str(world["root"] / "store"), "--out", str(out),
+            "--control-store", str(world["root"] / "random"), "--control-sae", str(world["random_sae"]),
+            "--val-fraction", str(VAL), "--top-k", "8", "--shuffles", "2", "--card-atoms", "0", "3",
+            "--tokenizer", "none", "--progress", "false"]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def test_atoms_report_opens_with_the_verdict_its_tables_carry(atoms_report: Path) -> None:
+    page = (atoms_report / "atoms.html").read_text()
+    verdict = page_verdict(page)
+    summary = pd.read_parquet(atoms_report / "atoms" / "atoms_consistency.parquet")
+    s = summary.set_index(["model", "modality", "labels"])
+    own = s.loc[("trained", "image", "own")]
+    assert verdict.values == {
+        "headline": own["mean_auc"],
+        "baseline": s.loc[("trained", "image", "shuffled"), "mean_auc"],
+        "control": s.loc[("control", "image", "own"), "mean_auc"],
+    }
+    assert own["mean_auc"] == own["auc_ci_low"] == own["auc_ci_high"] == 1.0  # the exact atoms' labels hold
+    assert verdict.sentence.startswith(
+        "The labels of 3 image atoms predict where they fire on held-out documents better than chance: "
+        f"mean AUC 1.000 [1.000, 1.000] vs shuffled labels {s.loc[('trained', 'image', 'shuffled'), 'mean_auc']:.3f}"
+    )
+    control = s.loc[("control", "image", "own")]
+    assert f"score {control['mean_auc']:.3f} [{control['auc_ci_low']:.3f}" in verdict.sentence
+    tables = page_tables(page)
+    assert verdict.start < first_figure(page) < page.index(tables[0]) and len(tables) == len(set(tables)) == 3
+
+
+def test_atom_cards_are_feature_dashboards(atoms_report: Path) -> None:
+    """Each card: the label with its held-out score, an activation histogram, top patches as image crops,
+    top text contexts with the firing token highlighted."""
+    page = (atoms_report / "atoms.html").read_text()
+    table = pd.read_parquet(atoms_report / "atoms" / "atoms_table.parquet").set_index(["model", "atom"])
+    examples = pd.read_parquet(atoms_report / "atoms" / "atoms_examples.parquet")
+    cards = re.findall(r"<h2>Atom (\d+) — ([^<]*)</h2>(.*?)</section>", page, re.S)
+    assert [(int(a), label) for a, label, _ in cards] == [(0, "red"), (3, "#10")]  # no tokenizer: ids
+    for atom, _, body in cards:
+        row = table.loc[("trained", int(atom))]
+        assert f"held-out AUC {row['auc']:.3f} (shuffled labels {row['shuffled_auc']:.3f})" in body
+        assert f"fires on {row['frequency']:.2%} of tokens" in body
+        assert body.count('<div class="plot-container') == 0 and body.count('id="figure-') == 1  # histogram
+        ex = examples[(examples["model"] == "trained") & (examples["atom"] == int(atom))]
+        if int(atom) == 0:  # image atom: its top patches as crops, in rank order with their activations
+            assert body.count('<img src="data:image/png;base64,') == min(8, len(ex)) > 0
+            first = ex.sort_values("rank").iloc[0]
+            assert f"<b>{first['activation']:.3g}</b><br>doc {first['doc_id']}" in body
+        else:  # text atom: contexts with the example token marked
+            assert body.count("<mark ") == min(10, len(ex)) > 0 and ">#10 </mark>" in body
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed (.ci/run installs it)")
+def test_atoms_report_renders_in_headless_chromium(atoms_report: Path) -> None:
+    assert_renders(atoms_report / "atoms.html", figures=3)  # consistency + two histograms

@@ -87,21 +87,25 @@ class ImageSource:
         return image, None
 
 
-def crop_mosaic(patches: pd.DataFrame, images: ImageSource | None, size: int = 72, margin: float = 0.5):
-    """(uint8 [size, n·size, 3] mosaic of the patches' crops with the patch outlined, or None; message).
+def crop_tiles(
+    patches: pd.DataFrame, images: ImageSource | None, size: int = 72, margin: float = 0.5
+) -> tuple[list[np.ndarray | None], str]:
+    """(one uint8 [size, size, 3] crop per patch with the patch outlined in red, None where its image is
+    unavailable; what was unavailable, "" when nothing).
 
     Each crop is the patch's pixel box widened by `margin` of its side on every side.
     """
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     if images is None:
-        return None, "images unavailable: no corpus or image folder was given"
-    tiles, problems = [], []
+        return [None] * len(patches), "images unavailable: no corpus or image folder was given"
+    tiles: list[np.ndarray | None] = []
+    problems = []
     for p in patches.itertuples():
         image, why = images.load(p.source_id)
         if image is None or not np.isfinite([p.x0, p.y0, p.x1, p.y1]).all():
             problems.append(why or f"doc {p.doc_id}: no pixel box")
-            tiles.append(Image.new("RGB", (size, size), (230, 230, 230)))
+            tiles.append(None)
             continue
         w, h = p.x1 - p.x0, p.y1 - p.y0
         box = (
@@ -118,14 +122,24 @@ def crop_mosaic(patches: pd.DataFrame, images: ImageSource | None, size: int = 7
             outline=(255, 0, 0),
             width=2,
         )
-        tiles.append(tile)
-    if len(problems) == len(tiles):
-        return None, "images unavailable: " + "; ".join(dict.fromkeys(problems))
-    mosaic = np.concatenate([np.asarray(t) for t in tiles], axis=1)
-    return mosaic, ("some images unavailable: " + "; ".join(dict.fromkeys(problems))) if problems else ""
+        tiles.append(np.asarray(tile))
+    problems = list(dict.fromkeys(problems))
+    if tiles and all(t is None for t in tiles):
+        return tiles, "images unavailable: " + "; ".join(problems)
+    return tiles, ("some images unavailable: " + "; ".join(problems)) if problems else ""
 
 
-def _png_uri(array: np.ndarray) -> str:
+def crop_mosaic(patches: pd.DataFrame, images: ImageSource | None, size: int = 72, margin: float = 0.5):
+    """(uint8 [size, n·size, 3] mosaic of the patches' crops (`crop_tiles`; grey where unavailable), or None
+    when no image could be loaded; message)."""
+    tiles, message = crop_tiles(patches, images, size, margin)
+    if not tiles or all(t is None for t in tiles):
+        return None, message
+    grey = np.full((size, size, 3), 230, dtype=np.uint8)
+    return np.concatenate([t if t is not None else grey for t in tiles], axis=1), message
+
+
+def png_uri(array: np.ndarray) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -190,7 +204,7 @@ def atom_card(
         ]
         notes = [message] if message and mosaic is not None else []
         if mosaic is not None:
-            fig.add_trace(go.Image(source=_png_uri(mosaic), name="patches"), row=1, col=1)
+            fig.add_trace(go.Image(source=png_uri(mosaic), name="patches"), row=1, col=1)
             fig.update_xaxes(
                 tickvals=[(i + 0.5) * size for i in range(len(patches))], ticktext=captions, row=1, col=1
             )
@@ -285,5 +299,6 @@ def consistency_figure(results: list[NamingResult]) -> go.Figure:
         yaxis_range=[0, 1.02],
         height=460,
         showlegend=False,
+        template="plotly_white",
     )
     return fig

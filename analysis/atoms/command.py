@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.atoms.cards import CARD_ORDERS, ImageSource, atom_card, consistency_figure, select_card_atoms
+from analysis.atoms.cards import CARD_ORDERS, ImageSource, consistency_figure, select_card_atoms
+from analysis.atoms.dashboard import CARD_STYLE, atom_dashboard
 from analysis.atoms.examples import resolve_tokenizer
 from analysis.atoms.naming import (
     NamingConfig,
@@ -23,6 +24,7 @@ from analysis.atoms.naming import (
     consistency_summary,
     naming_with_controls,
 )
+from analysis.atoms.verdict import atoms_verdict
 from analysis.common.inputs import AnalysisInputError, open_store
 from analysis.common.report_inputs import ReportInputs, load_report_saes, report_metadata, resolve_instances
 from analysis.report.html import ReportFiles, Section, write_report
@@ -66,17 +68,16 @@ def _images(cfg: AtomsReportConfig) -> ImageSource | None:
     return None
 
 
-def _headline(summary: pd.DataFrame) -> str:
-    parts = []
-    for model in dict.fromkeys(summary["model"]):
-        s = summary[(summary["model"] == model) & (summary["modality"] == "all")].set_index("labels")
-        if "own" not in s.index:
-            continue
-        text = f"{model}: {int(s.loc['own', 'atoms'])} labelled atoms, mean held-out AUC {s.loc['own', 'mean_auc']:.3f}"
-        if "shuffled" in s.index:
-            text += f" vs shuffled labels {s.loc['shuffled', 'mean_auc']:.3f}"
-        parts.append(text + f" (mean purity {s.loc['own', 'mean_purity']:.2f}).")
-    return " ".join(parts) or "No atom could be labelled."
+CONSISTENCY_TEXT = (
+    'Each labelled atom\'s held-out ROC-AUC of "label present here → the atom fires" on documents its '
+    "examples did not come from, beside the same labels permuted across atoms (what a label not derived "
+    "from the atom scores: chance), per model. One point per atom."
+)
+CARDS_TEXT = (
+    "One card per atom (top atoms by {by}): its label and held-out score, how often and how strongly it "
+    "fires, its activation histogram, and its top examples — image patches as crops of the image around the "
+    "token's cell and text tokens in their context (highlight: activation relative to the atom's largest)."
+)
 
 
 def run_atoms_report(cfg: AtomsReportConfig) -> tuple[list[NamingResult], ReportFiles]:
@@ -101,31 +102,33 @@ def run_atoms_report(cfg: AtomsReportConfig) -> tuple[list[NamingResult], Report
         control_tokenizer=control_tok,
     )
     table = atom_table(results)
-    summary = consistency_summary(results)
+    summary = consistency_summary(results, seed=cfg.seed)
     images = _images(cfg)
     shown = table.sort_values(
         ["model", "auc", "frequency"], ascending=[False, False, False], na_position="last"
     )
     sections = [
-        Section(
-            "Label consistency on held-out documents",
-            _headline(summary) + " Own labels vs the same labels permuted across atoms (chance), per model.",
-            consistency_figure(results),
-            summary,
-        ),
-        Section("Atoms (labelled first, by held-out AUC)", table=shown, max_rows=80),
+        Section("Label consistency on held-out documents", CONSISTENCY_TEXT, consistency_figure(results))
     ]
-    for atom in select_card_atoms(table, cfg.cards_by, cfg.cards, cfg.card_atoms):
+    for i, atom in enumerate(select_card_atoms(table, cfg.cards_by, cfg.cards, cfg.card_atoms)):
+        card = atom_dashboard(
+            results[0], atom, images, n_patches=cfg.patches_per_card, n_contexts=cfg.contexts_per_card
+        )
         sections.append(
             Section(
-                f"Atom {atom}",
-                figure=atom_card(
-                    results[0], atom, images, n_patches=cfg.patches_per_card, n_contexts=cfg.contexts_per_card
-                ),
+                card.title,
+                CARDS_TEXT.format(by=cfg.cards_by) if i == 0 else "",
+                card.histogram,
+                html=(CARD_STYLE if i == 0 else "") + card.html,
+                layout="side",
             )
         )
     inputs = pd.concat([r.inputs for r in results], ignore_index=True)
-    sections.append(Section("Inputs", table=inputs))
+    sections += [
+        Section("Label consistency per model and modality", table=summary),
+        Section("Atoms (labelled first, by held-out AUC)", table=shown, max_rows=80, collapsed=True),
+        Section("Inputs", table=inputs),
+    ]
     tables = {
         "table": table,
         "examples": pd.concat([r.examples for r in results], ignore_index=True),
@@ -140,6 +143,7 @@ def run_atoms_report(cfg: AtomsReportConfig) -> tuple[list[NamingResult], Report
         sections,
         tables,
         metadata=report_metadata(cfg, sae, control),
+        verdict=atoms_verdict(summary),
     )
     return results, files
 
@@ -148,8 +152,8 @@ def atoms_main(cfg: AtomsReportConfig) -> list[NamingResult]:
     """CLI entry: run, print the consistency summary and where the report is."""
     with lock_output(cfg.out, "atoms report"):  # checks --out before the atoms are computed
         results, files = run_atoms_report(cfg)
-    summary = consistency_summary(results)
+    summary = consistency_summary(results, seed=cfg.seed)
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(summary.to_string(index=False) if len(summary) else "no atom could be labelled")
-    print(f"\n{_headline(summary) if len(summary) else ''}\nAtom naming report: {files.html.absolute()}")
+    print(f"\n{atoms_verdict(summary).text()}\nAtom naming report: {files.html.absolute()}")
     return results

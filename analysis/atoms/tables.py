@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.atoms.scan import AtomScan
+from analysis.common.stats import Interval, bootstrap_ratio_ci
 
 if TYPE_CHECKING:
     from analysis.atoms.naming import NamingResult
@@ -64,9 +65,23 @@ def atom_table(results: NamingResult | list[NamingResult], sort_by: str | None =
     return table.reset_index(drop=True)
 
 
-def consistency_summary(results: list[NamingResult]) -> pd.DataFrame:
-    """Per model and modality: labelled atoms, mean purity, and mean / median held-out AUC, precision and
-    recall of the atoms' own labels vs the shuffled-label baseline."""
+def _auc_ci(d: pd.DataFrame, n_boot: int, confidence: float, seed: int) -> Interval:
+    """CI of the mean AUC of `d`'s rows when atoms are resampled (a shuffled-label atom has several rows)."""
+    per_atom = d.dropna(subset=["auc"]).groupby("atom")["auc"].agg(["sum", "count"])
+    return bootstrap_ratio_ci(
+        per_atom["sum"].to_numpy(),
+        per_atom["count"].to_numpy(),
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def consistency_summary(
+    results: list[NamingResult], *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Per model and modality: labelled atoms, mean purity, and mean / median held-out AUC (with a CI of the
+    mean: atoms resampled), precision and recall of the atoms' own labels vs the shuffled-label baseline."""
     rows = []
     for r in results:
         t = r.table[r.table["label"].notna()]
@@ -81,6 +96,7 @@ def consistency_summary(results: list[NamingResult]) -> pd.DataFrame:
                     ("shuffled", sh if modality == "all" else sh[sh["modality"] == modality], np.nan)
                 )
             for labels, d, purity in variants:
+                ci = _auc_ci(d, n_boot, confidence, seed)
                 rows.append(
                     {
                         "model": r.model,
@@ -89,6 +105,8 @@ def consistency_summary(results: list[NamingResult]) -> pd.DataFrame:
                         "atoms": len(own),
                         "mean_purity": purity,
                         "mean_auc": d["auc"].mean(),
+                        "auc_ci_low": ci.low,
+                        "auc_ci_high": ci.high,
                         "median_auc": d["auc"].median(),
                         "mean_precision": d["precision"].mean(),
                         "mean_recall": d["recall"].mean(),
