@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _browser_check import find_chromium
+from _browser_check import assert_renders, find_chromium
+from _report_check import first_figure, page_tables, page_verdict
 
 from analysis.provenance.core import (
     TokenInfo,
@@ -140,6 +141,21 @@ def test_provenance_report_is_atomic_with_figures_and_tables(records, tmp_path, 
     assert atoms.loc[atoms["sample"] == 0, "act_grad"].notna().all()
     slots = pd.read_csv(files.tables["slots"][0])
     assert len(slots) == 4 and slots["top_atoms_act_grad"].str.len().gt(0).all()
+    # the verdict: the causal check's largest n, from the summary table; no control in this report
+    verdict = page_verdict(page)
+    summary = pd.read_parquet(files.tables["causal_summary"][1])
+    metric = "gt_iou_drop" if "gt_iou_drop" in set(summary["metric"]) else "iou_drop"
+    row = summary[summary["metric"] == metric].sort_values("n").iloc[-1]
+    assert verdict.values == {"headline": row["top_mean"], "baseline": row["random_mean"], "control": None}
+    assert (
+        f"paired difference {row['diff_mean']:+.3f} [{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}]"
+        in (verdict.sentence)
+    )
+    assert verdict.sentence.endswith("Control not run.") and verdict.start < first_figure(page)
+    tables = page_tables(page)
+    assert len(tables) == len(set(tables)) and page.index(tables[0]) > first_figure(page)
+    untested = page_verdict(provenance_report(recs[1:], tmp_path / "attention_only").html.read_text())
+    assert untested.sentence.startswith("The causal check was not run") and untested.values["control"] is None
     before = files.html.read_bytes()
 
     def boom(*args, **kwargs):
@@ -155,14 +171,10 @@ def test_provenance_report_is_atomic_with_figures_and_tables(records, tmp_path, 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed")
 def test_provenance_report_renders_in_headless_chromium(records, tmp_path) -> None:
-    from _browser_check import render_report
-
     from analysis.provenance.report import provenance_report
 
     files = provenance_report(records[2], tmp_path)
-    check = render_report(files.html)
-    assert check.figures == 3 and check.page_errors == "" and check.console_errors == [], check.console[-5:]
-    assert check.ok
+    assert_renders(files.html, figures=3)
 
 
 def test_provenance_command(records, tmp_path, monkeypatch, capsys) -> None:

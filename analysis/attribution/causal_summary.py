@@ -34,8 +34,9 @@ def causal_summary(
 ) -> pd.DataFrame:
     """One row per (n, metric) over the (sample, slot) pairs:
 
-    pairs; top_mean, top_sd (over pairs); random_mean and random_sd (sd over the random draws of the
-    pair-averaged value: the seed-to-seed spread); diff_mean = mean over pairs of (top − mean of the pair's
+    pairs; top_mean, top_sd (over pairs) and the mean's CI (top_ci_low, top_ci_high: pairs resampled);
+    random_mean and random_sd (sd over the random draws of the pair-averaged value: the seed-to-seed spread)
+    and its CI over pairs (random_ci_low, random_ci_high); diff_mean = mean over pairs of (top − mean of the pair's
     random draws) with a percentile-bootstrap CI (diff_ci_low, diff_ci_high); wins / losses / ties of top
     over random and the two-sided sign-test p-value (ties dropped); noise_floor = mean of the metric over
     the unablated re-runs (variant 'none').
@@ -57,7 +58,10 @@ def causal_summary(
             if paired.empty:
                 continue
             diff = (paired["top"] - paired["random"]).to_numpy()
-            ci = bootstrap_mean_ci(diff, n_boot=n_boot, confidence=confidence, seed=seed)
+            boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
+            ci = bootstrap_mean_ci(diff, **boot)
+            top_ci = bootstrap_mean_ci(paired["top"].to_numpy(), **boot)
+            random_ci = bootstrap_mean_ci(paired["random"].to_numpy(), **boot)
             wins, losses, ties, p = _sign_test(diff)
             per_draw = rnd.dropna(subset=[metric]).groupby("draw")[metric].mean()
             rows.append(
@@ -67,8 +71,12 @@ def causal_summary(
                     "pairs": len(paired),
                     "top_mean": float(paired["top"].mean()),
                     "top_sd": float(paired["top"].std(ddof=1)) if len(paired) > 1 else 0.0,
+                    "top_ci_low": top_ci.low,
+                    "top_ci_high": top_ci.high,
                     "random_mean": float(paired["random"].mean()),
                     "random_sd": float(per_draw.std(ddof=1)) if len(per_draw) > 1 else 0.0,
+                    "random_ci_low": random_ci.low,
+                    "random_ci_high": random_ci.high,
                     "diff_mean": ci.estimate,
                     "diff_ci_low": ci.low,
                     "diff_ci_high": ci.high,
@@ -123,7 +131,12 @@ def causal_figure(
                 col=col,
             )
         fig.update_xaxes(
-            title_text="atoms removed (n)", type="log" if s["n"].max() > 10 else "linear", row=1, col=col
+            title_text="atoms removed (n)",
+            type="log" if s["n"].max() > 10 else "linear",
+            tickvals=list(s["n"]),
+            row=1,
+            col=col,
         )
+        fig.update_yaxes(exponentformat="none", row=1, col=col)
     fig.update_layout(height=400, width=max(500, 420 * len(metrics)), template="plotly_white", title=title)
     return fig

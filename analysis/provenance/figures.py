@@ -157,7 +157,7 @@ def sample_figure(
     fig.update_layout(
         barmode="group",
         height=330 * k_slots + 60,
-        width=1600,
+        width=1350,
         template="plotly_white",
         title=f"Sample {sample}: slot → atoms → tokens → pixels",
     )

@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.attribution.causal import CausalResult
-from analysis.attribution.causal_summary import causal_figure, causal_headline, causal_summary
+from analysis.attribution.causal_summary import causal_figure, causal_summary
 from analysis.attribution.core import AttributionResult
 from analysis.attribution.head_inputs import HeadInputs
 from analysis.provenance.core import TokenInfo, slot_atoms, token_contributions
 from analysis.provenance.figures import sample_figure
+from analysis.provenance.verdict import provenance_verdict
 from analysis.report.html import ReportFiles, Section, write_report
 from sae.token_types import TokenType
 from segcompass.head.outputs import HeadOutput
@@ -135,6 +136,23 @@ def _slot_rows(record: ProvenanceRecord, b: int, atoms: pd.DataFrame, top: int) 
     return rows
 
 
+SAMPLES_TEXT = (
+    "One figure per sample, one row per slot: the image with the slot's mask (cyan) and boxes on the image "
+    "patches where the slot's top 3 atoms fired (red, blue, green = rank 1, 2, 3); the slot's heatmap; its "
+    "top atoms by act × grad (through the codebook path) beside the aggregator's attention; and the text "
+    "tokens shaded by how much they fed the slot (Σ|act × grad|). The table under each figure lists the "
+    "slot's top atoms."
+)
+SLOTS_TEXT = (
+    "Per sample and slot: confidence, mask area, and its top atoms by act × grad and by the aggregator's "
+    "attention."
+)
+CAUSAL_TEXT = (
+    "Each slot's top-attributed atoms (n of them) are removed from the support and the head re-run; the "
+    "same with n random atoms of the support (several draws). Larger drops mean the slot changed more."
+)
+
+
 def provenance_report(
     records: Sequence[ProvenanceRecord],
     out_dir: str | os.PathLike,
@@ -199,26 +217,23 @@ def provenance_report(
     tables = {"atoms": pd.concat(atoms_all, ignore_index=True), "slots": pd.DataFrame(slots_all)}
     if tokens_all:
         tables["tokens"] = pd.concat(tokens_all, ignore_index=True)
-    intro = Section(
-        "Slots",
-        "Per slot: confidence, mask area, and its top atoms by act × grad (through the codebook path) and by "
-        "the aggregator's attention. Boxes on the image mark the image patches where the slot's top 3 atoms "
-        "fired (red, blue, green = rank 1, 2, 3); the text grid highlights tokens by Σ|act × grad|.",
-        table=tables["slots"],
-        max_rows=200,
-    )
-    sections.insert(0, intro)
+    sections.insert(0, Section("How to read the samples", SAMPLES_TEXT))
+    summary = None
     if causal_all:
         table = pd.concat(causal_all, ignore_index=True)
         summary = causal_summary(table)
         tables["causal"], tables["causal_summary"] = table, summary
-        sections.append(
+        sections.insert(
+            0,
             Section(
                 "Causal check: removing top-attributed vs random atoms",
-                causal_headline(summary),
+                CAUSAL_TEXT,
                 causal_figure(summary),
-                summary,
-            )
+            ),
         )
+    sections.append(Section("Slots", SLOTS_TEXT, table=tables["slots"], max_rows=200))
+    if summary is not None:
+        sections.append(Section("Causal check per number of atoms removed", table=summary))
     logger.info("provenance report: %d samples, %d sections", offset, len(sections))
-    return write_report(out_dir, name, title, sections, tables, metadata=metadata)
+    verdict = provenance_verdict(summary)
+    return write_report(out_dir, name, title, sections, tables, metadata=metadata, verdict=verdict)
