@@ -182,7 +182,7 @@ def make_head(args: argparse.Namespace) -> tuple[SegCompassHead, dict[str, torch
     """Paper-width head (d_c 512, K 4, real SAM geometry; SAM decoder as segment-anything's) over a random SAE."""
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=args.d_in, d_sae=args.d_sae, apply_b_dec_to_input=False))
-    cfg = HeadConfig.paper(args.d_in, d_sae=args.d_sae, sam_decoder=SamDecoderConfig())
+    cfg = HeadConfig.paper(args.d_in, num_slots=4, d_sae=args.d_sae, sam_decoder=SamDecoderConfig())
     head = build_head(cfg, sae)
     # a threshold that gives ~args.atoms active atoms per token on these random states
     x = torch.randn(1, args.tokens, args.d_in)

@@ -85,14 +85,14 @@ def build(args: argparse.Namespace) -> tuple[SegCompassModel, JointTrainConfig, 
                 StandardSAEConfig(d_in=backbone.hidden_size, d_sae=args.d_sae, apply_b_dec_to_input=False)
             )
         torch.nn.init.normal_(sae.b_enc, 0.0, 0.5)
+    policy = PolicyConfig(max_new_tokens=args.max_new_tokens)  # K: the policy's (the head takes it)
     if args.head == "paper":  # docs/design.md §4: SAM ViT-H geometry (1024² → 64² grid → 256² masks), d_c 512
-        paper = HeadConfig.paper(backbone.hidden_size, d_sae=sae.cfg.d_sae)
+        paper = HeadConfig.paper(backbone.hidden_size, num_slots=policy.num_slots, d_sae=sae.cfg.d_sae)
         head_cfg = dataclasses.replace(paper, loss=dataclasses.replace(paper.loss, too_many_targets="drop"))
     else:
-        head_cfg = cpu_head_config(backbone.hidden_size, sae.cfg.d_sae)
+        head_cfg = cpu_head_config(backbone.hidden_size, sae.cfg.d_sae, policy.num_slots)
     with torch.device(args.device):
         head = build_head(head_cfg, sae, image_encoder=True)
-    policy = PolicyConfig(max_new_tokens=args.max_new_tokens, num_slots=head_cfg.num_slots)
     model = SegCompassModel(backbone, head, policy).to(args.device)
     cfg = JointTrainConfig(
         out="/tmp/unused", prompts_per_step=args.prompts, group_size=args.group, lr=1e-5, policy=policy,

@@ -19,12 +19,18 @@ def make_sae(d_in: int = 16, d_sae: int = 256, seed: int = 0, **cfg_kwargs: obje
 
 
 def make_head(
-    d_in: int = 16, d_sae: int = 256, seed: int = 0, image_encoder: bool = False, **overrides: object
+    d_in: int = 16,
+    d_sae: int = 256,
+    seed: int = 0,
+    image_encoder: bool = False,
+    num_slots: int = 2,
+    **overrides: object,
 ) -> SegCompassHead:
-    """A tiny head (tiny SAM parts) over a random SAE."""
+    """A tiny head (tiny SAM parts, `num_slots` slots) over a random SAE."""
     sae = make_sae(d_in, d_sae, seed, apply_b_dec_to_input=False)
     torch.manual_seed(seed)
-    return build_head(HeadConfig.tiny(d_in, d_sae, **overrides), sae, image_encoder=image_encoder)
+    cfg = HeadConfig.tiny(d_in, d_sae, num_slots=num_slots, **overrides)
+    return build_head(cfg, sae, image_encoder=image_encoder)
 
 
 def make_inputs(

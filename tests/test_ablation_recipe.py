@@ -56,7 +56,7 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
     from segcompass.training.ablation import AblationConfig, _start_key
 
     cfg = AblationConfig()
-    head_cfg = HeadConfig.tiny(16)
+    head_cfg = HeadConfig.tiny(16, num_slots=2)
     backbone = SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-079fe21006abfb8f")
     model = SimpleNamespace(backbone=backbone, head=SimpleNamespace(cfg=head_cfg))
     data, sae = tmp_path / "refs-1", tmp_path / "sae"

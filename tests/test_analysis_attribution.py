@@ -52,7 +52,7 @@ def planted() -> tuple[torch.nn.Module, HeadInputs]:
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     torch.manual_seed(0)
-    head = build_head(HeadConfig.tiny(D, 2 * D, aggregator_layers=2), sae).eval()
+    head = build_head(HeadConfig.tiny(D, 2 * D, num_slots=2, aggregator_layers=2), sae).eval()
     with torch.no_grad():
         row = head.codebook.weight[PLANTED].clone() * 40
         head.codebook.weight.zero_()
@@ -225,7 +225,9 @@ def test_spliced_ablation_through_the_backbone() -> None:
     assert not torch.equal(cut.final[1], plain.final[1])  # later layers see the ablation
 
     torch.manual_seed(0)
-    head = build_head(HeadConfig.tiny(backbone.hidden_size, 256, tau=0.05, aggregator_layers=2), sae).eval()
+    head = build_head(
+        HeadConfig.tiny(backbone.hidden_size, 256, num_slots=2, tau=0.05, aggregator_layers=2), sae
+    ).eval()
     make = ConcentrationInputs(prepared.token_types, torch.randn(2, 256, 64, 64), num_slots=2)
     result = splice_causal_check(
         head,

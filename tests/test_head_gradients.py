@@ -30,7 +30,7 @@ def test_gradients_reach_trainable_parts_only() -> None:
     layer_l, d = bb.hook_layer, bb.hidden_size
     llm_params = freeze_backbone_up_to_hook(bb.model, bb.decoder_layers, layer_l)
     sae = make_sae(d, 1024, apply_b_dec_to_input=False)
-    head = build_head(HeadConfig.tiny(d, 1024, tau=0.05), sae, image_encoder=True)
+    head = build_head(HeadConfig.tiny(d, 1024, num_slots=2, tau=0.05), sae, image_encoder=True)
     groups = head_param_groups(head, 1e-4, llm_params)
     assert [g["name"] for g in groups] == [
         "codebook",

@@ -16,6 +16,7 @@ from segcompass.head import (
     ConceptSupport,
     HeadConfig,
     ImageEmbeddingCache,
+    LossConfig,
     build_head,
     build_optimizer,
     head_param_groups,
@@ -68,7 +69,7 @@ def test_prefix_support_gives_the_same_output() -> None:
 
 
 def test_targets_give_matches_and_losses() -> None:
-    head = make_head(loss=HeadConfig.tiny(16).loss.__class__(too_many_targets="drop"))
+    head = make_head(loss=LossConfig(too_many_targets="drop"))
     x = make_inputs(head)
     t0 = torch.zeros(3, 256, 256)
     t0[0, :50, :50] = t0[1, 100:, 100:] = t0[2, 60:90, :] = 1
@@ -129,7 +130,7 @@ def test_bad_targets_and_config_mismatch() -> None:
     with pytest.raises(
         ValueError, match=r"SAE shape \(d_in=16, d_sae=256\) does not match HeadConfig \(d_in=32"
     ):
-        build_head(HeadConfig.tiny(32, 256), head.concepts.sae)
+        build_head(HeadConfig.tiny(32, 256, num_slots=2), head.concepts.sae)
 
 
 def test_concentration_modes() -> None:
@@ -137,7 +138,7 @@ def test_concentration_modes() -> None:
     x = make_inputs(head)
     one = x["concentration_states"][:, :1]
     assert torch.equal(head._slot_states(one, 2), one.expand(-1, 2, -1))
-    head.cfg = HeadConfig.tiny(16, 256, concentration_mode="zero_pad")
+    head.cfg = HeadConfig.tiny(16, 256, num_slots=2, concentration_mode="zero_pad")
     s = head._slot_states(one, 2)
     assert torch.equal(s[:, 0], one[:, 0]) and float(s[:, 1].abs().sum()) == 0.0
 
@@ -179,7 +180,9 @@ def test_image_embedding_cache_and_sam_checkpoint(tmp_path) -> None:
     torch.save(sd, tmp_path / "sam.pth")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "sam.safetensors"))
     for name in ("sam.pth", "sam.safetensors"):
-        other = head_registry["tiny"](head.concepts.sae, image_encoder=True, sam_checkpoint=tmp_path / name)
+        other = head_registry["tiny"](
+            head.concepts.sae, num_slots=2, image_encoder=True, sam_checkpoint=tmp_path / name
+        )
         for (k, a), b in zip(
             other.mask_head.state_dict().items(), head.mask_head.state_dict().values(), strict=True
         ):
@@ -220,3 +223,19 @@ def test_empty_support_still_gives_slots() -> None:
     assert out.support.num_entries == 0 and out.slot_masks.shape == (2, 2, 256, 256)
     assert out.provenance.samples[0].slot_attention.shape == (1, 2, 0)
     out.losses.total.backward()
+
+
+def test_k_has_one_home_a_head_config_has_no_default_for_it() -> None:
+    import inspect
+
+    from segcompass.model import cpu_head_config
+
+    # K is the policy's (PolicyConfig.num_slots): a head config cannot fall back to a K of its own
+    for build in (lambda: HeadConfig(d_in=16), lambda: HeadConfig.tiny(16), lambda: HeadConfig.paper(16)):
+        with pytest.raises(TypeError, match="num_slots"):
+            build()
+    with pytest.raises(TypeError, match="num_slots"):
+        head_registry["tiny"](make_head().concepts.sae)
+    assert inspect.signature(cpu_head_config).parameters["num_slots"].default is inspect.Parameter.empty
+    assert HeadConfig.paper(16, num_slots=3).num_slots == HeadConfig.tiny(16, num_slots=3).num_slots == 3
+    assert make_head(num_slots=3).aggregator.slot_tokens.shape[0] == 3

@@ -4,7 +4,7 @@ confidences and SAM masks, with provenance.
 Quick start::
 
     from segcompass.head import HeadConfig, build_head
-    head = build_head(HeadConfig.tiny(d_in=64, d_sae=512), sae)
+    head = build_head(HeadConfig.tiny(d_in=64, d_sae=512, num_slots=policy.num_slots), sae)  # K: the policy's
     out = head(hook_states, concept_token_mask, concentration_states, image_embeddings, targets)
     out.losses.total.backward()
 """

@@ -1,7 +1,8 @@
 """Typed configuration of the SegCompass head (docs/design.md §4 defaults).
 
 Every field carries its meaning in the docstring under it; presets are class methods
-(`HeadConfig.paper(d_in)`, `HeadConfig.tiny(d_in, d_sae)`).
+(`HeadConfig.paper(d_in, num_slots=K)`, `HeadConfig.tiny(d_in, d_sae, num_slots=K)`). K has no default here:
+its one home is the policy (`PolicyConfig.num_slots`), which `segcompass.model.build_model` passes.
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ class HeadConfig:
     width has one home, the SAE; a non-zero value is checked against it)."""
     d_c: int = 512
     """Codebook / aggregator width."""
-    num_slots: int = 4
-    """K_s: number of slots (and of concentration tokens in 'per_slot' mode)."""
+    num_slots: int = field(kw_only=True)
+    """K_s: number of slots (and of concentration tokens in 'per_slot' mode). Required, no default: K has one
+    home, the policy (`PolicyConfig.num_slots`); `build_model` passes it, and a head built on its own is given
+    the K of the policy that will emit its concentration tokens."""
     tau: float = 2.0
     """Active-atom threshold: an SAE entry enters the support when |h| ≥ tau."""
     top_n: int | None = None
@@ -195,18 +198,18 @@ class HeadConfig:
         return (self.sam_encoder.out_chans, g, g)
 
     @classmethod
-    def paper(cls, d_in: int, **overrides: object) -> HeadConfig:
-        """docs/design.md §4 defaults for a backbone of hidden size `d_in` (SAM ViT-H)."""
-        return replace(cls(d_in=d_in), **overrides)  # type: ignore[arg-type]
+    def paper(cls, d_in: int, *, num_slots: int, **overrides: object) -> HeadConfig:
+        """docs/design.md §4 defaults for a backbone of hidden size `d_in` (SAM ViT-H) and the policy's K."""
+        return replace(cls(d_in=d_in, num_slots=num_slots), **overrides)  # type: ignore[arg-type]
 
     @classmethod
-    def tiny(cls, d_in: int, d_sae: int = 0, **overrides: object) -> HeadConfig:
+    def tiny(cls, d_in: int, d_sae: int = 0, *, num_slots: int, **overrides: object) -> HeadConfig:
         """Small widths and tiny SAM parts for CPU tests; same geometry as the paper head."""
         base = cls(
             d_in=d_in,
             d_sae=d_sae,
             d_c=32,
-            num_slots=2,
+            num_slots=num_slots,
             tau=0.5,
             aggregator_layers=1,
             aggregator_heads=2,

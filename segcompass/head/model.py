@@ -247,8 +247,12 @@ def build_head(
     return head
 
 
-#: Builders by preset name, segment-anything style: `head_registry["tiny"](sae)`.
+#: Builders by preset name, segment-anything style: `head_registry["tiny"](sae, num_slots=K)` (K: the policy's).
 head_registry: dict[str, Callable[..., SegCompassHead]] = {
-    "paper": lambda sae, **kw: build_head(HeadConfig.paper(check_sae(sae)[0]), sae, **kw),
-    "tiny": lambda sae, **kw: build_head(HeadConfig.tiny(*check_sae(sae)), sae, **kw),
+    "paper": lambda sae, num_slots, **kw: build_head(
+        HeadConfig.paper(check_sae(sae)[0], num_slots=num_slots), sae, **kw
+    ),
+    "tiny": lambda sae, num_slots, **kw: build_head(
+        HeadConfig.tiny(*check_sae(sae), num_slots=num_slots), sae, **kw
+    ),
 }

@@ -16,15 +16,14 @@ from segcompass.warmup import ensure_warm_backbone
 from .core import SegCompassModel
 
 
-def cpu_head_config(
-    d_in: int, d_sae: int, num_slots: int = 4, sam: SamWarmupConfig | None = None
-) -> HeadConfig:
+def cpu_head_config(d_in: int, d_sae: int, num_slots: int, sam: SamWarmupConfig | None = None) -> HeadConfig:
     """The tiny head at a reduced SAM geometry (256² input → 16² grid → 64² masks) for CPU runs; the focal
     term from step 0, a small confidence weight in the matching (see tests/test_head_overfit.py) and a
     confidence that reads the slot's image evidence (`HeadConfig.conf_evidence`: the tiny backbone does not
     ground the referent, so a query-only confidence cannot see that it is absent; head_diagnosis.md §8).
 
     Args:
+        num_slots: K, the policy's (`PolicyConfig.num_slots`).
         sam: take the SAM encoder / decoder shape of this tiny-SAM warm-up (default: the test-size tiny SAM).
     """
     loss = LossConfig(switch_step=0, match_conf_weight=0.1, too_many_targets="drop")

@@ -4,7 +4,7 @@ GRPO on the policy (group-normalised advantages, clipped ratio, k3 KL to a froze
 head's supervision, in one compact loop whose pieces are tested against hand-computed cases (see the
 README's design notes for why not TRL)::
 
-    model = SegCompassModel(backbone, build_head(HeadConfig.tiny(...), sae, image_encoder=True), PolicyConfig())
+    model = build_model("tiny:qwen2_5_vl", sae_path, seed=0, policy=PolicyConfig())   # K: the policy's
     result = train_joint(JointTrainConfig.cpu_tiny(out="runs/joint"), model, dataset)
     predictor = load_predictor("runs/joint")        # → segcompass.evaluation.evaluate(predictor, val_set)
 """
