@@ -158,12 +158,16 @@ def activation_histogram(result: NamingResult, atom: int, lowest_example: float 
             )
         )
         if lowest_example is not None and lowest_example > 0:
-            fig.add_vline(
-                x=lowest_example,
-                line_dash="dot",
-                line_color="#d62728",
-                annotation_text="top examples →",
-                annotation_font_size=10,
+            fig.add_vline(x=lowest_example, line_dash="dot", line_color="#d62728")
+            fig.add_annotation(  # on a log axis an annotation's x is log10 (add_vline's own misplaces it)
+                x=np.log10(lowest_example),
+                y=1,
+                yref="paper",
+                xanchor="left",
+                yanchor="top",
+                showarrow=False,
+                text=" top examples →",
+                font={"size": 10, "color": "#d62728"},
             )
     else:
         fig.add_annotation(text="never fires", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
