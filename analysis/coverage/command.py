@@ -35,6 +35,10 @@ AUC_TEXT = (
 )
 CONTRAST_TEXT = "Difference of the AUCs of two groups of instances, paired by document, with its CI."
 _GROUP_ORDER = ["referred", "distractor", "instances", "background"]
+PRINTED_COLUMNS = [
+    "model", "ranking", "group", "auc", "auc_ci_low", "auc_ci_high", "auc_gain", "gain_ci_low", "gain_ci_high"
+]  # fmt: skip
+"""The AUC table's columns the command prints (the files hold every column)."""
 
 
 def auc_table(auc: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +92,8 @@ def _coverage_report(cfg: CoverageReportConfig) -> tuple[CoverageResult, ReportF
 def coverage_main(cfg: CoverageReportConfig) -> CoverageResult:
     """CLI entry: run, print the AUC table and where the report is."""
     result, files = run_coverage_report(cfg)
-    table = result.auc[result.auc["group"].isin(["instances", "referred", "distractor", "background"])]
+    table = auc_table(result.auc)
+    table = table.loc[table["group"].isin(_GROUP_ORDER), PRINTED_COLUMNS]
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(table.to_string(index=False))
     print(
