@@ -7,6 +7,7 @@ of the instances' AUCs (the trapezoid rule is linear), so its CI resamples docum
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -39,8 +40,9 @@ class Bootstrap:
 
 
 class CoverageSums:
-    """Per (ranking, seed, group): summed per-instance coverage, pooled pixels, instance count, and per
-    document the instances' summed AUC."""
+    """Per (ranking, seed, group): summed per-instance coverage, pooled pixels, instance count; and per
+    (ranking, group) and document the instances' summed AUC (the random seeds' sum in one entry), in flat
+    arrays (a few bytes per document and key)."""
 
     def __init__(self, ks: np.ndarray) -> None:
         self.ks = np.asarray(ks, dtype=float)
@@ -51,33 +53,45 @@ class CoverageSums:
         self.count = defaultdict(int)
         self.expected = defaultdict(lambda: np.zeros(n_k))
         self.docs = defaultdict(int)
-        self.doc_auc: dict[tuple, dict[int, float]] = defaultdict(dict)
-        self.doc_count: dict[tuple, dict[int, int]] = defaultdict(dict)
+        self._doc_ids: dict[tuple[str, str], array] = defaultdict(lambda: array("q"))
+        self._doc_auc: dict[tuple[str, str], array] = defaultdict(lambda: array("d"))
+        self._doc_count: dict[tuple[str, str], array] = defaultdict(lambda: array("d"))
 
     def add(self, key, covered: np.ndarray, totals: np.ndarray, share: np.ndarray, doc: int) -> None:
-        """covered [I, K] pixels, totals [I] pixels, share [K] budget / tokens, of document `doc`."""
+        """covered [I, K] pixels, totals [I] pixels, share [K] budget / tokens, of document `doc`; called once
+        per document and key, the random seeds of a document one after the other."""
         per_instance = covered / totals[:, None]
         self.cov[key] += per_instance.sum(0)
         self.px[key] += covered.sum(0)
         self.total[key] += float(totals.sum())
         self.count[key] += len(totals)
         self.expected[key] += share * len(totals)
-        self.docs[key] += 1  # called once per document and key
-        self.doc_auc[key][doc] = float(auc_from_zero(self.ks, per_instance).sum())
-        self.doc_count[key][doc] = len(totals)
+        self.docs[key] += 1
+        ranking, seed, group = key
+        auc = float(auc_from_zero(self.ks, per_instance).sum())
+        ids = self._doc_ids[(ranking, group)]
+        if ranking == "random" and seed > 0 and ids and ids[-1] == doc:
+            self._doc_auc[(ranking, group)][-1] += auc  # the document's entry of seed 0
+        else:
+            ids.append(doc)
+            self._doc_auc[(ranking, group)].append(auc)
+            self._doc_count[(ranking, group)].append(len(totals))
 
-    def per_document(self, key, docs: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(summed AUC, instances) of `key` per document of `docs` (0 where the document lacks the key)."""
-        auc, count = self.doc_auc.get(key, {}), self.doc_count.get(key, {})
-        return (
-            np.array([auc.get(d, 0.0) for d in docs]),
-            np.array([count.get(d, 0) for d in docs], dtype=np.float64),
-        )
+    def documents(self) -> np.ndarray:
+        """Every document with an entry, sorted."""
+        return np.unique(np.concatenate([np.frombuffer(a, dtype=np.int64) for a in self._doc_ids.values()]))
 
-    def random_per_document(self, group: str, seeds: int, docs: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The random baseline's per-document summed AUC averaged over its seeds, and the instances."""
-        parts = [self.per_document(("random", s, group), docs) for s in range(seeds)]
-        return np.mean([p[0] for p in parts], 0), parts[0][1]
+    def per_document(
+        self, ranking: str, group: str, docs: np.ndarray, seeds: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(summed AUC — for "random" averaged over its `seeds` —, instances) per document of `docs`
+        (0 where the document lacks the group)."""
+        auc, count = np.zeros(len(docs)), np.zeros(len(docs))
+        if (ranking, group) in self._doc_ids:
+            pos = np.searchsorted(docs, np.frombuffer(self._doc_ids[(ranking, group)], dtype=np.int64))
+            auc[pos] = np.frombuffer(self._doc_auc[(ranking, group)], dtype=np.float64)
+            count[pos] = np.frombuffer(self._doc_count[(ranking, group)], dtype=np.float64)
+        return (auc / seeds if ranking == "random" else auc), count
 
 
 def auc_from_zero(ks: np.ndarray, cov: np.ndarray) -> np.ndarray | float:
@@ -89,10 +103,6 @@ def auc_from_zero(ks: np.ndarray, cov: np.ndarray) -> np.ndarray | float:
     return float(area) if np.ndim(area) == 0 else area
 
 
-def _documents(sums: CoverageSums) -> list[int]:
-    return sorted({d for per in sums.doc_auc.values() for d in per})
-
-
 def coverage_tables(
     sums: CoverageSums, ks: np.ndarray, model: str, seeds: int, bootstrap: Bootstrap | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -102,12 +112,12 @@ def coverage_tables(
     curve_rows, auc_rows = [], []
     groups = sorted({k[2] for k in sums.count})
     rankings = list(dict.fromkeys(k[0] for k in sums.count if k[0] != "random"))
-    docs = _documents(sums)
+    docs = sums.documents()
     for g in groups:
         rand = [sums.cov[("random", s, g)] / sums.count[("random", s, g)] for s in range(seeds)]
         rand_px = [sums.px[("random", s, g)] / sums.total[("random", s, g)] for s in range(seeds)]
         rand_auc = [auc_from_zero(ks, c) for c in rand]
-        rand_doc, n_doc = sums.random_per_document(g, seeds, docs)
+        rand_doc, n_doc = sums.per_document("random", g, docs, seeds)
         rand_ci = boot.ratio(rand_doc, n_doc)
         ddof = 1 if seeds > 1 else 0
         base = {
@@ -133,7 +143,7 @@ def coverage_tables(
                         "expected_random": expected[j],
                     }
                 )
-            own_doc, _ = sums.per_document(key, docs)
+            own_doc, _ = sums.per_document(r, g, docs)
             ci = boot.ratio(own_doc, n_doc)
             gain = boot.ratio(own_doc - rand_doc, n_doc)
             auc_rows.append(
@@ -216,16 +226,13 @@ CONTRAST_COLUMNS = ["model", "ranking", "contrast", "difference", "ci_low", "ci_
 
 
 def _contrasts(
-    sums: CoverageSums, model: str, rankings: list[str], seeds: int, docs: list[int], boot: Bootstrap
+    sums: CoverageSums, model: str, rankings: list[str], seeds: int, docs: np.ndarray, boot: Bootstrap
 ) -> pd.DataFrame:
     """Per ranking: AUC of group a − AUC of group b (`CONTRASTS`), paired by document, with its CI."""
     rows = []
     for a, b in CONTRASTS:
         for r in rankings:
-            if r == "random":
-                (sa, ca), (sb, cb) = (sums.random_per_document(g, seeds, docs) for g in (a, b))
-            else:
-                (sa, ca), (sb, cb) = (sums.per_document((r, -1, g), docs) for g in (a, b))
+            (sa, ca), (sb, cb) = (sums.per_document(r, g, docs, seeds) for g in (a, b))
             if ca.sum() == 0 or cb.sum() == 0:
                 continue
             ci = boot.diff(sa, ca, sb, cb)
