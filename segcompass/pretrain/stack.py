@@ -82,11 +82,11 @@ class StackConfig:
     """Stage 1 objective weights."""
     align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
     """Stage 2 optimiser (language model on scene descriptions; vision frozen)."""
-    instruct: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=16, lr=2e-3))
+    instruct: Schedule = field(default_factory=lambda: Schedule(steps=1000, batch_size=16, lr=2e-3))
     """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen)."""
-    questions_per_dialogue: int = 6
+    questions_per_dialogue: int = 12
     """Question turns per instruction-tuning sequence."""
-    format_probability: float = 0.6
+    format_probability: float = 0.4
     """Probability that an instruction-tuning sequence ends with the output-format turn."""
 
     def __post_init__(self) -> None:

@@ -54,7 +54,7 @@ class VisionObjective:
     """Dense SAM-like target: each token → the sub-cell mask of the object covering most of it."""
     silhouette_weight: float = 1.0
     """Pooled object → its visible outline (`pool.SILHOUETTE`² inside its bounding box)."""
-    token_object_weight: float = 0.0
+    token_object_weight: float = 1.0
     """Dense grounding target: each token an object covers at least half of → that object's colour, shape,
     size and 3 × 3 position (the object's properties in every one of its tokens, as grounding-trained
     towers carry them)."""
