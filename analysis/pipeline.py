@@ -17,7 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.coverage.command import CoverageReportConfig, run_coverage_report
+from analysis.coverage.verdict import coverage_verdict
+from analysis.report.verdict import Verdict
 from analysis.sparsity.command import SparsityReportConfig, run_sparsity_report
+from analysis.sparsity.verdict import sparsity_verdict
 from segcompass.artifacts import (
     TINY_SAE_ARCHITECTURE,
     TINY_SAE_DEAD_WINDOW,
@@ -80,6 +83,18 @@ class PipelineResult:
     """L0, activation mass and distinct atoms per model and token group, with bootstrap CIs."""
     reports: dict[str, Path]
     """Report name → HTML file."""
+    coverage_contrasts: pd.DataFrame
+    """Referred − distractor coverage AUC per model and ranking, with its paired CI."""
+    sparsity_contrasts: pd.DataFrame
+    """Instance − background image tokens' mean L0 and mass per model, with its paired CI."""
+
+    @property
+    def verdicts(self) -> dict[str, Verdict]:
+        """The coverage and sparsity reports' verdicts (the same text the HTML reports open with)."""
+        return {
+            "coverage": coverage_verdict(self.coverage_auc, self.coverage_contrasts),
+            "sparsity": sparsity_verdict(self.sparsity, self.sparsity_contrasts),
+        }
 
 
 def _sae_config(cfg: PipelineConfig) -> SaeConfig:
@@ -161,21 +176,62 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     coverage, coverage_files = run_coverage_report(CoverageReportConfig(**common, progress=False))
     sparsity, sparsity_files = run_sparsity_report(SparsityReportConfig(**common, progress=False))
     return PipelineResult(
-        coverage.auc, sparsity.summary, {"coverage": coverage_files.html, "sparsity": sparsity_files.html}
+        coverage_auc=coverage.auc,
+        sparsity=sparsity.summary,
+        reports={"coverage": coverage_files.html, "sparsity": sparsity_files.html},
+        coverage_contrasts=coverage.contrasts,
+        sparsity_contrasts=sparsity.contrasts,
+    )
+
+
+_AUC_GROUPS = ["referred", "distractor", "instances"]
+_MODELS = {"trained": 0, "control": 1}
+_RANKINGS = {"l0": 0, "mass": 1, "random": 2}
+
+
+def auc_summary(auc: pd.DataFrame) -> pd.DataFrame:
+    """The coverage AUCs the pipeline prints: one row per model and ranking (random tokens last), one column
+    per group of instances, each "AUC [CI]"."""
+    rows = auc[auc["group"].isin(_AUC_GROUPS)]
+    cell = rows.apply(lambda r: f"{r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]", axis=1)
+    table = rows.assign(cell=cell).pivot(index=["model", "ranking"], columns="group", values="cell")
+    table = table[[g for g in _AUC_GROUPS if g in table.columns]].reset_index()
+    order = table["model"].map(_MODELS).fillna(len(_MODELS)) * 10 + table["ranking"].map(_RANKINGS).fillna(9)
+    table = table.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+    table["ranking"] = table["ranking"].replace({"random": "random tokens"})
+    table.columns.name = None
+    return table
+
+
+def summary_text(result: PipelineResult) -> str:
+    """What `segcompass-analyze pipeline` prints: coverage AUCs with CIs and the coverage verdict
+    (referred − distractor with its CI, random tokens, the random-init control), then L0 by token type and
+    the sparsity verdict."""
+    cols = ["model", "group", "tokens", "mean_l0", "l0_ci_low", "l0_ci_high", "distinct_atoms"]
+    verdicts = result.verdicts
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+        coverage = auc_summary(result.coverage_auc).to_string(index=False)
+        sparsity = result.sparsity[[c for c in cols if c in result.sparsity]].to_string(index=False)
+    return "\n".join(
+        [
+            "Instance coverage AUC — area under coverage vs top-K % of image tokens, 95 % CI over documents "
+            "(random tokens ≈ 0.5):",
+            coverage,
+            "",
+            "Coverage verdict: " + verdicts["coverage"].text(),
+            "",
+            "SAE sparsity by token type (mean L0 with 95 % bootstrap CI):",
+            sparsity,
+            "",
+            "Sparsity verdict: " + verdicts["sparsity"].text(),
+        ]
     )
 
 
 def main(cfg: PipelineConfig) -> PipelineResult:
-    """CLI entry: run and print the headline numbers and where the reports are."""
+    """CLI entry: run and print the headline numbers, the verdicts and where the reports are."""
     result = run_pipeline(cfg)
-    auc = result.coverage_auc[result.coverage_auc["group"].isin(["instances", "referred", "distractor"])]
-    table = auc.pivot_table(index=["model", "ranking"], columns="group", values="auc").reset_index()
-    cols = ["model", "group", "tokens", "mean_l0", "l0_ci_low", "l0_ci_high", "distinct_atoms"]
-    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
-        print("\nInstance coverage AUC (area under coverage vs top-K % of image tokens; random ≈ 0.5):")
-        print(table.to_string(index=False))
-        print("\nSAE sparsity by token type (mean L0 with 95 % bootstrap CI):")
-        print(result.sparsity[[c for c in cols if c in result.sparsity]].to_string(index=False))
+    print("\n" + summary_text(result))
     print(f"\nData, activation stores and SAEs are under {Path(cfg.out).resolve()}")
     for name, path in result.reports.items():
         print(f"{name} report: {path.absolute()}")

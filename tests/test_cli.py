@@ -11,6 +11,7 @@ import pytest
 
 from analysis.cli import main as analyze_main
 from analysis.pipeline import PipelineConfig, run_pipeline
+from analysis.pipeline import main as pipeline_main
 
 
 def test_the_three_packages_import_and_only_point_one_way():
@@ -70,7 +71,21 @@ def test_default_pipeline_runs_every_stage_and_reuses_its_outputs(tmp_path, caps
         sae_epochs=1,
         batch_size=6,
     )
-    first = run_pipeline(cfg)
+    first = pipeline_main(cfg)  # what `./dev.sh run` prints
+    printed = capsys.readouterr().out
+    contrast = first.coverage_contrasts.set_index(["model", "ranking"]).loc[("trained", "l0")]
+    for text in (
+        "Coverage verdict: coverage AUC of referred instances (trained backbone, tokens ranked by l0)",
+        "random tokens (same budget)",
+        "control not run",  # this run has none; the default's control is printed beside the same way
+        "referred instances are covered",  # … than distractors: referred − distractor with its CI
+        f"AUC difference {contrast['difference']:+.3f} [{contrast['ci_low']:+.3f}, {contrast['ci_high']:+.3f}]",
+        "Sparsity verdict: mean L0 of instance image tokens",
+        "coverage report: ",
+    ):
+        assert text in printed, (text, printed)
+    referred = first.coverage_auc.set_index(["model", "ranking", "group"]).loc[("trained", "l0", "referred")]
+    assert f"{referred['auc']:.3f} [{referred['auc_ci_low']:.3f}, {referred['auc_ci_high']:.3f}]" in printed
     for name in ("coverage", "sparsity"):
         html = first.reports[name].read_text()
         assert html.count("Plotly.newPlot") >= 1 and html.rstrip().endswith("</html>")
