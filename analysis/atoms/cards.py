@@ -168,6 +168,20 @@ def _empty_panel(fig: go.Figure, lines: list[str]) -> None:
     )
 
 
+def atom_examples(
+    result: NamingResult, atom: int, n_patches: int, n_contexts: int
+) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """What a card of `atom` shows: its row of the naming table, all its examples by rank, its top
+    `n_patches` image examples and top `n_contexts` text examples. An atom that was not named is an error."""
+    row = result.table[result.table["atom"] == atom]
+    if row.empty:
+        raise AnalysisInputError(f"atom {atom} was not named (choose from the result's table)")
+    ex = result.examples[result.examples["atom"] == atom].sort_values("rank")
+    patches = ex[ex["token_type"] == "image"].head(n_patches)
+    texts = ex[ex["token_type"] != "image"].head(n_contexts)
+    return row.iloc[0], ex, patches, texts
+
+
 def atom_card(
     result: NamingResult,
     atom: int,
@@ -177,13 +191,7 @@ def atom_card(
     n_contexts: int = 10,
 ) -> go.Figure:
     """One atom's card: its top patches (crops), top text contexts (table) and activation histogram."""
-    row = result.table[result.table["atom"] == atom]
-    if row.empty:
-        raise AnalysisInputError(f"atom {atom} was not named (choose from the result's table)")
-    info = row.iloc[0]
-    ex = result.examples[result.examples["atom"] == atom].sort_values("rank")
-    patches = ex[ex["token_type"] == "image"].head(n_patches)
-    texts = ex[ex["token_type"] != "image"].head(n_contexts)
+    info, _, patches, texts = atom_examples(result, atom, n_patches, n_contexts)
     label = info["label"] if isinstance(info["label"], str) else "no label"
     fig = make_subplots(
         rows=2,

@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.atoms.cards import ImageSource, crop_tiles, png_uri
+from analysis.atoms.cards import ImageSource, atom_examples, crop_tiles, png_uri
 from analysis.atoms.examples import MARK
 from analysis.atoms.naming import NamingResult
-from analysis.common.inputs import AnalysisInputError
 
 CARD_STYLE = """<style>
 .atom-card .chips { display: flex; flex-wrap: wrap; gap: 0.4em; margin: 0.2em 0 0.8em; }
@@ -200,13 +199,7 @@ def atom_dashboard(
     crop_size: int = 96,
 ) -> AtomCard:
     """The card of `atom` in `result` (a `NamingResult`): header, histogram, crops, contexts."""
-    row = result.table[result.table["atom"] == atom]
-    if row.empty:
-        raise AnalysisInputError(f"atom {atom} was not named (choose from the result's table)")
-    info = row.iloc[0]
-    ex = result.examples[result.examples["atom"] == atom].sort_values("rank")
-    patches = ex[ex["token_type"] == "image"].head(n_patches)
-    texts = ex[ex["token_type"] != "image"].head(n_contexts)
+    info, ex, patches, texts = atom_examples(result, atom, n_patches, n_contexts)
     top = float(ex["activation"].max()) if len(ex) else 0.0
     body = _header(info) + _crops(patches, images, crop_size) + _contexts(texts, top)
     if ex.empty:
