@@ -59,23 +59,38 @@ class SamMaskHead(nn.Module):
             mask logits [B, K, 4g, 4g].
         """
         b, k, s, _ = heatmap_logits.shape
-        dec = self.mask_decoder
         sparse, dense = self.prompt_encoder(
             points=None, boxes=None, masks=heatmap_logits.reshape(b * k, 1, s, s)
         )
         # sparse: [B·K, 0, 256]; dense: [B·K, 256, g, g]
+        image_index = torch.arange(b, device=heatmap_logits.device).repeat_interleave(k)  # [B·K]
+        masks = self.predict(image_embeddings, image_index, sparse, dense)  # [B·K, 4g, 4g]
+        return masks.view(b, k, *masks.shape[-2:])
+
+    def predict(self, image_embeddings: Tensor, image_index: Tensor, sparse: Tensor, dense: Tensor) -> Tensor:
+        """SAM's `predict_masks` with one image per prompt, single-mask output.
+
+        Args:
+            image_embeddings: [B, 256, g, g].
+            image_index: [N] the image of each prompt.
+            sparse: [N, n, 256] encoded points (n may be 0); dense: [N, 256, g, g] encoded mask prompts
+                (or SAM's no-mask embedding).
+        Returns:
+            mask logits [N, 4g, 4g].
+        """
+        dec = self.mask_decoder
+        n = sparse.shape[0]
         tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)  # [1 + M, 256]
-        tokens = torch.cat([tokens.unsqueeze(0).expand(b * k, -1, -1), sparse], dim=1)  # [B·K, 1 + M, 256]
-        src = image_embeddings.to(dense.dtype).repeat_interleave(k, dim=0) + dense  # [B·K, 256, g, g]
-        pos = self.prompt_encoder.get_dense_pe().expand(b * k, -1, -1, -1)  # [B·K, 256, g, g]
-        n, c, h, w = src.shape
-        hs, src_out = dec.transformer(src, pos, tokens)  # [B·K, 1 + M, 256], [B·K, g·g, 256]
-        mask_token = hs[:, 1, :]  # single-mask output token, [B·K, 256]
-        up = dec.output_upscaling(src_out.transpose(1, 2).reshape(n, c, h, w))  # [B·K, 32, 4g, 4g]
-        hyper = dec.output_hypernetworks_mlps[0](mask_token)  # [B·K, 32]
+        tokens = torch.cat([tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)  # [N, 1 + M + n, 256]
+        src = image_embeddings.to(dense.dtype)[image_index] + dense  # [N, 256, g, g]
+        pos = self.prompt_encoder.get_dense_pe().expand(n, -1, -1, -1)  # [N, 256, g, g]
+        _, c, h, w = src.shape
+        hs, src_out = dec.transformer(src, pos, tokens)  # [N, 1 + M + n, 256], [N, g·g, 256]
+        mask_token = hs[:, 1, :]  # single-mask output token, [N, 256]
+        up = dec.output_upscaling(src_out.transpose(1, 2).reshape(n, c, h, w))  # [N, 32, 4g, 4g]
+        hyper = dec.output_hypernetworks_mlps[0](mask_token)  # [N, 32]
         _, c2, h2, w2 = up.shape
-        masks = (hyper.unsqueeze(1) @ up.view(n, c2, h2 * w2)).view(b, k, h2, w2)  # [B, K, 4g, 4g]
-        return masks
+        return (hyper.unsqueeze(1) @ up.view(n, c2, h2 * w2)).view(n, h2, w2)  # [N, 4g, 4g]
 
     def load_sam_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
         """Load the `prompt_encoder.*` and `mask_decoder.*` entries of a full SAM state dict."""
