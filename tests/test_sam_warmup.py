@@ -19,7 +19,7 @@ SMALL = dict(
     encoder={"embed_dim": 16, "depth": 1, "num_heads": 2, "global_attn_indexes": [0], "img_size": 64,
              "patch_size": 16, "window_size": 2},
     decoder={"transformer_depth": 1, "transformer_mlp_dim": 16, "transformer_heads": 2, "iou_head_hidden_dim": 8},
-    steps=4, batch_images=2, prompts_per_image=2, train_scenes=3, val_scenes=2,
+    steps=4, batch_images=2, prompts_per_image=2, train_scenes=3, val_scenes=2, eval_size=32, loss_size=32,
 )  # fmt: skip
 
 
@@ -45,7 +45,7 @@ def test_patch_labels_take_the_covering_instance_or_background() -> None:
     m = torch.zeros(2, 16, 16, dtype=torch.bool)
     m[0, :8, :8] = True  # patches (0,0), (0,1), (1,0), (1,1) of the 4 × 4 grid
     m[1, 8:, 8:10] = True  # covers half of patches (2,2), (3,2): exactly 0.5 is not > 0.5
-    data = SceneTensors(torch.zeros(1, 3, 64, 64), [m], [torch.tensor([[2, 5], [1, 3]])])
+    data = SceneTensors(torch.zeros(1, 3, 64, 64), [m], [m], [torch.tensor([[2, 5], [1, 3]])])
     colours, shapes = data.patch_labels(torch.tensor([0]))
     assert colours.shape == (1, 4, 4)
     assert colours[0, :2, :2].eq(2).all() and shapes[0, :2, :2].eq(5).all()
@@ -56,7 +56,8 @@ def test_checkpoint_loads_into_the_head_through_the_sam_path(tmp_path: Path) -> 
     cfg = SamWarmupConfig(**SMALL)
     art = tiny_sam(cfg, tmp_path, progress=False)
     assert not art.cached and art.checkpoint.is_file()
-    assert set(art.evaluation) == {"instances", "trained", "control", "prompt_only"}
+    assert set(art.evaluation) == {"instances", "scenes", "eval_size", "point", "heatmap", "blob"}
+    assert all(set(art.evaluation[k]) == {"trained", "control", "prompt_only"} for k in ("point", "heatmap"))
     assert len(art.train_info["losses"]) == cfg.steps
     again = tiny_sam(cfg, tmp_path, progress=False)
     assert again.cached and again.path == art.path and (art.path / "stage.json").is_file()
@@ -91,13 +92,15 @@ def test_same_seed_same_weights_and_the_key_follows_the_config(tmp_path: Path) -
 
 
 def test_a_batch_pairs_each_prompt_with_its_instance() -> None:
-    cfg = SamWarmupConfig(**{**SMALL, "blob_fraction": 1.0})
+    cfg = SamWarmupConfig(**{**SMALL, "blob_fraction": 1.0, "point_fraction": 0.0, "loss_size": 16})
     data = scene_tensors(cfg, "train", cfg.train_scenes)
-    pixels, prompts, targets, scenes = sample_batch(data, cfg, torch.Generator().manual_seed(0))
-    assert pixels.shape == (2, 3, 64, 64) and prompts.shape == targets.shape == (2, 2, 16, 16)
-    peak = prompts.flatten(2).argmax(-1)  # the blob's centre is a pixel of its instance
-    assert all(bool(targets[i, j].flatten()[peak[i, j]]) for i in range(2) for j in range(2))
-    assert all(len(data.masks[int(s)]) for s in scenes)
+    batch = sample_batch(data, cfg, torch.Generator().manual_seed(0))
+    assert batch.pixels.shape == (2, 3, 64, 64) and batch.dense.shape == (4, 16, 16)
+    assert batch.targets.shape == (4, 16, 16) and len(batch.point_image) == 0  # the loss at the mask size
+    peak = batch.dense.flatten(1).argmax(-1)  # the blob's centre is a pixel of its instance
+    assert all(bool(batch.targets[i].flatten()[peak[i]]) for i in range(4))
+    assert batch.dense_image.tolist() == [0, 0, 1, 1]
+    assert all(len(data.masks[int(s)]) for s in batch.scenes)
 
 
 def test_bad_settings_and_specs_give_clear_errors(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ Layout of `<cache root>/sam/tiny-sam-<sha>/`::
     sam.safetensors        a SAM checkpoint (image_encoder.*, prompt_encoder.*, mask_decoder.*) that
                            `SegCompassHead.load_sam_weights` reads like the real one
     sam_warmup_config.json the SamWarmupConfig (with sam_warmup_version)
-    sam_warmup_eval.json   held-out prompted IoU: trained, random-init control, the prompt itself
+    sam_warmup_eval.json   held-out IoU at eval_size² per prompt (point, heatmap, blob): trained,
+                           random-init control, the prompt alone (`evaluate.py`)
     sam_warmup_train.json  loss per step, wall time
     stage.json             the stage record (written last)
 
@@ -24,13 +25,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from segcompass.stages import Stage, StageMissing, default_cache_root, ensure_stage, find_stage, resolve_root
 
 from .config import SAM_WARMUP_VERSION, SamWarmupConfig
-from .train import TinySam, prompt_only_iou, prompted_iou, scene_tensors, train
+from .evaluate import evaluate_sam
+from .train import train
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class SamWarmupArtifact:
     config: SamWarmupConfig
     """The config it was trained with."""
     evaluation: dict
-    """Held-out mean IoU of the centre-blob prompt: `trained`, `control` (random init), `prompt_only`."""
+    """Held-out mean IoU per prompt kind (`point`, `heatmap`, `blob`), each {`trained`, `control` (random
+    init), `prompt_only`}, with `instances`, `scenes`, `eval_size` (`evaluate.evaluate_sam`)."""
     train_info: dict
     """Losses per step, wall_s, scene_s."""
     cached: bool
@@ -86,19 +88,6 @@ def load_artifact(path: str | os.PathLike) -> SamWarmupArtifact:
         train_info=json.loads(train_file.read_text()) if train_file.exists() else {},
         cached=True,
     )
-
-
-def evaluate_sam(model: TinySam, config: SamWarmupConfig) -> dict:
-    """Held-out mean IoU under the centre-blob prompt, beside a random-init control and the prompt itself."""
-    val = scene_tensors(config, "val", config.val_scenes)
-    torch.manual_seed(config.seed + 1)
-    control = TinySam(config).eval()
-    return {
-        "instances": int(sum(len(m) for m in val.masks)),
-        "trained": float(prompted_iou(model, val).mean()),
-        "control": float(prompted_iou(control, val).mean()),
-        "prompt_only": float(prompt_only_iou(val).mean()),
-    }
 
 
 def _build(config: SamWarmupConfig, folder: Path, *, progress: bool = True) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from .cache import tiny_sam
 from .config import SamWarmupConfig
+from .evaluate import evaluation_table
 
 
 @dataclass
@@ -21,6 +21,8 @@ class SamWarmupCommandConfig:
     """Images per step."""
     attribute_weight: float = SamWarmupConfig.attribute_weight
     """Weight of the auxiliary per-patch colour / shape classification (0: SAM's objective alone)."""
+    point_fraction: float = SamWarmupConfig.point_fraction
+    """Fraction of prompts that are point prompts (the rest dense mask prompts)."""
     train_scenes: int = SamWarmupConfig.train_scenes
     """Training scenes."""
     val_scenes: int = SamWarmupConfig.val_scenes
@@ -34,7 +36,18 @@ class SamWarmupCommandConfig:
 def run_sam_warmup_command(cfg: SamWarmupCommandConfig) -> None:
     config = SamWarmupConfig(
         seed=cfg.seed, steps=cfg.steps, batch_images=cfg.batch_images, attribute_weight=cfg.attribute_weight,
-        train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
+        point_fraction=cfg.point_fraction, train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
     )  # fmt: skip
     art = tiny_sam(config, cfg.cache_dir or None, force=cfg.force)
-    print(json.dumps({"checkpoint": str(art.checkpoint), "cached": art.cached, **art.evaluation}, indent=2))
+    ev = art.evaluation
+    wall = art.train_info.get("wall_s")
+    print(
+        f"tiny SAM: {art.checkpoint} ({'cached' if art.cached else 'built'}"
+        + (f", trained in {wall:.0f} s" if wall is not None else "")
+        + ")"
+    )
+    print(
+        f"held-out mean IoU at {ev.get('eval_size', config.mask_size)}² over {ev['instances']} instances "
+        f"of {ev.get('scenes', config.val_scenes)} val scenes:"
+    )
+    print(evaluation_table(ev).to_string(float_format="{:.3f}".format))

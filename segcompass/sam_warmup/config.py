@@ -11,8 +11,9 @@ from typing import Any
 from segcompass.head.config import SamDecoderConfig, SamEncoderConfig
 from segcompass.world.config import WorldConfig
 
-SAM_WARMUP_VERSION = 1
-"""Bumped whenever data, prompts or the loop change what a config produces (part of the cache key)."""
+SAM_WARMUP_VERSION = 2
+"""Bumped whenever data, prompts or the loop change what a config produces (part of the cache key).
+2: point prompts, the loss on masks upsampled to `loss_size`, evaluation at `eval_size`."""
 
 
 def _default_encoder() -> dict[str, Any]:
@@ -41,8 +42,9 @@ class SamWarmupConfig:
     """Everything that decides the warmed-up tiny SAM; its JSON (plus `SAM_WARMUP_VERSION`) is the cache key.
 
     The real SAM brings objectness from SA-1B; the tiny stand-in learns it on the synthetic world with
-    SAM's own objective (a prompt → the instance's mask, class-agnostic). Prompts are dense mask prompts:
-    what the SegCompass head feeds the decoder (its slot heatmaps).
+    SAM's own objective (a prompt → the instance's mask, class-agnostic). Prompts are SAM's point prompts
+    (a positive point, sometimes negatives) and dense mask prompts: what the SegCompass head feeds the
+    decoder (its slot heatmaps).
     """
 
     seed: int = 0
@@ -65,8 +67,19 @@ class SamWarmupConfig:
     """Weight of the focal term (SAM: 20 focal : 1 dice)."""
     attribute_weight: float = 1.0
     """Weight of the auxiliary per-patch colour / shape classification (0: SAM's objective alone)."""
+    point_fraction: float = 0.5
+    """Fraction of prompts that are point prompts; the rest are dense mask prompts."""
+    negative_prob: float = 0.5
+    """Probability that a point prompt also has negative points (on other instances or nearby background)."""
+    max_negatives: int = 2
+    """Most negative points of a point prompt (1 … this many when it has any)."""
     blob_fraction: float = 0.5
-    """Fraction of prompts that are a Gaussian blob inside the instance; the rest are coarse masks."""
+    """Fraction of the dense prompts that are a Gaussian blob inside the instance; the rest are coarse masks."""
+    loss_size: int = 128
+    """Side at which the loss is taken: the low-res mask logits upsampled bilinearly (SAM's postprocess) vs
+    the instance's mask at this side (`mask_size`: no upsampling, or `eval_size`)."""
+    eval_size: int = 128
+    """Side of the predicted (upsampled) and ground-truth masks in the held-out evaluation."""
     train_scenes: int = 1000
     """Training scenes (world split "train", samples 0 … n − 1)."""
     val_scenes: int = 100
@@ -77,8 +90,11 @@ class SamWarmupConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_images < 1 or self.prompts_per_image < 1:
             raise ValueError("need steps >= 0, batch_images >= 1 and prompts_per_image >= 1")
-        if not 0.0 <= self.blob_fraction <= 1.0:
-            raise ValueError(f"blob_fraction must be in [0, 1], got {self.blob_fraction}")
+        for name in ("point_fraction", "negative_prob", "blob_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_negatives < 1:
+            raise ValueError(f"max_negatives must be >= 1, got {self.max_negatives}")
         if self.train_scenes < 1 or self.val_scenes < 1:
             raise ValueError("train_scenes and val_scenes must be >= 1")
         enc = self.encoder_config()
@@ -86,6 +102,12 @@ class SamWarmupConfig:
             raise ValueError(f"img_size {enc.img_size} must be a multiple of patch_size {enc.patch_size}")
         self.decoder_config()
         self.world_config()
+        if self.eval_size % self.mask_size:
+            raise ValueError(f"eval_size {self.eval_size} must be a multiple of mask_size {self.mask_size}")
+        if self.loss_size not in (self.mask_size, self.eval_size):
+            raise ValueError(
+                f"loss_size must be mask_size ({self.mask_size}) or eval_size ({self.eval_size})"
+            )
 
     def encoder_config(self) -> SamEncoderConfig:
         """The image encoder's shape."""

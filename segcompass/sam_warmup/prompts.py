@@ -5,7 +5,9 @@ Two kinds, both what a slot heatmap of the SegCompass head looks like while it l
 - a **blob**: a Gaussian bump centred on a random pixel of the instance, σ a random fraction of the
   instance's equal-area radius, mapped to logits in [−`scale`, +`scale`];
 - a **coarse mask**: the instance averaged onto the embedding grid (¼ of the side), upsampled back,
-  mapped to logits, plus Gaussian noise.
+  mapped to logits, plus Gaussian noise (`coarse_heatmap`, without the noise, is the evaluation's prompt).
+
+Point prompts are in `points.py`.
 """
 
 from __future__ import annotations
@@ -31,12 +33,19 @@ def blob_prompt(
     return _bump_logits(mask.shape[-1], float(ys[i]), float(xs[i]), sigma, scale)
 
 
-def coarse_prompt(mask: Tensor, generator: torch.Generator, scale: float = 6.0, noise: float = 1.5) -> Tensor:
-    """The instance at ¼ resolution, upsampled, as noisy logits [S, S]."""
+def coarse_heatmap(mask: Tensor, scale: float = 6.0) -> Tensor:
+    """Deterministic evaluation prompt: the instance averaged on the embedding grid (¼ of the side),
+    upsampled bilinearly, as logits in [−`scale`, +`scale`] (0 where half a cell is covered): [S, S]."""
     s = mask.shape[-1]
     low = F.avg_pool2d(mask.float()[None, None], 4)  # [1, 1, S/4, S/4]
     up = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)[0, 0]  # [S, S]
-    return scale * (2.0 * up - 1.0) + noise * torch.randn(s, s, generator=generator)
+    return scale * (2.0 * up - 1.0)
+
+
+def coarse_prompt(mask: Tensor, generator: torch.Generator, scale: float = 6.0, noise: float = 1.5) -> Tensor:
+    """The instance at ¼ resolution, upsampled, as noisy logits [S, S] (`coarse_heatmap` + noise)."""
+    s = mask.shape[-1]
+    return coarse_heatmap(mask, scale) + noise * torch.randn(s, s, generator=generator)
 
 
 def centre_blob_prompt(mask: Tensor, scale: float = 6.0, sigma_fraction: float = 0.7) -> Tensor:

@@ -1,5 +1,6 @@
-"""The tiny-SAM warm-up loop: SAM's promptable objective (20·focal + dice on the prompted instance's mask)
-on world scenes, every parameter of the image encoder, prompt encoder and mask decoder trained."""
+"""The tiny-SAM warm-up loop: SAM's promptable objective (20·focal + dice on the prompted instance's mask,
+the low-res logits upsampled to `loss_size`) on world scenes, prompts a mix of SAM's point prompts and
+dense mask prompts; every parameter of the image encoder, prompt encoder and mask decoder trained."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from segcompass.world.generate import generate_split
 from segcompass.world.vocab import COLOURS, SHAPES
 
 from .config import SamWarmupConfig
-from .prompts import blob_prompt, centre_blob_prompt, coarse_prompt
+from .points import sample_point_prompt, stack_points
+from .prompts import blob_prompt, coarse_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,25 @@ class TinySam(nn.Module):
         return self.decode(self.image_encoder(pixels), prompts)
 
     def decode(self, image_embeddings: Tensor, prompts: Tensor) -> Tensor:
-        """image_embeddings [B, 256, g, g] + prompts [B, P, S, S] → mask logits [B, P, S, S]."""
+        """image_embeddings [B, 256, g, g] + prompts [B, P, S, S] → mask logits [B, P, S, S] (the head's path)."""
         return self._head[0](image_embeddings, prompts)
+
+    def decode_points(
+        self, image_embeddings: Tensor, image_index: Tensor, coords: Tensor, labels: Tensor
+    ) -> Tensor:
+        """Point prompts through SAM's prompt encoder (padded with one −1 point, as SAM without a box) and
+        its no-mask embedding.
+
+        Args:
+            image_embeddings: [B, 256, g, g].
+            image_index: [N] the image of each prompt.
+            coords: [N, n, 2] (x, y) in input pixels; labels: [N, n] (1 positive, 0 negative, −1 padding).
+        Returns:
+            mask logits [N, S, S].
+        """
+        sparse, dense = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        # sparse: [N, n + 1, 256]; dense: [N, 256, g, g] (the no-mask embedding)
+        return self._head[0].predict(image_embeddings, image_index, sparse, dense)
 
 
 class AttributeProbe(nn.Module):
@@ -72,6 +91,8 @@ class SceneTensors:
     """[N, 3, I, I] float16, SAM-normalised and padded."""
     masks: list[Tensor]
     """N tensors [n_i, S, S] bool, the non-empty visible instances of each scene."""
+    fine: list[Tensor]
+    """N tensors [n_i, F, F] bool, the same instances at the evaluation side F (`eval_size`)."""
     attributes: list[Tensor]
     """N tensors [n_i, 2] long: (colour index, shape index) of each kept instance (`vocab` order)."""
 
@@ -96,42 +117,111 @@ class SceneTensors:
 
 
 def scene_tensors(config: SamWarmupConfig, split: str, n: int, progress: bool = False) -> SceneTensors:
-    """Generate scenes 0 … n − 1 of `split` and letterbox them (image to `img_size`, masks to S)."""
-    img_size, s = config.encoder_config().img_size, config.mask_size
-    pixels, masks, attributes = [], [], []
+    """Generate scenes 0 … n − 1 of `split` and letterbox them (image to `img_size`, masks to S and F);
+    instances empty at either side are left out."""
+    img_size, s, f = config.encoder_config().img_size, config.mask_size, config.eval_size
+    pixels, masks, fine, attributes = [], [], [], []
     for sample in tqdm(generate_split(config.world_config(), split, n), total=n, desc=f"scenes {split}",
                        disable=not progress, leave=False):  # fmt: skip
         pixels.append(preprocess_image(sample.image, img_size).pixels.half())
         m = preprocess_masks(sample.masks, img_size, s) > 0.5  # [n_obj, S, S]
-        keep = m.flatten(1).any(1)
+        mf = preprocess_masks(sample.masks, img_size, f) > 0.5  # [n_obj, F, F]
+        keep = m.flatten(1).any(1) & mf.flatten(1).any(1)
         attrs = torch.tensor(
             [[list(COLOURS).index(o.colour), SHAPES.index(o.shape)] for o in sample.scene.objects],
             dtype=torch.long,
         ).view(-1, 2)
         masks.append(m[keep])
+        fine.append(mf[keep])
         attributes.append(attrs[keep])
-    return SceneTensors(torch.stack(pixels), masks, attributes)
+    return SceneTensors(torch.stack(pixels), masks, fine, attributes)
 
 
-def sample_batch(
-    data: SceneTensors, config: SamWarmupConfig, g: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(pixels [B, 3, I, I], prompts [B, P, S, S], targets [B, P, S, S], scene indices [B]) for one step."""
+@dataclass
+class Batch:
+    """One training step's images and prompts; prompts are grouped by kind (dense first, then points),
+    each with the index of its image in the batch, and `targets` follows that order."""
+
+    pixels: Tensor
+    """[B, 3, I, I] float."""
+    scenes: Tensor
+    """[B] scene index of each image."""
+    dense_image: Tensor
+    """[Nd] long: the image of each dense prompt."""
+    dense: Tensor
+    """[Nd, S, S] dense mask prompts (logits)."""
+    point_image: Tensor
+    """[Np] long: the image of each point prompt."""
+    coords: Tensor
+    """[Np, n, 2] point coords (x, y) in input pixels."""
+    labels: Tensor
+    """[Np, n] SAM point labels (−1: padding)."""
+    targets: Tensor
+    """[Nd + Np, L, L] float: each prompt's instance at the loss side L."""
+
+
+def sample_batch(data: SceneTensors, config: SamWarmupConfig, g: torch.Generator) -> Batch:
+    """Draw `batch_images` scenes and `prompts_per_image` prompted instances of each (with replacement);
+    each prompt is a point prompt with probability `point_fraction`, else a blob or coarse dense prompt."""
     usable = [i for i, m in enumerate(data.masks) if len(m)]
     pick = torch.randint(len(usable), (config.batch_images,), generator=g).tolist()
-    prompts, targets = [], []
-    for j in pick:
-        inst = data.masks[usable[j]]
+    img_size, s, f = config.encoder_config().img_size, config.mask_size, config.eval_size
+    dense, dense_image, dense_t, points, point_image, point_t = [], [], [], [], [], []
+    for b, j in enumerate(pick):
+        inst, fine = data.masks[usable[j]], data.fine[usable[j]]
         which = torch.randint(len(inst), (config.prompts_per_image,), generator=g).tolist()
         for w in which:
-            m = inst[w]
-            blob = float(torch.rand((), generator=g)) < config.blob_fraction
-            prompts.append(blob_prompt(m, g) if blob else coarse_prompt(m, g))
-            targets.append(m.float())
-    b, p, s = config.batch_images, config.prompts_per_image, config.mask_size
+            target = (fine[w] if config.loss_size == f else inst[w]).float()
+            if float(torch.rand((), generator=g)) < config.point_fraction:
+                others = fine.any(0) & ~fine[w]  # [F, F]
+                points.append(
+                    sample_point_prompt(fine[w], others, g, config.negative_prob, config.max_negatives)
+                )
+                point_image.append(b)
+                point_t.append(target)
+            else:
+                m = inst[w]
+                blob = float(torch.rand((), generator=g)) < config.blob_fraction
+                dense.append(blob_prompt(m, g) if blob else coarse_prompt(m, g))
+                dense_image.append(b)
+                dense_t.append(target)
+    if points:
+        coords, labels = stack_points(points, f, img_size)
+    else:
+        coords, labels = torch.zeros(0, 1, 2), torch.zeros(0, 1, dtype=torch.long)
     scenes = torch.tensor([usable[j] for j in pick])
-    pixels = data.pixels[scenes].float()
-    return pixels, torch.stack(prompts).view(b, p, s, s), torch.stack(targets).view(b, p, s, s), scenes
+    side = config.loss_size
+    return Batch(
+        pixels=data.pixels[scenes].float(),
+        scenes=scenes,
+        dense_image=torch.tensor(dense_image, dtype=torch.long),
+        dense=torch.stack(dense) if dense else torch.zeros(0, s, s),
+        point_image=torch.tensor(point_image, dtype=torch.long),
+        coords=coords,
+        labels=labels,
+        targets=torch.stack(dense_t + point_t) if dense_t or point_t else torch.zeros(0, side, side),
+    )
+
+
+def upsample(logits: Tensor, size: int) -> Tensor:
+    """SAM's postprocess: low-res mask logits [..., S, S] → [..., size, size], bilinear (identity at S)."""
+    if logits.shape[-1] == size:
+        return logits
+    lead = logits.shape[:-2]
+    x = F.interpolate(logits.reshape(-1, 1, *logits.shape[-2:]), size=(size, size), mode="bilinear",
+                      align_corners=False)  # fmt: skip
+    return x.view(*lead, size, size)
+
+
+def batch_logits(model: TinySam, emb: Tensor, batch: Batch) -> Tensor:
+    """Mask logits of every prompt of `batch` in `targets` order: [Nd + Np, S, S]."""
+    out = []
+    if len(batch.dense_image):
+        sparse, dense = model.prompt_encoder(points=None, boxes=None, masks=batch.dense[:, None])
+        out.append(model._head[0].predict(emb, batch.dense_image, sparse, dense))
+    if len(batch.point_image):
+        out.append(model.decode_points(emb, batch.point_image, batch.coords, batch.labels))
+    return torch.cat(out)
 
 
 @dataclass
@@ -171,13 +261,13 @@ def train(config: SamWarmupConfig, progress: bool = True, data: SceneTensors | N
     losses = []
     bar = tqdm(range(config.steps), desc="tiny-SAM warm-up", disable=not progress)
     for _ in bar:
-        pixels, prompts, targets, scenes = sample_batch(data, config, g)
-        emb = model.image_encoder(pixels)  # [B, 256, g, g]
-        logits = model.decode(emb, prompts).flatten(0, 1)  # [B·P, S, S]
-        t = targets.flatten(0, 1)
+        batch = sample_batch(data, config, g)
+        emb = model.image_encoder(batch.pixels)  # [B, 256, g, g]
+        logits = upsample(batch_logits(model, emb, batch), config.loss_size)  # [N, L, L]
+        t = batch.targets
         loss = (config.focal_weight * focal_per_pair(logits, t) + dice_per_pair(logits, t)).mean()
         if config.attribute_weight > 0:
-            loss = loss + config.attribute_weight * probe.loss(emb, *data.patch_labels(scenes))
+            loss = loss + config.attribute_weight * probe.loss(emb, *data.patch_labels(batch.scenes))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -187,31 +277,3 @@ def train(config: SamWarmupConfig, progress: bool = True, data: SceneTensors | N
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval().requires_grad_(False)
     return SamTrainResult(model, losses, time.perf_counter() - t0, scene_s)
-
-
-@torch.no_grad()
-def prompted_iou(model: TinySam, data: SceneTensors, batch: int = 16) -> Tensor:
-    """IoU (logit > 0 vs GT) of every held-out instance under its deterministic centre-blob prompt [n_inst]."""
-    ious = []
-    for i in range(0, len(data.masks), batch):
-        idx = [j for j in range(i, min(i + batch, len(data.masks))) if len(data.masks[j])]
-        for j in idx:
-            inst = data.masks[j]  # [n, S, S]
-            prompts = torch.stack([centre_blob_prompt(m) for m in inst])[None]  # [1, n, S, S]
-            pred = model(data.pixels[j : j + 1].float(), prompts)[0] > 0  # [n, S, S]
-            ious.append(_iou(pred, inst))
-    return torch.cat(ious) if ious else torch.zeros(0)
-
-
-def prompt_only_iou(data: SceneTensors) -> Tensor:
-    """The trivial baseline: the prompt itself thresholded at 0 as the mask [n_inst]."""
-    ious = [
-        _iou(torch.stack([centre_blob_prompt(m) for m in inst]) > 0, inst) for inst in data.masks if len(inst)
-    ]
-    return torch.cat(ious) if ious else torch.zeros(0)
-
-
-def _iou(pred: Tensor, gt: Tensor) -> Tensor:
-    inter = (pred & gt).flatten(1).sum(1).float()
-    union = (pred | gt).flatten(1).sum(1).float()
-    return inter / union.clamp(min=1)
