@@ -4,7 +4,9 @@ Each notebook is executed in a fresh working directory with its papermill-style 
 by an injected cell (as papermill does) that shrinks the run: `tiny:qwen2_5_vl` instead of the warmed-up
 backbone (whose first build takes minutes; the warm-up cache is pointed at an empty folder, which must stay
 empty), a few dozen documents, a short SAE and head fit. Any cell error fails the test; the notebook's final
-cell writes its headline tables to a JSON file that the test checks. The kernel runs this interpreter
+cell writes its headline tables to a JSON file that the test checks. The notebooks are stored with the outputs
+of a full run on the default stack (`scripts/refresh_notebooks.py`), and a recorded hash fails the tests when
+those were made by other code cells, another package version or another default stack. The kernel runs this interpreter
 through a kernel spec written at test time, so nothing has to be registered in the environment.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import runpy
 import sys
 import time
 from pathlib import Path
@@ -84,16 +87,60 @@ def run_notebook(name: str, params: dict, workdir: Path) -> float:
     return time.perf_counter() - start
 
 
+def _refresh_tool() -> dict:
+    """scripts/refresh_notebooks.py's functions (a script, not a package module)."""
+    return runpy.run_path(str(ROOT / "scripts" / "refresh_notebooks.py"), run_name="refresh_notebooks")
+
+
 @pytest.mark.parametrize("name", ["quick_tour.ipynb", "coverage.ipynb"])
-def test_notebook_is_saved_clean(name: str) -> None:
-    """Valid, without outputs, one parameters cell, and every code cell parses."""
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+def test_notebook_is_stored_with_its_outputs(name: str) -> None:
+    """Valid, one parameters cell, every code cell parses and was executed in order without an error, and
+    the file stays small enough to read on a code host."""
+    path = NOTEBOOKS / name
+    nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     _parameters_cell(nb)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, "save the notebook without outputs"
-            ast.parse(cell.source)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for cell in code:
+        ast.parse(cell.source)
+        assert all(o.get("output_type") != "error" for o in cell.outputs), (
+            f"{name}: a stored output is an error"
+        )
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"{name}: not stored as one run from the top ({counts})"
+    assert sum(len(c.outputs) for c in code) >= len(code) // 2, f"{name}: stored without its outputs"
+    assert path.stat().st_size < _refresh_tool()["MAX_BYTES"], f"{name}: {path.stat().st_size} bytes"
+
+
+@pytest.mark.parametrize("name", ["quick_tour.ipynb", "coverage.ipynb"])
+def test_notebook_outputs_were_made_by_this_code_and_default_stack(name: str) -> None:
+    """The stored outputs record a hash of the code cells, the package version and the backbones the
+    parameters cell names (the warm-up's stage key for `warm:`); any change makes them stale."""
+    tool = _refresh_tool()
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    why = tool["stale_reason"](nb)
+    assert why is None, (
+        f"notebooks/{name}: the stored outputs were made by another version ({why}); refresh them with "
+        f"`{tool['COMMAND']} {name.removesuffix('.ipynb')}`"
+    )
+
+
+def test_the_notebook_record_follows_code_version_and_stack(monkeypatch) -> None:
+    tool = _refresh_tool()
+    nb = nbformat.read(NOTEBOOKS / "coverage.ipynb", as_version=4)
+    nb.metadata["segcompass"] = tool["record"](nb)
+    assert tool["stale_reason"](nb) is None
+    assert nb.metadata["segcompass"]["stack"]["BACKBONE"].startswith("backbone-warmup-")
+    edited = nbformat.from_dict(json.loads(json.dumps(nb)))
+    next(
+        c for c in edited.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
+    ).source += "\n"
+    assert "code cells changed" in tool["stale_reason"](edited)
+    params = next(c for c in edited.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = params.source.replace('"warm:qwen2_5_vl"', '"warm:llava"', 1)
+    assert "default stack" in tool["stale_reason"](edited)
+    monkeypatch.setitem(tool["record"].__globals__, "backbone_identity", lambda spec, seed: f"new-{spec}")
+    assert "default stack" in tool["stale_reason"](nb)  # same cells, the spec resolves to another stage
 
 
 def _auc_rows(rows: list[dict]) -> dict[tuple[str, str, str], dict]:

@@ -13,6 +13,7 @@ from sae.token_types import TokenType
 from .backbone import Backbone, PreparedBatch, validate_hook_layer
 from .family import BackboneFamily, KnownCheckpoint, PromptText, TinySpec
 from .registry import (
+    backbone_identity,
     build_tiny,
     family_for_model_type,
     get_family,
@@ -32,6 +33,7 @@ __all__ = [
     "PromptText",
     "TinySpec",
     "TokenType",
+    "backbone_identity",
     "build_tiny",
     "build_tiny_tokenizer",
     "family_for_model_type",

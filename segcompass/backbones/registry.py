@@ -141,3 +141,18 @@ def resolve_backbone(spec: str, *, seed: int = 0, hook_layer: int | None = None,
         tiny = TinySpec() if hook_layer is None else TinySpec(hook_layer=hook_layer)
         return build_tiny(spec.removeprefix("tiny:"), seed=seed, spec=tiny)
     return load_backbone(spec, hook_layer=hook_layer, **load_kwargs)
+
+
+def backbone_identity(spec: str, *, seed: int = 0) -> str:
+    """What `resolve_backbone(spec, seed=seed)` would load, named without loading or building anything:
+    `warm:<family>` → its warm-up's stage key (which changes with the warm-up's config and version);
+    `tiny:<family>` → the spec and seed (the weights are a pure function of the code and the seed);
+    anything else → the spec itself. Records made from a backbone (e.g. the notebooks' stored outputs)
+    keep it so that a new default is noticed."""
+    if spec.startswith("warm:"):
+        from .warm import WARMUP_STAGE, warm_config  # lazy, as in `resolve_backbone`
+
+        return WARMUP_STAGE.key(warm_config(spec, seed=seed))
+    if spec.startswith("tiny:"):
+        return f"{spec}@seed{seed}"
+    return spec
