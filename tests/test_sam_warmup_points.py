@@ -72,6 +72,32 @@ def test_point_prompts_encode_to_sam_tokens_and_the_point_matters() -> None:
     assert both.shape == (2, 3, 16, 16) and torch.allclose(both[1, 2], alone[0, 0], atol=1e-5)
 
 
+def test_cross_attention_starts_with_keys_tied_to_queries() -> None:
+    torch.manual_seed(0)
+    tied_sam = TinySam(SamWarmupConfig(**SMALL))
+    tied = tied_sam.mask_decoder.transformer
+    torch.manual_seed(0)
+    free = TinySam(SamWarmupConfig(**SMALL, tie_qk_init=False)).mask_decoder.transformer
+    crosses = [tied.layers[0].cross_attn_token_to_image, tied.layers[0].cross_attn_image_to_token,
+               tied.final_attn_token_to_image]  # fmt: skip
+    for attn in crosses:
+        assert torch.equal(attn.k_proj.weight, attn.q_proj.weight) and torch.equal(
+            attn.k_proj.bias, attn.q_proj.bias
+        )
+    # self-attention and the untied init keep segment-anything's independent projections
+    assert not torch.equal(tied.layers[0].self_attn.k_proj.weight, tied.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(
+        free.final_attn_token_to_image.k_proj.weight, free.final_attn_token_to_image.q_proj.weight
+    )
+    # a point's positional encoding now scores image positions by proximity: nearest cell wins at init
+    pe = tied_sam.prompt_encoder
+    point = pe.pe_layer.forward_with_coords(torch.tensor([[[40.0, 8.0]]]), (64, 64))[0]  # [1, 256] (x, y)
+    grid = pe.get_dense_pe()[0].flatten(1).T  # [16 cells, 256]
+    attn = crosses[0]
+    scores = attn.q_proj(point) @ attn.k_proj(grid).T  # [1, 16]
+    assert int(scores.argmax()) == 0 * 4 + 2  # (row 0, col 2) holds pixel (x 40, y 8) of the 64² input
+
+
 def test_points_map_to_sam_input_pixels() -> None:
     yx = torch.tensor([[0, 0], [127, 3]])
     # pixel centre (x + ½)·I/F − ½: SAM's _embed_points adds ½ back
@@ -210,11 +236,11 @@ def test_the_cache_key_follows_every_new_field_and_the_version(monkeypatch) -> N
     base = SamWarmupConfig()
     keys = {base.key(), SAM_STAGE.key(base)}
     for change in ({"point_fraction": 0.7}, {"negative_prob": 0.2}, {"max_negatives": 3},
-                   {"eval_size": 256, "loss_size": 64}, {"loss_size": 64}):  # fmt: skip
+                   {"eval_size": 256, "loss_size": 64}, {"loss_size": 64}, {"tie_qk_init": False}):  # fmt: skip
         other = SamWarmupConfig(**change)
         assert other.key() != base.key() and SAM_STAGE.key(other) != SAM_STAGE.key(base), change
         keys.add(other.key())
-    assert len(keys) == 7 and SAM_STAGE.version == 2
+    assert len(keys) == 8 and SAM_STAGE.version == 2
     from segcompass.sam_warmup import config as config_module
 
     v2 = base.key()

@@ -53,7 +53,7 @@ class SamWarmupConfig:
     """`SamEncoderConfig` fields (the rest keep the class defaults; `out_chans` stays 256)."""
     decoder: dict[str, Any] = field(default_factory=_default_decoder)
     """`SamDecoderConfig` fields (the rest keep the class defaults)."""
-    steps: int = 800
+    steps: int = 1000
     """Optimiser steps."""
     batch_images: int = 8
     """Images per step."""
@@ -75,6 +75,9 @@ class SamWarmupConfig:
     """Most negative points of a point prompt (1 … this many when it has any)."""
     blob_fraction: float = 0.5
     """Fraction of the dense prompts that are a Gaussian blob inside the instance; the rest are coarse masks."""
+    tie_qk_init: bool = True
+    """Initialise the decoder's token↔image cross-attention keys as its queries (`train.tie_cross_attention_qk`),
+    so point prompts localise from the first step; False: segment-anything's independent init."""
     loss_size: int = 128
     """Side at which the loss is taken: the low-res mask logits upsampled bilinearly (SAM's postprocess) vs
     the instance's mask at this side (`mask_size`: no upsampling, or `eval_size`)."""

@@ -39,6 +39,8 @@ class TinySam(nn.Module):
         head = SamMaskHead(config.decoder_config(), enc.out_chans, enc.grid_size, enc.img_size)
         self.prompt_encoder, self.mask_decoder = head.prompt_encoder, head.mask_decoder
         self._head = [head]  # not a submodule: its parameters are the two above
+        if config.tie_qk_init:
+            tie_cross_attention_qk(self.mask_decoder.transformer)
 
     def forward(self, pixels: Tensor, prompts: Tensor) -> Tensor:
         """pixels [B, 3, I, I] (SAM-normalised, padded) + dense prompts [B, P, S, S] → mask logits [B, P, S, S]."""
@@ -64,6 +66,19 @@ class TinySam(nn.Module):
         sparse, dense = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         # sparse: [N, n + 1, 256]; dense: [N, 256, g, g] (the no-mask embedding)
         return self._head[0].predict(image_embeddings, image_index, sparse, dense)
+
+
+@torch.no_grad()
+def tie_cross_attention_qk(transformer: nn.Module) -> None:
+    """Start every token↔image cross-attention with its key projection equal to its query projection, so
+    that a point's positional encoding already matches the image positions around it (q·k = (W·pe_p)·(W·pe_i)
+    follows pe_p·pe_i; with independent random projections it is noise until learnt). Only the init changes:
+    the parameters stay SAM's."""
+    for name, module in transformer.named_modules():
+        cross = "cross_attn" in name or "final_attn" in name
+        if cross and hasattr(module, "q_proj") and hasattr(module, "k_proj"):
+            module.k_proj.weight.copy_(module.q_proj.weight)
+            module.k_proj.bias.copy_(module.q_proj.bias)
 
 
 class AttributeProbe(nn.Module):
