@@ -50,20 +50,25 @@ def token_composition(coverage: np.ndarray, classes: np.ndarray, num_classes: in
     return np.clip(out, 0.0, 1.0)
 
 
+def covering_object(coverage: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
+    """int64 [cells]: index of the object covering most of each cell when it covers at least `min_fraction`
+    of it, −1 otherwise (coverage: [n_obj, rows, cols])."""
+    n_obj, cells = coverage.shape[0], int(np.prod(coverage.shape[1:]))
+    if n_obj == 0:
+        return np.full(cells, -1, dtype=np.int64)
+    flat = coverage.reshape(n_obj, cells)
+    return np.where(flat.max(0) >= min_fraction, flat.argmax(0), -1).astype(np.int64)
+
+
 def covering_labels(coverage: np.ndarray, classes: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
     """int64 [cells]: the class of the object covering most of each cell, `len(classes)`-independent
     background label -1, or -2 when neither that object nor the background reaches `min_fraction` of the
     cell (a mixed cell, left out of probes)."""
-    n_obj = coverage.shape[0]
-    flat = coverage.reshape(n_obj, -1)
-    background = np.clip(1.0 - flat.sum(0), 0.0, 1.0)
-    if n_obj == 0:
-        return np.where(background >= min_fraction, -1, -2).astype(np.int64)
-    best = flat.argmax(0)
-    best_value = flat.max(0)
-    labels = np.where(best_value >= min_fraction, classes[best], -2)
-    labels = np.where((labels == -2) & (background >= min_fraction), -1, labels)
-    return labels.astype(np.int64)
+    background = np.clip(1.0 - coverage.sum(0).reshape(-1), 0.0, 1.0)
+    best = covering_object(coverage, min_fraction)
+    labels = np.where(background >= min_fraction, -1, -2).astype(np.int64)
+    labels[best >= 0] = np.asarray(classes)[best[best >= 0]]
+    return labels
 
 
 def covering_attributes(
@@ -71,14 +76,9 @@ def covering_attributes(
 ) -> np.ndarray:
     """int64 [cells, n_attr]: the attributes of the object covering at least `min_fraction` of each cell,
     −100 (ignored by the loss) where no object does."""
-    n_obj, cells = coverage.shape[0], int(np.prod(coverage.shape[1:]))
-    out = np.full((cells, attributes.shape[1]), -100, dtype=np.int64)
-    if n_obj == 0:
-        return out
-    flat = coverage.reshape(n_obj, cells)
-    best, value = flat.argmax(0), flat.max(0)
-    covered = value >= min_fraction
-    out[covered] = attributes[best[covered]]
+    best = covering_object(coverage, min_fraction)
+    out = np.full((len(best), attributes.shape[1]), -100, dtype=np.int64)
+    out[best >= 0] = attributes[best[best >= 0]]
     return out
 
 
@@ -111,18 +111,19 @@ def offset_targets(
     offset from the cell centre to that object's centre in units of its radius (row, column) and the log of
     its radius in cells. Returns (targets float32 [cells, 3], covered bool [cells])."""
     n_obj, rows, cols = coverage.shape
-    flat = coverage.reshape(n_obj, -1)
     out = np.zeros((rows * cols, 3), dtype=np.float32)
     if n_obj == 0:
         return out, np.zeros(rows * cols, dtype=bool)
-    best, value = flat.argmax(0), flat.max(0)
-    covered = value >= min_fraction
+    best = covering_object(coverage, min_fraction)
+    covered = best >= 0
+    best = np.maximum(best, 0)  # uncovered rows are zeroed below
     r, c = np.divmod(np.arange(rows * cols), cols)
     cy, cx, radius = (geometry[best, k] for k in range(3))
     radius = np.maximum(radius, 1e-3)
     out[:, 0] = (cy - (r + 0.5)) / radius
     out[:, 1] = (cx - (c + 0.5)) / radius
     out[:, 2] = np.log(radius)
+    out[~covered] = 0.0
     return out, covered
 
 
