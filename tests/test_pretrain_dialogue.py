@@ -64,7 +64,9 @@ def test_text_only_encoding_equals_the_processor_with_pixels(setup):
         [d.turns[0].question for d in dialogues],
         responses=[continuation(backbone, d.turns) for d in dialogues],
     )
-    for key in ("input_ids", "attention_mask", "image_grid_thw"):
+    # Every model input but the pixels: a missing key (mm_token_type_ids) changes the rotary positions.
+    assert set(batch.inputs) == set(prepared.inputs) - {"pixel_values"}
+    for key in batch.inputs:
         torch.testing.assert_close(batch.inputs[key], prepared.inputs[key], msg=key)
 
 
@@ -78,19 +80,24 @@ def test_dialogues_are_deterministic_and_end_with_the_format_turn(setup):
     assert all(t.answer in t.candidates for t in a.turns[:-1])
 
 
-def test_cached_features_give_the_same_logits_as_the_pixels(setup):
+def test_cached_features_give_the_same_logits_as_the_processor_and_pixels(setup):
+    """The training path (text-only encoding + cached image features) against the model fed what the
+    processor gives: same logits, so training sees the 3-D rotary positions that generation uses."""
     backbone, pool = setup
-    batch = encode_dialogues(
-        backbone,
-        pool,
-        [qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 3, 1.0, 2) for i in range(3)],
+    dialogues = [qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 3, 1.0, 2) for i in range(3)]
+    batch = encode_dialogues(backbone, pool, dialogues)
+    prepared = backbone.prepare(
+        [pool[d.scene].sample.image for d in dialogues],
+        [d.turns[0].question for d in dialogues],
+        responses=[continuation(backbone, d.turns) for d in dialogues],
     )
-    images = [pool[i].sample.image for i in range(3)]
-    pixels = backbone.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         cached = lm_logits(backbone, batch, FeatureCache(backbone, pool))
-        direct = backbone.model(**batch.inputs, pixel_values=pixels).logits
+        direct = backbone.model(**prepared.inputs).logits
+        flat = {k: v for k, v in prepared.inputs.items() if k != "mm_token_type_ids"}
+        one_d = backbone.model(**flat).logits  # what the encoding gave before it carried the type ids
     torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+    assert (one_d - direct).abs().max() > 1e-3  # the check above can tell the two position schemes apart
 
 
 def test_pixel_cache_gives_the_processors_patches_in_the_asked_order(setup):

@@ -54,8 +54,9 @@ class DialogueBatch:
     """Model inputs (without pixels) and assistant-turn labels of a batch of dialogues."""
 
     inputs: dict[str, torch.Tensor]
-    """input_ids, attention_mask [B, T] (left-padded) and image_grid_thw [B, 3], as the processor gives
-    them for these dialogues' images."""
+    """input_ids, attention_mask, mm_token_type_ids [B, T] (left-padded) and image_grid_thw [B, 3], as the
+    processor gives them for these dialogues' images (without `mm_token_type_ids` Qwen2.5-VL silently falls
+    back to 1-D rotary positions, so training would not see the positions generation uses)."""
     labels: torch.Tensor
     """int64 [B, T]."""
     scenes: list[int]
@@ -83,6 +84,7 @@ def encode_dialogues(backbone: Backbone, pool: ScenePool, dialogues: list[Dialog
     inputs = {
         "input_ids": encoded["input_ids"],
         "attention_mask": encoded["attention_mask"],
+        "mm_token_type_ids": (encoded["input_ids"] == backbone.image_token_id).long(),
         "image_grid_thw": torch.tensor(grids, dtype=torch.long),
     }
     labels = assistant_labels(backbone, inputs["input_ids"])

@@ -285,8 +285,8 @@ def build_instruct(stage_config: dict[str, Any], folder: Path) -> None:
 
 
 VISION: Stage[dict[str, Any]] = Stage("vlm-vision", 1, build_vision, BUILD_COMMAND)
-ALIGN: Stage[dict[str, Any]] = Stage("vlm-align", 1, build_align, BUILD_COMMAND)
-INSTRUCT: Stage[dict[str, Any]] = Stage("vlm-instruct", 1, build_instruct, BUILD_COMMAND)
+ALIGN: Stage[dict[str, Any]] = Stage("vlm-align", 2, build_align, BUILD_COMMAND)
+INSTRUCT: Stage[dict[str, Any]] = Stage("vlm-instruct", 2, build_instruct, BUILD_COMMAND)
 
 
 def build_stack(config: StackConfig | None = None, cache_root: str | os.PathLike | None = None) -> Path:
