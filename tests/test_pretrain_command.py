@@ -17,6 +17,10 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert (config.seed, config.vision.steps, config.align.steps, config.instruct.steps) == (2, 5, 6, 7)
     assert config.vision.lr == default.vision.lr and config.instruct.batch_size == default.instruct.batch_size
     assert stack_config(PretrainCommandConfig()) == default
+    grounded = stack_config(PretrainCommandConfig(grounding_weight=0.25))
+    assert grounded.grounding.weight == 0.25 and grounded.grounding.layers == default.grounding.layers
+    assert grounded.instruct_stage() != default.instruct_stage()  # a new stage-3 key …
+    assert grounded.align_stage() == default.align_stage()  # … and nothing before it
 
 
 def test_help_documents_every_flag(capsys):

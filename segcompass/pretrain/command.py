@@ -37,6 +37,8 @@ class PretrainCommandConfig:
     """Stage 2 optimiser steps (descriptions)."""
     instruct_steps: int = _DEFAULT.instruct.steps
     """Stage 3 optimiser steps (multi-turn questions + output format)."""
+    grounding_weight: float = _DEFAULT.grounding.weight
+    """Stage 3 attention-grounding weight: answers about a named object attend to its image tokens (0: off)."""
     train_scenes: int = _DEFAULT.train_scenes
     """Training scenes shared by the stages."""
     val_scenes: int = _DEFAULT.val_scenes
@@ -59,6 +61,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         vision=replace(d.vision, steps=cfg.vision_steps),
         align=replace(d.align, steps=cfg.align_steps),
         instruct=replace(d.instruct, steps=cfg.instruct_steps),
+        grounding=replace(d.grounding, weight=cfg.grounding_weight),
     )
 
 

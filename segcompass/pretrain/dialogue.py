@@ -40,6 +40,9 @@ class Turn:
     answer: str
     candidates: tuple[str, ...] = ()
     """For questions: every answer the question admits."""
+    target: int | None = None
+    """For a question about one named object: its index in the scene's objects (what the grounding
+    objective asks the answer to attend to); None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,17 @@ class Dialogue:
 def size_question(sample: WorldSample, rng: np.random.Generator) -> Turn | None:
     """ "What size is the {colour shape}?" for an object its colour and shape name uniquely."""
     objects = sample.scene.objects
-    unique = [o for o in objects if sum(p.colour == o.colour and p.shape == o.shape for p in objects) == 1]
+    unique = [
+        i
+        for i, o in enumerate(objects)
+        if sum(p.colour == o.colour and p.shape == o.shape for p in objects) == 1
+    ]
     if not unique:
         return None
-    obj = unique[int(rng.integers(len(unique)))]
-    return Turn("size", f"What size is the {obj.colour} {obj.shape}?", obj.size_name, SIZE_ANSWERS)
+    index = unique[int(rng.integers(len(unique)))]
+    obj = objects[index]
+    question = f"What size is the {obj.colour} {obj.shape}?"
+    return Turn("size", question, obj.size_name, SIZE_ANSWERS, index)
 
 
 def question_turn(
@@ -70,7 +79,7 @@ def question_turn(
     example = question_example(sample, kind, rng, max_count)
     if example is None:
         return None
-    return Turn(kind, example.prompt, example.response, example.candidates)
+    return Turn(kind, example.prompt, example.response, example.candidates, example.target)
 
 
 def format_turn(sample: WorldSample, num_slots: int) -> Turn:

@@ -8,6 +8,9 @@ majority rate, and the same measures on a random-init control.
   "the {size} {colour} {shape}" phrase of the reasoning; correct when colour and shape match the target.
   Reported overall and on the instructions that do not state both the target's colour and shape.
 - **format**: `<think>…</think>` + exactly K `<REF_POS>`, nothing else.
+- **answer follows the named object**: the same colour (shape) question about two objects of one image
+  whose answers differ; the rate at which the model's two answers differ. A model that answers from the
+  image alone, ignoring which object is named, scores ≈ 0 however often it happens to be right.
 """
 
 from __future__ import annotations
@@ -78,6 +81,65 @@ def question_accuracy(backbone: Backbone, pool: ScenePool, label: str) -> list[d
     return rows
 
 
+SWAP_KINDS: dict[str, tuple[str, str]] = {
+    "colour": ("shape", "What colour is the {}?"),
+    "shape": ("colour", "What shape is the {} one?"),
+}
+"""Question kind → (the attribute that names the object, the question's wording)."""
+
+
+def swap_pairs(pool: ScenePool, kind: str) -> list[tuple[int, Turn, Turn]]:
+    """Per scene (at most one pair each): two questions of `kind` about two objects that one attribute
+    names uniquely and whose answers differ — the same image, the same wording, only the named object
+    changes."""
+    by, wording = SWAP_KINDS[kind]
+    candidates = tuple(COLOURS) if kind == "colour" else tuple(SHAPES)
+    pairs = []
+    for i, scene in enumerate(pool.scenes):
+        objects = scene.sample.scene.objects
+        named = [
+            k for k, o in enumerate(objects) if sum(getattr(x, by) == getattr(o, by) for x in objects) == 1
+        ]
+        found = [
+            (a, c)
+            for a in named
+            for c in named
+            if a < c and getattr(objects[a], kind) != getattr(objects[c], kind)
+        ]
+        if not found:
+            continue
+        turns = [
+            Turn(kind, wording.format(getattr(objects[k], by)), getattr(objects[k], kind), candidates, k)
+            for k in found[0]
+        ]
+        pairs.append((i, turns[0], turns[1]))
+    return pairs
+
+
+def named_object_sensitivity(backbone: Backbone, pool: ScenePool, label: str) -> list[dict]:
+    """Does the answer follow the named object? Per kind (colour, shape): over `swap_pairs`, the rate at
+    which the two answers differ (1.0 for a model that reads the named object; ≈ 0 for one that answers
+    the image's most likely value whatever is asked), and the accuracy over both questions."""
+    rows = []
+    for kind in SWAP_KINDS:
+        pairs = swap_pairs(pool, kind)
+        items = [(i, t) for i, a, b in pairs for t in (a, b)]
+        picked = score_candidates(backbone, pool, FeatureCache(backbone, pool), items) if items else []
+        first, second = picked[0::2], picked[1::2]
+        hits = [t.candidates[p] == t.answer for (_, t), p in zip(items, picked, strict=True)]
+        differ = float(np.mean(first != second)) if pairs else float("nan")
+        rows.append(_row(label, f"{kind}_answer_follows_object", len(pairs), differ))
+        rows.append(
+            _row(
+                label,
+                f"{kind}_swap_pair_accuracy",
+                len(items),
+                float(np.mean(hits)) if hits else float("nan"),
+            )
+        )
+    return rows
+
+
 def _states_both(instruction: str, colour: str, shape: str) -> bool:
     text = instruction.lower()
     return re.search(rf"\b{colour}\b", text) is not None and re.search(rf"\b{shape}", text) is not None
@@ -122,6 +184,7 @@ def evaluate_stack(
 ) -> pd.DataFrame:
     """Every held-out figure of one model as a table (`COLUMNS`)."""
     rows = question_accuracy(backbone, val, label)
+    rows += named_object_sensitivity(backbone, val, label)
     rows += reasoning_accuracy(backbone, val, label, num_slots)
     rows += probe_rows(backbone, train, val, label)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from segcompass.backbones import Backbone
 
 from .dialogue import Dialogue, Turn, assistant_labels, check_family, continuation
+from .grounding import Grounding, capture_attention_inputs, grounding_loss, grounding_targets
 from .optim import LoopRecord, Schedule, run_loop
 from .pool import ScenePool
 
@@ -121,9 +122,11 @@ def train_dialogues(
     seed: int,
     desc: str,
     progress: bool = True,
+    grounding: Grounding | None = None,
 ) -> LoopRecord:
     """Train the language model (embeddings, blocks, head) on dialogues drawn by `make_dialogue(scene, rng)`;
-    the vision tower and merger stay frozen."""
+    the vision tower and merger stay frozen. With `grounding`, the answers to questions about a named object
+    are also trained to attend to its image tokens (`grounding.py`)."""
     model = backbone.model
     visual = model.model.visual
     for p in model.parameters():
@@ -134,9 +137,16 @@ def train_dialogues(
 
     def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         picks = rng.choice(len(pool), size=schedule.batch_size, replace=schedule.batch_size > len(pool))
-        batch = encode_dialogues(backbone, pool, [make_dialogue(int(i), rng) for i in picks])
-        loss = next_token_loss(lm_logits(backbone, batch, cache), batch.labels)
-        return loss, {"lm": float(loss.detach())}
+        dialogues = [make_dialogue(int(i), rng) for i in picks]
+        batch = encode_dialogues(backbone, pool, dialogues)
+        if grounding is None or grounding.weight == 0:
+            loss = next_token_loss(lm_logits(backbone, batch, cache), batch.labels)
+            return loss, {"lm": float(loss.detach())}
+        targets = grounding_targets(backbone, pool, dialogues, batch.inputs["input_ids"], batch.labels)
+        with capture_attention_inputs(backbone, grounding.layers) as captured:
+            lm = next_token_loss(lm_logits(backbone, batch, cache), batch.labels)
+        ground = grounding_loss(backbone, captured, batch.inputs["attention_mask"], targets, grounding.heads)
+        return lm + grounding.weight * ground, {"lm": float(lm.detach()), "grounding": float(ground.detach())}
 
     record = run_loop(language, schedule, step_loss, seed, desc, progress)
     visual.eval()

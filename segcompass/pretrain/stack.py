@@ -24,6 +24,7 @@ from segcompass.stages import Stage, build_stage, stage_folder
 from segcompass.world.config import WorldConfig
 
 from .dialogue import Dialogue, describe_turn, qa_dialogue
+from .grounding import Grounding
 from .language import FeatureCache, train_dialogues
 from .optim import Schedule, run_loop
 from .pool import ScenePool, build_pool
@@ -90,6 +91,8 @@ class StackConfig:
     """Question turns per instruction-tuning sequence."""
     format_probability: float = 0.6
     """Probability that an instruction-tuning sequence ends with the output-format turn."""
+    grounding: Grounding = field(default_factory=Grounding)
+    """Stage 3 attention grounding: answers about a named object attend to its image tokens."""
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -98,6 +101,8 @@ class StackConfig:
             self.align = Schedule(**self.align)
         if isinstance(self.instruct, dict):
             self.instruct = Schedule(**self.instruct)
+        if isinstance(self.grounding, dict):
+            self.grounding = Grounding(**self.grounding)
         if isinstance(self.vision_objective, dict):
             self.vision_objective = VisionObjective(**self.vision_objective)
         if self.num_slots < 1 or self.train_scenes < 1 or self.val_scenes < 1:
@@ -123,7 +128,7 @@ class StackConfig:
         return {"previous": self.vision_stage(), "align": asdict(self.align)}
 
     def instruct_stage(self) -> dict[str, Any]:
-        keys = ("instruct", "questions_per_dialogue", "format_probability", "num_slots")
+        keys = ("instruct", "questions_per_dialogue", "format_probability", "num_slots", "grounding")
         return {"previous": self.align_stage(), **{k: _plain(getattr(self, k)) for k in keys}}
 
     def tiny_spec(self) -> TinySpec:
@@ -264,7 +269,10 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
             )
 
     seed = config.seed * 7919 + (1 if which == "align" else 2)
-    record = train_dialogues(backbone, train, cache, schedule, make, seed, f"stage: {which}")
+    grounding = config.grounding if which == "instruct" else None
+    record = train_dialogues(
+        backbone, train, cache, schedule, make, seed, f"stage: {which}", grounding=grounding
+    )
     _save(
         backbone,
         folder,

@@ -56,6 +56,8 @@ class Example:
     """For ``qa``: every answer the question admits (the response is one of them)."""
     referent: tuple[int, ...] = ()
     """For ``format``: `referent.referent_labels` of the instruction (what the probe of e_k predicts)."""
+    target: int | None = None
+    """For ``qa`` about one named object: its index in the scene's objects (None for counts)."""
 
 
 def format_response(reasoning: str, num_slots: int) -> str:
@@ -92,6 +94,10 @@ def _unique_phrase(obj: SceneObject, objects: list[SceneObject], attrs: tuple[st
     return None
 
 
+def _index_of(obj: SceneObject, objects: list[SceneObject]) -> int:
+    return next(i for i, o in enumerate(objects) if o is obj)
+
+
 def _pick_object(
     sample: WorldSample, attrs: tuple[str, ...], rng: np.random.Generator
 ) -> tuple[SceneObject, str] | None:
@@ -111,12 +117,14 @@ def question_example(
             return None
         obj, phrase = found
         prompt, answer, candidates = f"What colour is the {phrase}?", obj.colour, tuple(COLOURS)
+        target = _index_of(obj, scene.objects)
     elif question_type == "shape":
         found = _pick_object(sample, ("colour",), rng)
         if found is None:
             return None
         obj, phrase = found
         prompt, answer, candidates = f"What shape is the {phrase} one?", obj.shape, SHAPES
+        target = _index_of(obj, scene.objects)
     elif question_type == "position":
         found = _pick_object(sample, ("colour", "shape"), rng)
         if found is None:
@@ -124,6 +132,7 @@ def question_example(
         obj, phrase = found
         answer = location_words(obj, scene.width, scene.height)
         prompt, candidates = f"In which part of the image is the {phrase}?", POSITIONS
+        target = _index_of(obj, scene.objects)
     elif question_type == "count":
         # Mostly attributes that are present (counts >= 1), sometimes any attribute (often 0).
         by = "colour" if rng.random() < 0.5 else "shape"
@@ -136,9 +145,10 @@ def question_example(
         noun = f"{value} shapes" if by == "colour" else SHAPE_PLURALS[value]
         answer = str(sum(getattr(o, by) == value for o in scene.objects))
         prompt, candidates = f"How many {noun} are there?", tuple(str(n) for n in range(max_count + 1))
+        target = None
     else:
         raise ValueError(f"unknown question type {question_type!r}; known: {QUESTION_TYPES}")
-    return Example(sample.image, prompt, answer, "qa", question_type, candidates)
+    return Example(sample.image, prompt, answer, "qa", question_type, candidates, target=target)
 
 
 def random_question(sample: WorldSample, rng: np.random.Generator, max_count: int = 8) -> Example:

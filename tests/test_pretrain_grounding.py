@@ -1,0 +1,215 @@
+"""Attention grounding: targets point at the named object's image tokens from the position that predicts
+the answer; the recomputed attention equals the model's eager attention weights; the loss trains the layers
+at and below the chosen ones and nothing above. And the measure of whether answers follow the named object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segcompass.backbones import build_tiny
+from segcompass.backbones.family import TinySpec
+from segcompass.pretrain import evaluate
+from segcompass.pretrain.dialogue import Dialogue, Turn, qa_dialogue
+from segcompass.pretrain.evaluate import named_object_sensitivity, swap_pairs
+from segcompass.pretrain.grounding import (
+    Grounding,
+    answer_attention,
+    capture_attention_inputs,
+    grounding_loss,
+    grounding_targets,
+)
+from segcompass.pretrain.labels import covering_object
+from segcompass.pretrain.language import FeatureCache, encode_dialogues, model_inputs, train_dialogues
+from segcompass.pretrain.optim import Schedule
+from segcompass.pretrain.pool import build_pool
+from segcompass.pretrain.stack import ProcessorGrid
+from segcompass.world import WorldConfig
+
+SPEC = TinySpec(
+    hidden_size=64,
+    num_layers=3,
+    intermediate_size=128,
+    vision_hidden_size=32,
+    vision_layers=1,
+    image_size=112,
+    min_pixels=112 * 112,
+    hook_layer=1,
+    extra={"vision_config": {"fullatt_block_indexes": [0]}},
+)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+    pool = build_pool(WorldConfig(), "train", 4, ProcessorGrid.of(backbone.processor.image_processor))
+    dialogues = [qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 4, 0.5, 2) for i in range(4)]
+    batch = encode_dialogues(backbone, pool, dialogues)
+    return backbone, pool, dialogues, batch
+
+
+def test_questions_name_the_object_they_ask_about(setup):
+    _, pool, dialogues, _ = setup
+    named = [(d, t) for d in dialogues for t in d.turns if t.target is not None]
+    assert named
+    for d, t in named:
+        obj = pool[d.scene].sample.scene.objects[t.target]
+        if t.kind == "colour":
+            assert t.answer == obj.colour and obj.shape in t.question
+        elif t.kind == "shape":
+            assert t.answer == obj.shape and obj.colour in t.question
+        elif t.kind == "size":
+            assert t.answer == obj.size_name and f"{obj.colour} {obj.shape}" in t.question
+        else:
+            assert t.kind == "position" and f"{obj.colour} {obj.shape}" in t.question
+    assert all(t.target is None for d in dialogues for t in d.turns if t.kind in ("count", "format"))
+
+
+def test_targets_sit_before_each_answer_and_cover_the_objects_cells(setup):
+    backbone, pool, dialogues, batch = setup
+    ids, labels = batch.inputs["input_ids"], batch.labels
+    targets = grounding_targets(backbone, pool, dialogues, ids, labels)
+    expected = [
+        (b, t.target)
+        for b, d in enumerate(dialogues)
+        for t in d.turns
+        if t.target is not None and (covering_object(pool[d.scene].coverage) == t.target).any()
+    ]
+    assert [(int(r), None) for r in targets.rows] == [(b, None) for b, _ in expected]
+    for n, (b, obj) in enumerate(expected):
+        pos = int(targets.positions[n])
+        assert labels[b, pos] == -100 and labels[b, pos + 1] != -100  # predicts the answer's first token
+        cells = covering_object(pool[dialogues[b].scene].coverage) == obj
+        image_positions = torch.nonzero(ids[b] == backbone.image_token_id).squeeze(-1)
+        assert torch.equal(
+            targets.token_mask[n].nonzero().squeeze(-1), image_positions[torch.from_numpy(cells)]
+        )
+
+
+def test_recomputed_attention_equals_the_eager_weights(setup):
+    backbone, pool, dialogues, batch = setup
+    targets = grounding_targets(backbone, pool, dialogues, batch.inputs["input_ids"], batch.labels)
+    model = backbone.model
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad(), capture_attention_inputs(backbone, (1, 2)) as captured:
+            out = model(
+                **model_inputs(batch.inputs, FeatureCache(backbone, pool).get(batch.scenes)),
+                output_attentions=True,
+            )
+            layers = model.model.language_model.layers
+            for layer in (1, 2):
+                hidden, rotary = captured[layer]
+                ours = answer_attention(
+                    layers[layer].self_attn, hidden, rotary, batch.inputs["attention_mask"], targets
+                )
+                eager = out.attentions[layer][targets.rows, :, targets.positions]  # [N, H, T]
+                torch.testing.assert_close(ours, eager, atol=1e-5, rtol=1e-4)
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+def test_loss_is_minus_log_of_the_best_heads_mass_and_trains_only_layers_up_to_the_chosen(setup):
+    backbone, pool, dialogues, batch = setup
+    targets = grounding_targets(backbone, pool, dialogues, batch.inputs["input_ids"], batch.labels)
+    model = backbone.model
+    model.zero_grad()
+    with capture_attention_inputs(backbone, (1,)) as captured:
+        model(**model_inputs(batch.inputs, FeatureCache(backbone, pool).get(batch.scenes)))
+        loss = grounding_loss(backbone, captured, batch.inputs["attention_mask"], targets)
+        hidden, rotary = captured[1]
+        weights = answer_attention(
+            model.model.language_model.layers[1].self_attn,
+            hidden,
+            rotary,
+            batch.inputs["attention_mask"],
+            targets,
+        )
+    per_head = (weights * targets.token_mask[:, None]).sum(-1)  # [N, H]
+    torch.testing.assert_close(loss, -torch.log(per_head.max(-1).values).mean())
+    every = grounding_loss(backbone, captured, batch.inputs["attention_mask"], targets, heads="all")
+    torch.testing.assert_close(every, -torch.log(per_head).mean())
+    assert every > loss  # every head's mass is at most the best head's
+    loss.backward()
+    layers = model.model.language_model.layers
+    assert layers[1].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert layers[1].self_attn.k_proj.weight.grad.abs().sum() > 0
+    assert layers[0].mlp.down_proj.weight.grad.abs().sum() > 0  # the layer below shapes the keys
+    assert (
+        layers[1].self_attn.v_proj.weight.grad is None
+        or layers[1].self_attn.v_proj.weight.grad.abs().sum() == 0
+    )
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in layers[2].parameters())
+    model.zero_grad()
+
+
+def test_targets_reject_a_batch_whose_turns_do_not_match_its_labels(setup):
+    backbone, pool, dialogues, batch = setup
+    extra = Dialogue(dialogues[0].scene, (*dialogues[0].turns, Turn("count", "How many?", "1")))
+    with pytest.raises(ValueError, match="labelled spans"):
+        grounding_targets(backbone, pool, [extra, *dialogues[1:]], batch.inputs["input_ids"], batch.labels)
+
+
+def test_swap_pairs_change_only_the_named_object(setup):
+    _, pool, _, _ = setup
+    for kind, by in (("colour", "shape"), ("shape", "colour")):
+        for scene, a, b in swap_pairs(pool, kind):
+            objects = pool[scene].sample.scene.objects
+            assert a.answer != b.answer and a.target != b.target
+            for t in (a, b):
+                obj = objects[t.target]
+                assert t.answer == getattr(obj, kind) and getattr(obj, by) in t.question
+                assert (
+                    sum(getattr(o, by) == getattr(obj, by) for o in objects) == 1
+                )  # the phrase names one object
+            assert a.question.replace(getattr(objects[a.target], by), "X") == b.question.replace(
+                getattr(objects[b.target], by), "X"
+            )
+
+
+def test_sensitivity_is_zero_for_a_model_that_ignores_the_question_and_one_for_one_that_reads_it(
+    setup, monkeypatch
+):
+    backbone, pool, _, _ = setup
+    pairs = swap_pairs(pool, "colour") + swap_pairs(pool, "shape")
+    assert pairs
+
+    def ignores(backbone, pool, cache, items):  # the same pick for every question of a scene
+        return np.zeros(len(items), dtype=int)
+
+    def reads(backbone, pool, cache, items):
+        return np.asarray([t.candidates.index(t.answer) for _, t in items])
+
+    for scorer, expected in ((ignores, 0.0), (reads, 1.0)):
+        monkeypatch.setattr(evaluate, "score_candidates", scorer)
+        rows = {r["measure"]: r for r in named_object_sensitivity(backbone, pool, "m")}
+        for kind in ("colour", "shape"):
+            row = rows[f"{kind}_answer_follows_object"]
+            if row["n"]:
+                assert row["accuracy"] == expected
+        if expected:
+            assert all(
+                rows[f"{k}_swap_pair_accuracy"]["accuracy"] == 1.0
+                for k in ("colour", "shape")
+                if rows[f"{k}_swap_pair_accuracy"]["n"]
+            )
+
+
+def test_training_with_grounding_raises_the_attention_on_the_named_object():
+    backbone = build_tiny("qwen2_5_vl", seed=1, spec=SPEC)
+    pool = build_pool(WorldConfig(), "train", 6, ProcessorGrid.of(backbone.processor.image_processor))
+    record = train_dialogues(
+        backbone,
+        pool,
+        FeatureCache(backbone, pool),
+        Schedule(steps=40, batch_size=4, lr=1e-2, warmup_fraction=0.0),
+        lambda scene, rng: qa_dialogue(scene, pool[scene].sample, rng, 4, 0.0, 2),
+        seed=0,
+        desc="test",
+        progress=False,
+        grounding=Grounding(weight=1.0, layers=(1,)),
+    )
+    grounding = [p["grounding"] for p in record.parts]
+    assert np.mean(grounding[-5:]) < 0.7 * np.mean(grounding[:5])
+    assert all(np.isfinite(p["lm"]) for p in record.parts)
