@@ -1,0 +1,111 @@
+"""Can the tiny language model learn in-context recall in text? (#19; results/warmup.md, 2026-12-06)
+
+Sequences in the tiny Qwen2.5-VL chat format, no image: "Objects: red star, blue circle, …. What colour is
+the star?" → "red", then more questions about the same list. 2–7 objects with distinct shapes, colours drawn
+with repeats. Prints the held-out accuracy of the first answer every `--every` steps (answering a colour
+from the list at random scores ≈ 0.35–0.45).
+
+    python scripts/recall_probe.py --steps 1000 --rope-theta 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+import torch
+
+from segcompass.backbones import build_tiny
+from segcompass.backbones.family import TinySpec
+from segcompass.pretrain.language import next_token_loss
+from segcompass.pretrain.optim import Schedule, run_loop
+from segcompass.world.vocab import COLOURS, SHAPES
+
+COLOUR_WORDS, SHAPE_WORDS = tuple(COLOURS), tuple(SHAPES)
+
+
+def recall_segments(rng: np.random.Generator, questions: int, eot: str) -> list[tuple[str, bool]]:
+    """(text, is_answer) pieces of one sequence."""
+    n = int(rng.integers(2, 8))
+    shapes = rng.choice(len(SHAPE_WORDS), n, replace=False)
+    colours = rng.integers(0, len(COLOUR_WORDS), n)
+    listing = ", ".join(f"{COLOUR_WORDS[c]} {SHAPE_WORDS[s]}" for c, s in zip(colours, shapes, strict=True))
+    asked = rng.choice(n, min(questions, n), replace=False)
+    segments: list[tuple[str, bool]] = []
+    for i, k in enumerate(asked):
+        opening = f"<|im_start|>user\nObjects: {listing}. " if i == 0 else "\n<|im_start|>user\n"
+        question = f"{opening}What colour is the {SHAPE_WORDS[shapes[k]]}?{eot}\n<|im_start|>assistant\n"
+        segments += [(question, False), (COLOUR_WORDS[colours[k]] + eot, True)]
+    return segments
+
+
+def encode(tokenizer, batch: list[list[tuple[str, bool]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded input_ids, labels (answers only) and attention mask, [B, T] each."""
+    ids, labels = [], []
+    for segments in batch:
+        row, lab = [], []
+        for text, is_answer in segments:
+            tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+            row += tokens
+            lab += tokens if is_answer else [-100] * len(tokens)
+        ids.append(row)
+        labels.append(lab)
+    length = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (length - len(r)) + r for r in ids])
+    label_ids = torch.tensor([[-100] * (length - len(r)) + r for r in labels])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in ids])
+    return input_ids, label_ids, mask
+
+
+@torch.no_grad()
+def first_answer_accuracy(model, tokenizer, eot: str, batches: int = 10, seed: int = 99) -> float:
+    rng = np.random.default_rng(seed)
+    hits: list[bool] = []
+    for _ in range(batches):
+        input_ids, labels, mask = encode(tokenizer, [recall_segments(rng, 1, eot) for _ in range(16)])
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        pos = (labels[:, 1:] != -100).float().argmax(1)  # logits at pos predict the first answer token
+        rows = torch.arange(len(pos))
+        hits += (logits[rows, pos].argmax(-1) == labels[rows, pos + 1]).tolist()
+    return float(np.mean(hits))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    parser.add_argument(
+        "--questions", type=int, default=6, help="questions per sequence (at most the objects)"
+    )
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--rope-theta", type=float, default=20.0, help="rotary base of the language model")
+    parser.add_argument("--hidden-size", type=int, default=128, help="language model width")
+    parser.add_argument("--layers", type=int, default=4, help="language model blocks")
+    parser.add_argument("--every", type=int, default=250, help="print the accuracy every this many steps")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    spec = TinySpec(rope_theta=args.rope_theta, hidden_size=args.hidden_size, num_layers=args.layers)
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=spec)
+    model, tokenizer, eot = backbone.model, backbone.tokenizer, backbone.tokenizer.eos_token
+
+    def step(index: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        if index % args.every == 0:
+            print(json.dumps({"step": index, "accuracy": first_answer_accuracy(model, tokenizer, eot, 4)}))
+        batch = [recall_segments(rng, args.questions, eot) for _ in range(args.batch_size)]
+        input_ids, labels, mask = encode(tokenizer, batch)
+        loss = next_token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels)
+        return loss, {"lm": float(loss.detach())}
+
+    schedule = Schedule(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    run_loop([model.model.language_model, model.lm_head], schedule, step, 0, "recall", True)
+    model.eval()
+    print(json.dumps({"step": args.steps, "accuracy": first_answer_accuracy(model, tokenizer, eot)}))
+
+
+if __name__ == "__main__":
+    main()
