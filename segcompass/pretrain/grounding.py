@@ -1,13 +1,13 @@
 """Attention grounding for instruction tuning: the answer to a question about a named object attends to
 that object's image tokens.
 
-Real MLLMs learn where a phrase's referent is from grounding data (boxes, points, region captions); a
-tiny language model trained from scratch on answers alone learns the look-up "find the tokens of the red
-star, read them" slowly — on oracle image tokens (each token the exact attributes of its object) it still
-answers only ≈ 0.55–0.6 after 500 steps, failing mostly where the object is named by two attributes
+Real MLLMs learn where a phrase's referent is from grounding data (boxes, points, region captions). The
+tiny language model, trained from scratch on answers alone, does not learn the look-up "find the tokens of
+the red star, read them": its answers do not follow the named object, even on oracle image tokens
 (results/warmup.md). This objective supervises the look-up itself: at the position that predicts a
 question's answer, the attention mass on the named object's image tokens, −log of it for the best head of
-each chosen layer.
+each chosen layer. Measured: the attention learns it (best head's mass ≈ 0.55 after 500 steps), the answers
+do not change — the model lacks in-context recall, not attention targets — so it is off by default.
 
 The attention probabilities are recomputed from each chosen layer's own query/key projections of its input
 (captured by a forward pre-hook) at the answer positions only, so the model keeps its fast attention kernel;
