@@ -55,15 +55,21 @@ def test_labels_cover_every_answer_and_end_of_turn_only(setup):
     assert (batch.labels[batch.inputs["attention_mask"] == 0] == -100).all()
 
 
-def test_text_only_encoding_equals_the_processor_with_pixels(setup):
+@pytest.fixture(scope="module")
+def encoded(setup):
+    """Three dialogues encoded from text only, and the same dialogues through the processor with pixels."""
     backbone, pool = setup
     dialogues = [qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 3, 1.0, 2) for i in range(3)]
-    batch = encode_dialogues(backbone, pool, dialogues)
     prepared = backbone.prepare(
         [pool[d.scene].sample.image for d in dialogues],
         [d.turns[0].question for d in dialogues],
         responses=[continuation(backbone, d.turns) for d in dialogues],
     )
+    return encode_dialogues(backbone, pool, dialogues), prepared
+
+
+def test_text_only_encoding_equals_the_processor_with_pixels(encoded):
+    batch, prepared = encoded
     # Every model input but the pixels: a missing key (mm_token_type_ids) changes the rotary positions.
     assert set(batch.inputs) == set(prepared.inputs) - {"pixel_values"}
     for key in batch.inputs:
@@ -80,17 +86,11 @@ def test_dialogues_are_deterministic_and_end_with_the_format_turn(setup):
     assert all(t.answer in t.candidates for t in a.turns[:-1])
 
 
-def test_cached_features_give_the_same_logits_as_the_processor_and_pixels(setup):
+def test_cached_features_give_the_same_logits_as_the_processor_and_pixels(setup, encoded):
     """The training path (text-only encoding + cached image features) against the model fed what the
     processor gives: same logits, so training sees the 3-D rotary positions that generation uses."""
     backbone, pool = setup
-    dialogues = [qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 3, 1.0, 2) for i in range(3)]
-    batch = encode_dialogues(backbone, pool, dialogues)
-    prepared = backbone.prepare(
-        [pool[d.scene].sample.image for d in dialogues],
-        [d.turns[0].question for d in dialogues],
-        responses=[continuation(backbone, d.turns) for d in dialogues],
-    )
+    batch, prepared = encoded
     with torch.no_grad():
         cached = lm_logits(backbone, batch, FeatureCache(backbone, pool))
         direct = backbone.model(**prepared.inputs).logits

@@ -67,10 +67,13 @@ def question_items(pool: ScenePool, seed: int = 1234) -> list[tuple[int, Turn]]:
     return items
 
 
-def question_accuracy(backbone: Backbone, pool: ScenePool, label: str) -> list[dict]:
-    """Per question kind: accuracy and majority-class rate."""
+def question_accuracy(
+    backbone: Backbone, pool: ScenePool, label: str, cache: FeatureCache | None = None
+) -> list[dict]:
+    """Per question kind: accuracy and majority-class rate (`cache`: the pool's image features, if
+    already computed)."""
     items = question_items(pool)
-    picked = score_candidates(backbone, pool, FeatureCache(backbone, pool), items)
+    picked = score_candidates(backbone, pool, cache or FeatureCache(backbone, pool), items)
     rows = []
     for kind in QUESTION_KINDS:
         idx = [j for j, (_, t) in enumerate(items) if t.kind == kind]
@@ -116,15 +119,18 @@ def swap_pairs(pool: ScenePool, kind: str) -> list[tuple[int, Turn, Turn]]:
     return pairs
 
 
-def named_object_sensitivity(backbone: Backbone, pool: ScenePool, label: str) -> list[dict]:
+def named_object_sensitivity(
+    backbone: Backbone, pool: ScenePool, label: str, cache: FeatureCache | None = None
+) -> list[dict]:
     """Does the answer follow the named object? Per kind (colour, shape): over `swap_pairs`, the rate at
     which the two answers differ (1.0 for a model that reads the named object; ≈ 0 for one that answers
     the image's most likely value whatever is asked), and the accuracy over both questions."""
+    cache = cache or FeatureCache(backbone, pool)
     rows = []
     for kind in SWAP_KINDS:
         pairs = swap_pairs(pool, kind)
         items = [(i, t) for i, a, b in pairs for t in (a, b)]
-        picked = score_candidates(backbone, pool, FeatureCache(backbone, pool), items) if items else []
+        picked = score_candidates(backbone, pool, cache, items) if items else []
         first, second = picked[0::2], picked[1::2]
         hits = [t.candidates[p] == t.answer for (_, t), p in zip(items, picked, strict=True)]
         differ = float(np.mean(first != second)) if pairs else float("nan")
@@ -183,8 +189,9 @@ def evaluate_stack(
     backbone: Backbone, train: ScenePool, val: ScenePool, label: str, num_slots: int
 ) -> pd.DataFrame:
     """Every held-out figure of one model as a table (`COLUMNS`)."""
-    rows = question_accuracy(backbone, val, label)
-    rows += named_object_sensitivity(backbone, val, label)
+    cache = FeatureCache(backbone, val)  # the val images through the tower once, for both question sets
+    rows = question_accuracy(backbone, val, label, cache)
+    rows += named_object_sensitivity(backbone, val, label, cache)
     rows += reasoning_accuracy(backbone, val, label, num_slots)
     rows += probe_rows(backbone, train, val, label)
     return pd.DataFrame(rows, columns=COLUMNS)

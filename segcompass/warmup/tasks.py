@@ -94,15 +94,12 @@ def _unique_phrase(obj: SceneObject, objects: list[SceneObject], attrs: tuple[st
     return None
 
 
-def _index_of(obj: SceneObject, objects: list[SceneObject]) -> int:
-    return next(i for i, o in enumerate(objects) if o is obj)
-
-
 def _pick_object(
     sample: WorldSample, attrs: tuple[str, ...], rng: np.random.Generator
-) -> tuple[SceneObject, str] | None:
+) -> tuple[int, SceneObject, str] | None:
+    """A random object that `attrs` (with its size if needed) names uniquely: (index, object, phrase)."""
     objects = sample.scene.objects
-    named = [(o, p) for o in objects if (p := _unique_phrase(o, objects, attrs)) is not None]
+    named = [(i, o, p) for i, o in enumerate(objects) if (p := _unique_phrase(o, objects, attrs)) is not None]
     return named[int(rng.integers(len(named)))] if named else None
 
 
@@ -115,24 +112,21 @@ def question_example(
         found = _pick_object(sample, ("shape",), rng)
         if found is None:
             return None
-        obj, phrase = found
+        target, obj, phrase = found
         prompt, answer, candidates = f"What colour is the {phrase}?", obj.colour, tuple(COLOURS)
-        target = _index_of(obj, scene.objects)
     elif question_type == "shape":
         found = _pick_object(sample, ("colour",), rng)
         if found is None:
             return None
-        obj, phrase = found
+        target, obj, phrase = found
         prompt, answer, candidates = f"What shape is the {phrase} one?", obj.shape, SHAPES
-        target = _index_of(obj, scene.objects)
     elif question_type == "position":
         found = _pick_object(sample, ("colour", "shape"), rng)
         if found is None:
             return None
-        obj, phrase = found
+        target, obj, phrase = found
         answer = location_words(obj, scene.width, scene.height)
         prompt, candidates = f"In which part of the image is the {phrase}?", POSITIONS
-        target = _index_of(obj, scene.objects)
     elif question_type == "count":
         # Mostly attributes that are present (counts >= 1), sometimes any attribute (often 0).
         by = "colour" if rng.random() < 0.5 else "shape"
