@@ -26,12 +26,22 @@ from segcompass.world.vocab import COLOURS, SHAPES
 COLOUR_WORDS, SHAPE_WORDS = tuple(COLOURS), tuple(SHAPES)
 
 
+OBJECTS = (2, 7)
+"""Fewest and most objects in a list (set from --objects)."""
+SHAPE_FIRST = False
+"""List items as "star: red" instead of "red star" (set from --shape-first)."""
+
+
 def recall_segments(rng: np.random.Generator, questions: int, eot: str) -> list[tuple[str, bool]]:
     """(text, is_answer) pieces of one sequence."""
-    n = int(rng.integers(2, 8))
+    n = int(rng.integers(OBJECTS[0], OBJECTS[1] + 1))
     shapes = rng.choice(len(SHAPE_WORDS), n, replace=False)
     colours = rng.integers(0, len(COLOUR_WORDS), n)
-    listing = ", ".join(f"{COLOUR_WORDS[c]} {SHAPE_WORDS[s]}" for c, s in zip(colours, shapes, strict=True))
+    items = zip(colours, shapes, strict=True)
+    if SHAPE_FIRST:
+        listing = ", ".join(f"{SHAPE_WORDS[s]}: {COLOUR_WORDS[c]}" for c, s in items)
+    else:
+        listing = ", ".join(f"{COLOUR_WORDS[c]} {SHAPE_WORDS[s]}" for c, s in items)
     asked = rng.choice(n, min(questions, n), replace=False)
     segments: list[tuple[str, bool]] = []
     for i, k in enumerate(asked):
@@ -86,10 +96,24 @@ def main() -> None:
     parser.add_argument("--rope-theta", type=float, default=20.0, help="rotary base of the language model")
     parser.add_argument("--hidden-size", type=int, default=128, help="language model width")
     parser.add_argument("--layers", type=int, default=4, help="language model blocks")
+    parser.add_argument("--objects", type=int, nargs=2, default=[2, 7], help="fewest and most objects")
+    parser.add_argument("--shape-first", action="store_true", help='list items as "star: red"')
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     parser.add_argument("--every", type=int, default=250, help="print the accuracy every this many steps")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spec = TinySpec(rope_theta=args.rope_theta, hidden_size=args.hidden_size, num_layers=args.layers)
+    global OBJECTS, SHAPE_FIRST
+    OBJECTS, SHAPE_FIRST = tuple(args.objects), args.shape_first
+    spec = TinySpec(
+        rope_theta=args.rope_theta,
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        intermediate_size=2 * args.hidden_size,
+    )
     backbone = build_tiny("qwen2_5_vl", seed=0, spec=spec)
     model, tokenizer, eot = backbone.model, backbone.tokenizer, backbone.tokenizer.eos_token
 
@@ -101,7 +125,9 @@ def main() -> None:
         loss = next_token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels)
         return loss, {"lm": float(loss.detach())}
 
-    schedule = Schedule(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    schedule = Schedule(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay
+    )
     run_loop([model.model.language_model, model.lm_head], schedule, step, 0, "recall", True)
     model.eval()
     print(json.dumps({"step": args.steps, "accuracy": first_answer_accuracy(model, tokenizer, eot)}))

@@ -12,9 +12,12 @@ from segcompass.pretrain.stack import StackConfig
 
 
 def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
-    config = stack_config(PretrainCommandConfig(seed=2, vision_steps=5, align_steps=6, instruct_steps=7))
+    flags = PretrainCommandConfig(seed=2, text_steps=4, vision_steps=5, align_steps=6, instruct_steps=7)
+    config = stack_config(flags)
     default = StackConfig()
-    assert (config.seed, config.vision.steps, config.align.steps, config.instruct.steps) == (2, 5, 6, 7)
+    steps = (config.text.steps, config.vision.steps, config.align.steps, config.instruct.steps)
+    assert (config.seed, *steps) == (2, 4, 5, 6, 7)
+    assert config.text.batch_size == default.text.batch_size
     assert config.vision.lr == default.vision.lr and config.instruct.batch_size == default.instruct.batch_size
     assert stack_config(PretrainCommandConfig()) == default
     grounded = stack_config(PretrainCommandConfig(grounding_weight=0.25))

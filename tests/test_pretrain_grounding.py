@@ -175,10 +175,10 @@ def test_sensitivity_is_zero_for_a_model_that_ignores_the_question_and_one_for_o
     pairs = swap_pairs(pool, "colour") + swap_pairs(pool, "shape")
     assert pairs
 
-    def ignores(backbone, pool, cache, items):  # the same pick for every question of a scene
+    def ignores(backbone, pool, cache, items, text=False):  # the same pick for every question of a scene
         return np.zeros(len(items), dtype=int)
 
-    def reads(backbone, pool, cache, items):
+    def reads(backbone, pool, cache, items, text=False):
         return np.asarray([t.candidates.index(t.answer) for _, t in items])
 
     for scorer, expected in ((ignores, 0.0), (reads, 1.0)):

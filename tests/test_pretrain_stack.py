@@ -1,5 +1,6 @@
 """The staged tiny VLM end to end at toy size: each stage is built once, keyed by everything before it,
-loads through `load_backbone`, and trains what it should (vision in stage 1, language after)."""
+loads through `load_backbone`, and trains what it should (language in stage 0, vision in stage 1, language
+after; stage 2 starts from stage 1's tower under stage 0's language model)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ from safetensors.torch import load_file
 
 from segcompass.backbones import load_backbone
 from segcompass.pretrain.optim import Schedule
-from segcompass.pretrain.stack import ALIGN, INSTRUCT, VISION, StackConfig, build_stack, stack_folder
-from segcompass.stages import StageMissing
+from segcompass.pretrain.stack import (
+    ALIGN,
+    INSTRUCT,
+    TEXT,
+    VISION,
+    StackConfig,
+    build_stack,
+    stack_folder,
+)
+from segcompass.stages import StageMissing, build_stage
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +44,8 @@ def toy(**overrides) -> StackConfig:
         tiny=TOY,
         train_scenes=6,
         val_scenes=3,
+        text_scenes=5,
+        text=Schedule(steps=2, batch_size=2),
         vision=Schedule(steps=2, batch_size=3),
         align=Schedule(steps=1, batch_size=2),
         instruct=Schedule(steps=2, batch_size=2),
@@ -53,17 +64,22 @@ def test_stack_builds_each_stage_once_and_keys_follow_the_chain(tmp_path):
         stack_folder(config, tmp_path)
     final = build_stack(config, tmp_path)
     assert final == stack_folder(config, tmp_path)
+    text = TEXT.path(config.text_stage(), tmp_path)
     vision = VISION.path(config.vision_stage(), tmp_path)
     align = ALIGN.path(config.align_stage(), tmp_path)
-    for folder in (vision, align, final):
+    for folder in (text, vision, align, final):
         assert json.loads((folder / "stage.json").read_text())["key"] == folder.name
     backbone = load_backbone(final)
     assert backbone.hidden_size == 64 and backbone.hook_layer == 1
 
-    v, a, f = _weights(vision), _weights(align), _weights(final)
+    t, v, a, f = _weights(text), _weights(vision), _weights(align), _weights(final)
     tower = [k for k in v if k.startswith("visual.")]
     language = [k for k in v if k.startswith("model.layers.")]
     assert tower and language
+    assert any(not torch.equal(t[k], v[k]) for k in language), "stage 0 trains the language model"
+    metrics = json.loads((text / "metrics.json").read_text())
+    measures = {(r["model"], r["measure"]) for r in metrics["text_questions"]}
+    assert {("trained", "text_colour"), ("random_init", "text_colour_answer_follows_object")} <= measures
     assert all(torch.equal(v[k], f[k]) for k in tower), "stages 2-3 must not move the vision tower"
     assert any(not torch.equal(v[k], a[k]) for k in language), "stage 2 trains the language model"
     assert any(not torch.equal(a[k], f[k]) for k in language), "stage 3 trains the language model"
@@ -76,6 +92,23 @@ def test_stack_builds_each_stage_once_and_keys_follow_the_chain(tmp_path):
     other = toy(vision=Schedule(steps=3, batch_size=3))
     assert ALIGN.key(other.align_stage()) != ALIGN.key(config.align_stage())
     assert INSTRUCT.key(other.instruct_stage()) != INSTRUCT.key(config.instruct_stage())
+    words = toy(text=Schedule(steps=3, batch_size=2))
+    assert TEXT.key(words.text_stage()) != TEXT.key(config.text_stage())
+    assert VISION.key(words.vision_stage()) == VISION.key(config.vision_stage())
+    assert ALIGN.key(words.align_stage()) != ALIGN.key(config.align_stage())
+    assert TEXT.key(other.text_stage()) == TEXT.key(config.text_stage())
+
+
+def test_alignment_starts_from_stage_0s_language_model_and_stage_1s_tower(tmp_path):
+    config = toy(align=Schedule(steps=0, batch_size=2))
+    a = _weights(build_stage(ALIGN, config.align_stage(), tmp_path))
+    t = _weights(TEXT.path(config.text_stage(), tmp_path))
+    v = _weights(VISION.path(config.vision_stage(), tmp_path))
+    tower = [k for k in v if k.startswith("visual.")]
+    language = [k for k in v if not k.startswith("visual.")]
+    assert all(torch.equal(a[k], v[k]) for k in tower)
+    assert all(torch.equal(a[k], t[k]) for k in language)
+    assert any(not torch.equal(t[k], v[k]) for k in tower), "stage 0 leaves the tower at random init"
 
 
 def test_stack_is_deterministic_for_a_seed(tmp_path):

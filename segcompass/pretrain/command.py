@@ -27,10 +27,13 @@ _DEFAULT = StackConfig()
 
 @dataclass
 class PretrainCommandConfig:
-    """Build the staged tiny VLM once (vision pretraining → alignment → instruction tuning), cached by config."""
+    """Build the staged tiny VLM once (text and vision pretraining → alignment → instruction tuning), cached
+    by config."""
 
     seed: int = 0
     """Seed of the init, the batch order and the dialogues."""
+    text_steps: int = _DEFAULT.text.steps
+    """Stage 0 optimiser steps (language model on the scenes in words + questions)."""
     vision_steps: int = _DEFAULT.vision.steps
     """Stage 1 optimiser steps (vision tower + merger)."""
     align_steps: int = _DEFAULT.align.steps
@@ -58,6 +61,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         seed=cfg.seed,
         train_scenes=cfg.train_scenes,
         val_scenes=cfg.val_scenes,
+        text=replace(d.text, steps=cfg.text_steps),
         vision=replace(d.vision, steps=cfg.vision_steps),
         align=replace(d.align, steps=cfg.align_steps),
         instruct=replace(d.instruct, steps=cfg.instruct_steps),

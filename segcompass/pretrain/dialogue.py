@@ -10,6 +10,10 @@ One sequence holds many question–answer turns about the same image, so the ima
   the {size} {colour} {shape} at {position}"), so writing it needs the image, not only the instruction.
 
 Labels cover every assistant turn (answer + end-of-turn token) and nothing else.
+
+A dialogue may carry a text `context` in place of the image (`scene_text`: the scene's objects in words):
+stage 0 trains the language model on such dialogues, the stand-in for the text pretraining a real MLLM's
+language model brings — reading a named object's attributes out of its context.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from segcompass.backbones import Backbone
 from segcompass.warmup.tasks import DESCRIBE_PROMPT, format_response, question_example
+from segcompass.world.language import describe_objects
 from segcompass.world.scene import WorldSample
 from segcompass.world.vocab import SIZES
 
@@ -52,6 +57,15 @@ class Dialogue:
     scene: int
     """Index into the pool."""
     turns: tuple[Turn, ...]
+    context: str | None = None
+    """Text in the image's place (the first prompt holds it instead of the image's tokens); None: the
+    image."""
+
+
+def scene_text(sample: WorldSample) -> str:
+    """The scene in words for a text-only dialogue: "Objects: a large red circle at the top left, …"."""
+    scene = sample.scene
+    return f"Objects: {describe_objects(scene.objects, scene.width, scene.height)}."
 
 
 def size_question(sample: WorldSample, rng: np.random.Generator) -> Turn | None:

@@ -68,19 +68,26 @@ def question_items(pool: ScenePool, seed: int = 1234) -> list[tuple[int, Turn]]:
 
 
 def question_accuracy(
-    backbone: Backbone, pool: ScenePool, label: str, cache: FeatureCache | None = None
+    backbone: Backbone,
+    pool: ScenePool,
+    label: str,
+    cache: FeatureCache | None = None,
+    text: bool = False,
 ) -> list[dict]:
     """Per question kind: accuracy and majority-class rate (`cache`: the pool's image features, if
-    already computed)."""
+    already computed; `text`: the scenes in words instead of their images — stage 0's measure)."""
     items = question_items(pool)
-    picked = score_candidates(backbone, pool, cache or FeatureCache(backbone, pool), items)
+    if not text:
+        cache = cache or FeatureCache(backbone, pool)
+    picked = score_candidates(backbone, pool, cache, items, text=text)
     rows = []
     for kind in QUESTION_KINDS:
         idx = [j for j, (_, t) in enumerate(items) if t.kind == kind]
         truth = [items[j][1].answer for j in idx]
         hits = [items[j][1].candidates[picked[j]] == items[j][1].answer for j in idx]
         majority = max(Counter(truth).values()) / len(truth) if truth else float("nan")
-        rows.append(_row(label, kind, len(idx), float(np.mean(hits)), majority))
+        measure = f"text_{kind}" if text else kind
+        rows.append(_row(label, measure, len(idx), float(np.mean(hits)), majority))
     return rows
 
 
@@ -120,25 +127,32 @@ def swap_pairs(pool: ScenePool, kind: str) -> list[tuple[int, Turn, Turn]]:
 
 
 def named_object_sensitivity(
-    backbone: Backbone, pool: ScenePool, label: str, cache: FeatureCache | None = None
+    backbone: Backbone,
+    pool: ScenePool,
+    label: str,
+    cache: FeatureCache | None = None,
+    text: bool = False,
 ) -> list[dict]:
     """Does the answer follow the named object? Per kind (colour, shape): over `swap_pairs`, the rate at
     which the two answers differ (1.0 for a model that reads the named object; ≈ 0 for one that answers
-    the image's most likely value whatever is asked), and the accuracy over both questions."""
-    cache = cache or FeatureCache(backbone, pool)
+    the image's most likely value whatever is asked), and the accuracy over both questions (`text`: the
+    scenes in words instead of their images)."""
+    if not text:
+        cache = cache or FeatureCache(backbone, pool)
     rows = []
     for kind in SWAP_KINDS:
         pairs = swap_pairs(pool, kind)
         items = [(i, t) for i, a, b in pairs for t in (a, b)]
-        picked = score_candidates(backbone, pool, cache, items) if items else []
+        picked = score_candidates(backbone, pool, cache, items, text=text) if items else []
         first, second = picked[0::2], picked[1::2]
         hits = [t.candidates[p] == t.answer for (_, t), p in zip(items, picked, strict=True)]
         differ = float(np.mean(first != second)) if pairs else float("nan")
-        rows.append(_row(label, f"{kind}_answer_follows_object", len(pairs), differ))
+        prefix = "text_" if text else ""
+        rows.append(_row(label, f"{prefix}{kind}_answer_follows_object", len(pairs), differ))
         rows.append(
             _row(
                 label,
-                f"{kind}_swap_pair_accuracy",
+                f"{prefix}{kind}_swap_pair_accuracy",
                 len(items),
                 float(np.mean(hits)) if hits else float("nan"),
             )

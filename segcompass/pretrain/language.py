@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from segcompass.backbones import Backbone
 
-from .dialogue import Dialogue, Turn, assistant_labels, check_family, continuation
+from .dialogue import Dialogue, Turn, assistant_labels, check_family, continuation, scene_text
 from .grounding import Grounding, capture_attention_inputs, grounding_loss, grounding_targets
 from .optim import LoopRecord, Schedule, run_loop
 from .pool import ScenePool
@@ -62,47 +62,64 @@ class DialogueBatch:
     """int64 [B, T]."""
     scenes: list[int]
     """Pool index of each row."""
+    images: list[int]
+    """Pool index of each row that holds an image (the rows without a text context), in row order."""
 
 
-def encode_dialogues(backbone: Backbone, pool: ScenePool, dialogues: list[Dialogue]) -> DialogueBatch:
-    """Tokenise dialogues (left-padded; the image before the first question) without touching pixels.
+def encode_dialogues(backbone: Backbone, pool: ScenePool | None, dialogues: list[Dialogue]) -> DialogueBatch:
+    """Tokenise dialogues (left-padded; the image, or the dialogue's text context, before the first
+    question) without touching pixels.
 
     The processor's only use of the image for the text is the number of image tokens, which the pool's
     grid already holds: the placeholder is expanded to rows × cols image tokens and `image_grid_thw` is
-    the grid in patches — the same inputs `Backbone.prepare` gives (tested), at a fraction of its cost."""
+    the grid in patches — the same inputs `Backbone.prepare` gives (tested), at a fraction of its cost.
+    A dialogue with a `context` has no image: its text takes the image's place in the prompt (`pool` may
+    be None when every dialogue has one)."""
     check_family(backbone)
     merge = backbone.processor.image_processor.merge_size
     image_pad = backbone.family.image_token
+    image_block = f"<|vision_start|>{image_pad}<|vision_end|>"
     texts, grids = [], []
     for d in dialogues:
-        rows, cols = pool[d.scene].grid
         prompt = backbone.family.chat_prompt(d.turns[0].question).text
-        texts.append(
-            prompt.replace(image_pad, image_pad * (rows * cols), 1) + continuation(backbone, d.turns)
-        )
-        grids.append([1, rows * merge, cols * merge])
+        if d.context is not None:
+            prompt = prompt.replace(image_block, d.context + "\n", 1)
+        else:
+            if pool is None:
+                raise ValueError(f"dialogue about scene {d.scene} has no text context and no pool was given")
+            rows, cols = pool[d.scene].grid
+            prompt = prompt.replace(image_pad, image_pad * (rows * cols), 1)
+            grids.append([1, rows * merge, cols * merge])
+        texts.append(prompt + continuation(backbone, d.turns))
     encoded = backbone.tokenizer(texts, return_tensors="pt", padding=True)
     inputs = {
         "input_ids": encoded["input_ids"],
         "attention_mask": encoded["attention_mask"],
         "mm_token_type_ids": (encoded["input_ids"] == backbone.image_token_id).long(),
-        "image_grid_thw": torch.tensor(grids, dtype=torch.long),
     }
+    if grids:
+        inputs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
     labels = assistant_labels(backbone, inputs["input_ids"])
     labels[inputs["attention_mask"] == 0] = -100
-    return DialogueBatch(inputs, labels, [d.scene for d in dialogues])
+    images = [d.scene for d in dialogues if d.context is None]
+    return DialogueBatch(inputs, labels, [d.scene for d in dialogues], images)
 
 
 def model_inputs(inputs: dict[str, torch.Tensor], features: list[torch.Tensor]) -> dict:
-    """Text inputs plus precomputed image features in place of pixels."""
+    """Text inputs plus precomputed image features in place of pixels (none: a text-only batch)."""
     out = {k: v for k, v in inputs.items() if k != "pixel_values"}
-    out["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
+    if features:
+        out["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}
     return out
 
 
-def lm_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache) -> torch.Tensor:
-    """Logits [B, T, V] of the dialogues with cached image features."""
-    out = backbone.model(**model_inputs(batch.inputs, cache.get(batch.scenes)))
+def lm_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None) -> torch.Tensor:
+    """Logits [B, T, V] of the dialogues with cached image features (`cache` may be None for a batch
+    without images)."""
+    if batch.images and cache is None:
+        raise ValueError("a batch with images needs the pool's FeatureCache")
+    features = cache.get(batch.images) if batch.images else []
+    out = backbone.model(**model_inputs(batch.inputs, features))
     return out.logits
 
 
@@ -157,14 +174,21 @@ def train_dialogues(
 def score_candidates(
     backbone: Backbone,
     pool: ScenePool,
-    cache: FeatureCache,
+    cache: FeatureCache | None,
     items: list[tuple[int, Turn]],
     batch_size: int = 64,
+    text: bool = False,
 ) -> np.ndarray:
     """For single-turn questions (scene, turn): index of the candidate with the highest summed
-    log-likelihood of "candidate + end-of-turn"."""
+    log-likelihood of "candidate + end-of-turn". `text`: the scene in words (`scene_text`) in the image's
+    place (`cache` is then unused)."""
     backbone.model.eval()
-    expanded = [Dialogue(scene, (Turn(t.kind, t.question, c),)) for scene, t in items for c in t.candidates]
+    contexts = {scene: scene_text(pool[scene].sample) for scene, _ in items} if text else {}
+    expanded = [
+        Dialogue(scene, (Turn(t.kind, t.question, c),), contexts.get(scene))
+        for scene, t in items
+        for c in t.candidates
+    ]
     scores = []
     for start in range(0, len(expanded), batch_size):
         batch = encode_dialogues(backbone, pool, expanded[start : start + batch_size])

@@ -13,10 +13,14 @@ it is exact up to the resize of the mask to the grid.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +32,11 @@ from segcompass.world.generate import generate_sample
 from segcompass.world.language import location_words
 from segcompass.world.scene import WorldSample
 from segcompass.world.vocab import COLOURS, SHAPES, SIZES
+
+if TYPE_CHECKING:
+    from segcompass.backbones import Backbone
+
+    from .config import StackConfig
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +171,46 @@ def build_pool(
             samples = map(_render, jobs)
         bar = tqdm(samples, total=n, desc=f"scenes {split}", disable=not progress, leave=False)
         return ScenePool(split, [pool_scene(s, grid_fn(s.scene.height, s.scene.width)) for s in bar])
+
+
+# ---- the stack's pools, labelled for its image processor's grid -----------------------------------
+class ProcessorGrid:
+    """(height, width) → merged image-token grid, as the Qwen2.5-VL image processor resizes."""
+
+    def __init__(self, min_pixels: int, max_pixels: int, factor: int = 28) -> None:
+        self.min_pixels, self.max_pixels, self.factor = min_pixels, max_pixels, factor
+
+    @classmethod
+    def of(cls, image_processor: Any) -> ProcessorGrid:
+        """The grid of a Qwen2.5-VL image processor's current resize setting."""
+        size = image_processor.size
+        return cls(
+            size.shortest_edge, size.longest_edge, image_processor.patch_size * image_processor.merge_size
+        )
+
+    def __call__(self, height: int, width: int) -> tuple[int, int]:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        h, w = smart_resize(
+            height, width, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        return h // self.factor, w // self.factor
+
+
+def set_image_pixels(backbone: Backbone, min_pixels: int, max_pixels: int) -> None:
+    """Make a Qwen2.5-VL backbone's image processor resize to [min_pixels, max_pixels] pixels."""
+    ip = backbone.processor.image_processor
+    ip.size = type(ip.size)(shortest_edge=min_pixels, longest_edge=max_pixels)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(world_json: str, split: str, n: int, pixels: tuple[int, int]) -> ScenePool:
+    grid = ProcessorGrid(*pixels)
+    world = WorldConfig(**json.loads(world_json))
+    return build_pool(world, split, n, grid, workers=min(2, os.cpu_count() or 1))
+
+
+def scene_pool(config: StackConfig, split: str, pixels: tuple[int, int]) -> ScenePool:
+    """The stack's train or val scenes labelled for the grid of `pixels` (built once per process)."""
+    n = config.train_scenes if split == "train" else config.val_scenes
+    return _pool(json.dumps(config.world, sort_keys=True), split, n, pixels)

@@ -148,18 +148,26 @@ def reasoning_text(query: Query, res: Resolution, objects: list[SceneObject], wi
     return " ".join(out)
 
 
-def describe_scene(
-    objects: list[SceneObject], visible_fraction: list[float], background: str, width: int, height: int
+def describe_objects(
+    objects: list[SceneObject], width: int, height: int, visible_fraction: list[float] | None = None
 ) -> str:
-    """Scene description, objects in reading order, e.g. "A large red circle at the top left, ... on a ..."."""
+    """The scene's objects in reading order, "a large red circle at the top left, … and a small blue star at
+    the bottom" (an object less than 90 % visible is marked "(partly hidden)" when `visible_fraction` is
+    given)."""
     order = sorted(range(len(objects)), key=lambda i: (int(3 * objects[i].cy / height), objects[i].cx))
     parts = []
     for i in order:
         o = objects[i]
-        hidden = " (partly hidden)" if visible_fraction[i] < 0.9 else ""
+        hidden = " (partly hidden)" if visible_fraction is not None and visible_fraction[i] < 0.9 else ""
         parts.append(
             f"a {o.size_name} {o.colour} {o.shape} at the {location_words(o, width, height)}{hidden}"
         )
-    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    text = f"{listing}, on {background}."
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def describe_scene(
+    objects: list[SceneObject], visible_fraction: list[float], background: str, width: int, height: int
+) -> str:
+    """Scene description, objects in reading order, e.g. "A large red circle at the top left, ... on a ..."."""
+    text = f"{describe_objects(objects, width, height, visible_fraction)}, on {background}."
     return text[0].upper() + text[1:]

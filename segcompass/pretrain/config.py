@@ -1,0 +1,150 @@
+"""`StackConfig`: everything that decides the staged tiny VLM, and each stage's part of it.
+
+Each stage's config holds the fields that stage reads, and nests the configs of the stages it starts from,
+so a change early on gives every later stage a new key, and nothing before it (`segcompass.stages`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from segcompass.backbones.family import TinySpec
+from segcompass.world.config import WorldConfig
+
+from .grounding import Grounding
+from .optim import Schedule
+from .vision import VisionObjective
+
+IMAGE_PIXELS = (280 * 280, 288 * 288)
+"""(min, max) pixels of the stack's processor: ≥ 8 × 8 image tokens for every image of the world
+(aspect ≤ 1.6), about 10 × 10 for a square one."""
+
+
+def _default_tiny() -> dict[str, Any]:
+    # Full attention in every vision block: windowed attention loops in Python per window on CPU.
+    # A vision tower twice the preset's width: shape comes ≈ 2× faster per step (results/warmup.md).
+    return {
+        "image_size": 288,
+        "min_pixels": IMAGE_PIXELS[0],
+        "vision_hidden_size": 128,
+        "extra": {"vision_config": {"fullatt_block_indexes": [0, 1, 2, 3]}},
+    }
+
+
+@dataclass
+class StackConfig:
+    """Everything that decides the staged tiny VLM (the defaults are `warm:qwen2_5_vl`)."""
+
+    family: str = "qwen2_5_vl"
+    """Backbone family of the tiny preset (multi-turn dialogues are written for `qwen2_5_vl`)."""
+    seed: int = 0
+    """Seeds the init, the batch order and the dialogues."""
+    tiny: dict[str, Any] = field(default_factory=_default_tiny)
+    """`TinySpec` overrides of the preset (its processor decides the image-token grid)."""
+    world: dict[str, Any] = field(default_factory=dict)
+    """`WorldConfig` overrides (default: the default world)."""
+    train_scenes: int = 2000
+    """Training scenes with images (world split "train", samples 0 … n − 1), shared by stages 1–3."""
+    text_scenes: int = 4000
+    """Scenes whose words make stage 0's dialogues (world split "train", samples 0 … n − 1; no images)."""
+    val_scenes: int = 300
+    """Held-out scenes (world split "val") for every stage's figures."""
+    num_slots: int = 4
+    """K: `<REF_POS>` tokens after `</think>` in the format turns."""
+    vision_pixels: int = 224 * 224
+    """Stage 1 trains the tower at this many pixels per image (≈ 8 × 8 tokens; cheaper than the final
+    ≈ 10 × 10; the rotary tower carries over to the final size)."""
+    text: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=32, lr=2e-3))
+    """Stage 0 optimiser (language model on text dialogues: the scene in words, then questions)."""
+    vision: Schedule = field(default_factory=lambda: Schedule(steps=2000, batch_size=16, lr=3e-3))
+    """Stage 1 optimiser (vision tower + merger + read-out heads)."""
+    vision_objective: VisionObjective = field(default_factory=VisionObjective)
+    """Stage 1 objective weights."""
+    align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
+    """Stage 2 optimiser (language model on scene descriptions; vision frozen)."""
+    instruct: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=16, lr=2e-3))
+    """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen)."""
+    questions_per_dialogue: int = 6
+    """Question turns per instruction-tuning sequence."""
+    format_probability: float = 0.6
+    """Probability that an instruction-tuning sequence ends with the output-format turn."""
+    grounding: Grounding = field(default_factory=Grounding)
+    """Stage 3 attention grounding: answers about a named object attend to its image tokens."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text, dict):
+            self.text = Schedule(**self.text)
+        if isinstance(self.vision, dict):
+            self.vision = Schedule(**self.vision)
+        if isinstance(self.align, dict):
+            self.align = Schedule(**self.align)
+        if isinstance(self.instruct, dict):
+            self.instruct = Schedule(**self.instruct)
+        if isinstance(self.grounding, dict):
+            self.grounding = Grounding(**self.grounding)
+        if isinstance(self.vision_objective, dict):
+            self.vision_objective = VisionObjective(**self.vision_objective)
+        if min(self.num_slots, self.train_scenes, self.val_scenes, self.text_scenes) < 1:
+            raise ValueError("need num_slots, train_scenes, text_scenes and val_scenes >= 1")
+        TinySpec(**self.tiny)
+        WorldConfig(**self.world)
+
+    # ---- the stages' configs (each nests the ones it starts from) ----------------------------------
+    def text_stage(self) -> dict[str, Any]:
+        keys = (
+            "family",
+            "seed",
+            "tiny",
+            "world",
+            "text_scenes",
+            "text",
+            "questions_per_dialogue",
+            "format_probability",
+            "num_slots",
+        )
+        return {k: _plain(getattr(self, k)) for k in keys}
+
+    def vision_stage(self) -> dict[str, Any]:
+        keys = (
+            "family",
+            "seed",
+            "tiny",
+            "world",
+            "train_scenes",
+            "vision_pixels",
+            "vision",
+            "vision_objective",
+        )
+        return {k: _plain(getattr(self, k)) for k in keys}
+
+    def align_stage(self) -> dict[str, Any]:
+        """Starts from stage 1's vision tower and stage 0's language model."""
+        return {"previous": self.vision_stage(), "language": self.text_stage(), "align": asdict(self.align)}
+
+    def instruct_stage(self) -> dict[str, Any]:
+        keys = ("instruct", "questions_per_dialogue", "format_probability", "num_slots", "grounding")
+        return {"previous": self.align_stage(), **{k: _plain(getattr(self, k)) for k in keys}}
+
+    def tiny_spec(self) -> TinySpec:
+        """The preset's `TinySpec` with `tiny` applied."""
+        return TinySpec(**self.tiny)
+
+    @classmethod
+    def from_stage(cls, stage_config: dict[str, Any]) -> StackConfig:
+        """The stack config a stage config was made from (fields no stage so far reads keep defaults)."""
+        flat: dict[str, Any] = {}
+        nodes = [stage_config]
+        while nodes:
+            node = nodes.pop()
+            flat.update({k: v for k, v in node.items() if k not in _NESTED})
+            nodes += [node[k] for k in _NESTED if k in node]
+        return cls(**flat)
+
+
+_NESTED = ("previous", "language")
+"""Keys of a stage config that hold the config of a stage it starts from."""
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value

@@ -1,0 +1,143 @@
+"""Stage 0 (text pretraining): the scene in words names every object; a dialogue's text context takes the
+image's place in the prompt; a batch mixing text and image dialogues gives each row the logits it has on
+its own; the stage trains the language model and nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from segcompass.backbones import build_tiny
+from segcompass.backbones.family import TinySpec
+from segcompass.pretrain import language
+from segcompass.pretrain.dialogue import QUESTION_KINDS, Dialogue, Turn, qa_dialogue, scene_text
+from segcompass.pretrain.evaluate import question_accuracy
+from segcompass.pretrain.language import FeatureCache, encode_dialogues, lm_logits
+from segcompass.pretrain.optim import Schedule
+from segcompass.pretrain.pool import ProcessorGrid, build_pool
+from segcompass.pretrain.text import text_dialogue, text_samples, train_text
+from segcompass.world import WorldConfig
+from segcompass.world.generate import generate_sample
+
+SPEC = TinySpec(
+    hidden_size=64,
+    num_layers=2,
+    intermediate_size=128,
+    vision_hidden_size=32,
+    vision_layers=2,
+    image_size=112,
+    min_pixels=112 * 112,
+    hook_layer=1,
+    extra={"vision_config": {"fullatt_block_indexes": [0, 1]}},
+)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+    pool = build_pool(WorldConfig(), "val", 3, ProcessorGrid.of(backbone.processor.image_processor))
+    return backbone, pool
+
+
+def test_scene_text_names_every_object_in_reading_order():
+    sample = generate_sample(WorldConfig(), "train", 0)
+    objects = sample.scene.objects
+    first = min(objects, key=lambda o: (int(3 * o.cy / sample.scene.height), o.cx))
+    text = scene_text(sample)
+    assert text.startswith(f"Objects: a {first.size_name} {first.colour} {first.shape} at the ")
+    assert text.count(" at the ") == len(objects) and text.endswith(".")
+    for o in objects:
+        assert f"{o.size_name} {o.colour} {o.shape} at the" in text
+    assert "background" not in text and "hidden" not in text  # the objects only
+
+
+def test_scene_text_of_a_hand_built_two_object_scene():
+    sample = generate_sample(WorldConfig(), "train", 0)
+    w, h = sample.scene.width, sample.scene.height
+    star, disc = (dataclasses.replace(sample.scene.objects[0], id=i) for i in range(2))
+    star = dataclasses.replace(star, shape="star", colour="red", size_name="large", cx=0.1 * w, cy=0.1 * h)
+    disc = dataclasses.replace(disc, shape="circle", colour="blue", size_name="small", cx=0.9 * w, cy=0.9 * h)
+    scene = dataclasses.replace(sample.scene, objects=[disc, star])
+    assert scene_text(dataclasses.replace(sample, scene=scene)) == (
+        "Objects: a large red star at the top left and a small blue circle at the bottom right."
+    )
+
+
+def test_a_text_context_takes_the_images_place_and_labels_stay_on_the_answers(setup):
+    backbone, pool = setup
+    turns = (Turn("colour", "What colour is the star?", "red"), Turn("count", "How many circles?", "2"))
+    batch = encode_dialogues(backbone, None, [Dialogue(0, turns, "Objects: a large red star.")])
+    ids = batch.inputs["input_ids"][0]
+    text = backbone.tokenizer.decode(ids)
+    assert "<|image_pad|>" not in text and "<|vision_start|>" not in text
+    assert "user\nObjects: a large red star.\nWhat colour is the star?<|im_end|>" in text
+    assert backbone.tokenizer.decode(ids[batch.labels[0] != -100]) == "red<|im_end|>2<|im_end|>"
+    assert "image_grid_thw" not in batch.inputs and batch.images == []
+    assert int(batch.inputs["mm_token_type_ids"].sum()) == 0
+    with pytest.raises(ValueError, match="no text context and no pool"):
+        encode_dialogues(backbone, None, [Dialogue(0, turns)])
+    with pytest.raises(ValueError, match="FeatureCache"):
+        lm_logits(backbone, encode_dialogues(backbone, pool, [Dialogue(0, turns)]), None)
+
+
+def test_a_mixed_batch_gives_each_row_its_own_logits(setup):
+    """Rows with a text context and rows with an image in one batch: every row's logits equal that
+    dialogue encoded alone (the image features and grids go to the image rows, in order)."""
+    backbone, pool = setup
+    rng = np.random.default_rng(0)
+    dialogues = [
+        qa_dialogue(2, pool[2].sample, rng, 2, 0.0, 2),
+        text_dialogue(0, pool[0].sample, rng, 2, 0.0, 2),
+        qa_dialogue(1, pool[1].sample, rng, 1, 0.0, 2),
+    ]
+    cache = FeatureCache(backbone, pool)
+    batch = encode_dialogues(backbone, pool, dialogues)
+    assert batch.images == [2, 1] and batch.inputs["image_grid_thw"].shape == (2, 3)
+    with torch.no_grad():
+        mixed = lm_logits(backbone, batch, cache)
+        for row, d in enumerate(dialogues):
+            alone = encode_dialogues(backbone, pool, [d])
+            logits = lm_logits(backbone, alone, cache)[0]
+            mask = batch.inputs["attention_mask"][row].bool()
+            torch.testing.assert_close(mixed[row][mask], logits, atol=1e-4, rtol=1e-4)
+
+
+def test_text_samples_keep_the_scene_and_drop_the_pixels():
+    samples = text_samples(WorldConfig(), "train", 3)
+    full = generate_sample(WorldConfig(), "train", 1)
+    assert samples[1].image is None and samples[1].masks.size == 0
+    assert samples[1].scene.objects == full.scene.objects
+    assert (samples[1].instruction, samples[1].reasoning) == (full.instruction, full.reasoning)
+
+
+def test_stage_0_trains_the_language_model_and_not_the_tower(setup):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    samples = text_samples(WorldConfig(), "train", 4)
+    record = train_text(backbone, samples, Schedule(steps=3, batch_size=2), 2, 0.5, 2, 0, progress=False)
+    after = backbone.model.state_dict()
+    tower = [k for k in after if ".visual." in k or k.startswith("visual.")]
+    language = [k for k in after if "language_model.layers." in k]
+    assert tower and language and len(record.losses) == 3
+    assert all(torch.equal(before[k], after[k]) for k in tower)
+    assert any(not torch.equal(before[k], after[k]) for k in language)
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_text_question_accuracy_puts_each_scene_in_words_before_its_question(setup, monkeypatch):
+    backbone, pool = setup
+    seen: list[Dialogue] = []
+    real = language.encode_dialogues
+
+    def spy(backbone, pool, dialogues):
+        seen.extend(dialogues)
+        return real(backbone, pool, dialogues)
+
+    monkeypatch.setattr(language, "encode_dialogues", spy)
+    rows = question_accuracy(backbone, pool, "x", text=True)
+    assert [r["measure"] for r in rows] == [f"text_{k}" for k in QUESTION_KINDS]
+    assert seen and all(d.context == scene_text(pool[d.scene].sample) for d in seen)
+    assert sum(r["n"] for r in rows) == len({(d.scene, d.turns[0].question) for d in seen})
