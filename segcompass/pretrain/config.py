@@ -62,7 +62,10 @@ class StackConfig:
     vision_objective: VisionObjective = field(default_factory=VisionObjective)
     """Stage 1 objective weights."""
     align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
-    """Stage 2 optimiser (language model on scene descriptions; vision frozen)."""
+    """Stage 2 optimiser (scene descriptions; the tower frozen)."""
+    align_trains: str = "language"
+    """What stage 2 trains: "language" (the language model) or "merger" (the merger alone, the language
+    model frozen — LLaVA's first stage: the image tokens learn to look like what stage 0's model reads)."""
     instruct: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=16, lr=2e-3))
     """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen)."""
     questions_per_dialogue: int = 6
@@ -85,6 +88,8 @@ class StackConfig:
             self.grounding = Grounding(**self.grounding)
         if isinstance(self.vision_objective, dict):
             self.vision_objective = VisionObjective(**self.vision_objective)
+        if self.align_trains not in ("language", "merger"):
+            raise ValueError(f"align_trains must be 'language' or 'merger', got {self.align_trains!r}")
         if min(self.num_slots, self.train_scenes, self.val_scenes, self.text_scenes) < 1:
             raise ValueError("need num_slots, train_scenes, text_scenes and val_scenes >= 1")
         TinySpec(**self.tiny)
@@ -120,7 +125,12 @@ class StackConfig:
 
     def align_stage(self) -> dict[str, Any]:
         """Starts from stage 1's vision tower and stage 0's language model."""
-        return {"previous": self.vision_stage(), "language": self.text_stage(), "align": asdict(self.align)}
+        return {
+            "previous": self.vision_stage(),
+            "language": self.text_stage(),
+            "align": asdict(self.align),
+            "align_trains": self.align_trains,
+        }
 
     def instruct_stage(self) -> dict[str, Any]:
         keys = ("instruct", "questions_per_dialogue", "format_probability", "num_slots", "grounding")

@@ -27,27 +27,51 @@ logger = logging.getLogger(__name__)
 
 
 class FeatureCache:
-    """Merged image tokens of a pool's images under a frozen vision tower, computed once per image."""
+    """Merged image tokens of a pool's images under a frozen vision tower, computed once per image.
 
-    def __init__(self, backbone: Backbone, pool: ScenePool, batch_size: int = 32) -> None:
+    With `live_merger` the cache holds what the tower gives the merger (each image token's 2 × 2 patch
+    states, in token order) and `get` runs the merger on it, so the merger can be trained with the tower
+    frozen (LLaVA's first stage trains only the projector)."""
+
+    def __init__(
+        self, backbone: Backbone, pool: ScenePool, batch_size: int = 32, live_merger: bool = False
+    ) -> None:
         self.backbone, self.pool, self.batch_size = backbone, pool, batch_size
+        self.live_merger = live_merger
         self._features: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
-    def get(self, indices: list[int]) -> list[torch.Tensor]:
-        """[cells_i, D] per index (computed for the missing ones in batches)."""
-        missing = sorted({i for i in indices if i not in self._features})
+    def _compute(self, chunk: list[int]) -> list[torch.Tensor]:
         visual = self.backbone.model.model.visual
+        images = [self.pool[i].sample.image for i in chunk]
+        inputs = self.backbone.processor.image_processor(images=images, return_tensors="pt")
+        grid = inputs["image_grid_thw"]
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+        hook = visual.merger.register_forward_hook(lambda m, a, out: captured.append((a[0], out)))
+        try:
+            tokens = visual(inputs["pixel_values"].to(visual.dtype), grid_thw=grid).pooler_output
+        finally:
+            hook.remove()
+        if self.live_merger:  # the merger's input, [cells, 4, C], in the order of its output tokens
+            patches, merged = captured[0]
+            order = torch.cdist(tokens.float(), merged.float()).argmin(1)  # window order → token order
+            tokens = patches.reshape(len(merged), -1, patches.shape[-1])[order]
+        return list(torch.split(tokens, (grid.prod(-1) // 4).tolist()))
+
+    def get(self, indices: list[int]) -> list[torch.Tensor]:
+        """[cells_i, D] per index (computed for the missing ones in batches); with `live_merger`, the
+        merger's output with its gradient."""
+        missing = sorted({i for i in indices if i not in self._features})
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
-            images = [self.pool[i].sample.image for i in chunk]
-            inputs = self.backbone.processor.image_processor(images=images, return_tensors="pt")
-            grid = inputs["image_grid_thw"]
-            tokens = visual(inputs["pixel_values"].to(visual.dtype), grid_thw=grid).pooler_output
-            sizes = (grid.prod(-1) // 4).tolist()
-            for i, feats in zip(chunk, torch.split(tokens, sizes), strict=True):
+            for i, feats in zip(chunk, self._compute(chunk), strict=True):
                 self._features[i] = feats.detach()
-        return [self._features[i] for i in indices]
+        if not self.live_merger:
+            return [self._features[i] for i in indices]
+        merger = self.backbone.model.model.visual.merger
+        patches = [self._features[i] for i in indices]  # [cells_i, 4, C] each
+        merged = merger(torch.cat(patches).flatten(0, 1))  # [Σ cells_i, D]
+        return list(torch.split(merged, [len(p) for p in patches]))
 
 
 @dataclass
@@ -140,17 +164,25 @@ def train_dialogues(
     desc: str,
     progress: bool = True,
     grounding: Grounding | None = None,
+    trains: str = "language",
 ) -> LoopRecord:
-    """Train the language model (embeddings, blocks, head) on dialogues drawn by `make_dialogue(scene, rng)`;
-    the vision tower and merger stay frozen. With `grounding`, the answers to questions about a named object
-    are also trained to attend to its image tokens (`grounding.py`)."""
+    """Train on dialogues drawn by `make_dialogue(scene, rng)` either the language model (embeddings,
+    blocks, head; `trains="language"`, the vision tower and merger frozen) or the merger alone
+    (`trains="merger"`, everything else frozen; `cache` must have `live_merger`). With `grounding`, the
+    answers to questions about a named object are also trained to attend to its image tokens
+    (`grounding.py`)."""
     model = backbone.model
     visual = model.model.visual
+    if trains not in ("language", "merger"):
+        raise ValueError(f"trains must be 'language' or 'merger', got {trains!r}")
+    if trains == "merger" and not cache.live_merger:
+        raise ValueError("training the merger needs a FeatureCache with live_merger=True")
+    trained = [model.model.language_model, model.lm_head] if trains == "language" else [visual.merger]
     for p in model.parameters():
-        p.requires_grad_(True)
-    for p in visual.parameters():
         p.requires_grad_(False)
-    language = [model.model.language_model, model.lm_head]
+    for m in trained:
+        for p in m.parameters():
+            p.requires_grad_(True)
 
     def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         picks = rng.choice(len(pool), size=schedule.batch_size, replace=schedule.batch_size > len(pool))
@@ -165,7 +197,7 @@ def train_dialogues(
         ground = grounding_loss(backbone, captured, batch.inputs["attention_mask"], targets, grounding.heads)
         return lm + grounding.weight * ground, {"lm": float(lm.detach()), "grounding": float(ground.detach())}
 
-    record = run_loop(language, schedule, step_loss, seed, desc, progress)
+    record = run_loop(trained, schedule, step_loss, seed, desc, progress)
     visual.eval()
     return record
 

@@ -144,7 +144,8 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
         backbone.model.lm_head.load_state_dict(text.model.lm_head.state_dict())
     set_image_pixels(backbone, *IMAGE_PIXELS)
     train = scene_pool(config, "train", IMAGE_PIXELS)
-    cache = FeatureCache(backbone, train)
+    trains = config.align_trains if which == "align" else "language"
+    cache = FeatureCache(backbone, train, live_merger=trains == "merger")
     if which == "align":
         schedule = config.align
 
@@ -167,7 +168,7 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
     seed = config.seed * 7919 + (1 if which == "align" else 2)
     grounding = config.grounding if which == "instruct" else None
     record = train_dialogues(
-        backbone, train, cache, schedule, make, seed, f"stage: {which}", grounding=grounding
+        backbone, train, cache, schedule, make, seed, f"stage: {which}", grounding=grounding, trains=trains
     )
     _save(
         backbone,
