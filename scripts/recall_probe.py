@@ -30,10 +30,15 @@ OBJECTS = (2, 7)
 """Fewest and most objects in a list (set from --objects)."""
 SHAPE_FIRST = False
 """List items as "star: red" instead of "red star" (set from --shape-first)."""
+RESTATE = False
+"""Answer "The star is red." instead of "red" (set from --restate): the look-up then happens right after
+the object's name, not six template tokens after the question."""
+PROMPT, ANSWER, ASKED = 0, 1, 2
+"""Kinds of text piece: unlabelled, labelled, labelled and scored (the asked colour)."""
 
 
-def recall_segments(rng: np.random.Generator, questions: int, eot: str) -> list[tuple[str, bool]]:
-    """(text, is_answer) pieces of one sequence."""
+def recall_segments(rng: np.random.Generator, questions: int, eot: str) -> list[tuple[str, int]]:
+    """(text, kind) pieces of one sequence."""
     n = int(rng.integers(OBJECTS[0], OBJECTS[1] + 1))
     shapes = rng.choice(len(SHAPE_WORDS), n, replace=False)
     colours = rng.integers(0, len(COLOUR_WORDS), n)
@@ -43,31 +48,42 @@ def recall_segments(rng: np.random.Generator, questions: int, eot: str) -> list[
     else:
         listing = ", ".join(f"{COLOUR_WORDS[c]} {SHAPE_WORDS[s]}" for c, s in items)
     asked = rng.choice(n, min(questions, n), replace=False)
-    segments: list[tuple[str, bool]] = []
+    segments: list[tuple[str, int]] = []
     for i, k in enumerate(asked):
         opening = f"<|im_start|>user\nObjects: {listing}. " if i == 0 else "\n<|im_start|>user\n"
         question = f"{opening}What colour is the {SHAPE_WORDS[shapes[k]]}?{eot}\n<|im_start|>assistant\n"
-        segments += [(question, False), (COLOUR_WORDS[colours[k]] + eot, True)]
+        if RESTATE:
+            colour = (f"The {SHAPE_WORDS[shapes[k]]} is", ANSWER), (f" {COLOUR_WORDS[colours[k]]}", ASKED)
+            segments += [(question, PROMPT), *colour, ("." + eot, ANSWER)]
+        else:
+            segments += [(question, PROMPT), (COLOUR_WORDS[colours[k]], ASKED), (eot, ANSWER)]
     return segments
 
 
-def encode(tokenizer, batch: list[list[tuple[str, bool]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded input_ids, labels (answers only) and attention mask, [B, T] each."""
-    ids, labels = [], []
+def encode(
+    tokenizer, batch: list[list[tuple[str, int]]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded input_ids, labels (answers only), attention mask and the position of the first asked
+    colour's first token, [B, T] ×3 and [B]."""
+    ids, labels, asked = [], [], []
     for segments in batch:
-        row, lab = [], []
-        for text, is_answer in segments:
+        row, lab, first = [], [], None
+        for text, kind in segments:
             tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if kind == ASKED and first is None:
+                first = len(row)
             row += tokens
-            lab += tokens if is_answer else [-100] * len(tokens)
+            lab += tokens if kind != PROMPT else [-100] * len(tokens)
         ids.append(row)
         labels.append(lab)
+        asked.append(first)
     length = max(map(len, ids))
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (length - len(r)) + r for r in ids])
     label_ids = torch.tensor([[-100] * (length - len(r)) + r for r in labels])
     mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in ids])
-    return input_ids, label_ids, mask
+    first = torch.tensor([length - len(r) + a for r, a in zip(ids, asked, strict=True)])
+    return input_ids, label_ids, mask, first
 
 
 @torch.no_grad()
@@ -75,11 +91,10 @@ def first_answer_accuracy(model, tokenizer, eot: str, batches: int = 10, seed: i
     rng = np.random.default_rng(seed)
     hits: list[bool] = []
     for _ in range(batches):
-        input_ids, labels, mask = encode(tokenizer, [recall_segments(rng, 1, eot) for _ in range(16)])
+        input_ids, _, mask, asked = encode(tokenizer, [recall_segments(rng, 1, eot) for _ in range(16)])
         logits = model(input_ids=input_ids, attention_mask=mask).logits
-        pos = (labels[:, 1:] != -100).float().argmax(1)  # logits at pos predict the first answer token
-        rows = torch.arange(len(pos))
-        hits += (logits[rows, pos].argmax(-1) == labels[rows, pos + 1]).tolist()
+        rows = torch.arange(len(asked))
+        hits += (logits[rows, asked - 1].argmax(-1) == input_ids[rows, asked]).tolist()
     return float(np.mean(hits))
 
 
@@ -97,6 +112,7 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=128, help="language model width")
     parser.add_argument("--layers", type=int, default=4, help="language model blocks")
     parser.add_argument("--objects", type=int, nargs=2, default=[2, 7], help="fewest and most objects")
+    parser.add_argument("--restate", action="store_true", help='answer "The star is red."')
     parser.add_argument("--shape-first", action="store_true", help='list items as "star: red"')
     parser.add_argument("--heads", type=int, default=4, help="attention heads")
     parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
@@ -104,8 +120,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250, help="print the accuracy every this many steps")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    global OBJECTS, SHAPE_FIRST
-    OBJECTS, SHAPE_FIRST = tuple(args.objects), args.shape_first
+    global OBJECTS, SHAPE_FIRST, RESTATE
+    OBJECTS, SHAPE_FIRST, RESTATE = tuple(args.objects), args.shape_first, args.restate
     spec = TinySpec(
         rope_theta=args.rope_theta,
         hidden_size=args.hidden_size,
@@ -121,7 +137,7 @@ def main() -> None:
         if index % args.every == 0:
             print(json.dumps({"step": index, "accuracy": first_answer_accuracy(model, tokenizer, eot, 4)}))
         batch = [recall_segments(rng, args.questions, eot) for _ in range(args.batch_size)]
-        input_ids, labels, mask = encode(tokenizer, batch)
+        input_ids, labels, mask, _ = encode(tokenizer, batch)
         loss = next_token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels)
         return loss, {"lm": float(loss.detach())}
 

@@ -18,6 +18,7 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     steps = (config.text.steps, config.vision.steps, config.align.steps, config.instruct.steps)
     assert (config.seed, *steps) == (2, 4, 5, 6, 7)
     assert config.text.batch_size == default.text.batch_size
+    assert stack_config(PretrainCommandConfig(align_trains="merger")).align_trains == "merger"
     assert config.vision.lr == default.vision.lr and config.instruct.batch_size == default.instruct.batch_size
     assert stack_config(PretrainCommandConfig()) == default
     grounded = stack_config(PretrainCommandConfig(grounding_weight=0.25))

@@ -118,8 +118,15 @@ def test_stack_is_deterministic_for_a_seed(tmp_path):
 
 
 def test_stack_config_round_trips_through_a_stage_config():
-    config = toy(seed=3, format_probability=0.25)
-    # Every field a stage reads survives; the held-out split size is the evaluation's, not a stage's.
+    config = toy(seed=3, format_probability=0.25, align_trains="merger", text_scenes=7)
+    # Every field a stage reads survives (stage 0's through the "language" branch); the held-out split
+    # size is the evaluation's, not a stage's.
     assert StackConfig.from_stage(config.instruct_stage()) == replace(config, val_scenes=300)
+    assert StackConfig.from_stage(config.text_stage()).text_scenes == 7
+    merger = config.align_stage()
+    assert ALIGN.key(merger) != ALIGN.key(replace(config, align_trains="language").align_stage())
+    assert merger["language"] == config.text_stage() and merger["previous"] == config.vision_stage()
     with pytest.raises(TypeError):
         StackConfig(tiny={"no_such_field": 1})
+    with pytest.raises(ValueError, match="align_trains"):
+        StackConfig(align_trains="tower")

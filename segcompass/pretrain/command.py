@@ -38,6 +38,9 @@ class PretrainCommandConfig:
     """Stage 1 optimiser steps (vision tower + merger)."""
     align_steps: int = _DEFAULT.align.steps
     """Stage 2 optimiser steps (descriptions)."""
+    align_trains: str = _DEFAULT.align_trains
+    """What stage 2 trains: "language" (the language model) or "merger" (the merger alone, language model
+    frozen, as LLaVA's first stage)."""
     instruct_steps: int = _DEFAULT.instruct.steps
     """Stage 3 optimiser steps (multi-turn questions + output format)."""
     grounding_weight: float = _DEFAULT.grounding.weight
@@ -64,6 +67,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         text=replace(d.text, steps=cfg.text_steps),
         vision=replace(d.vision, steps=cfg.vision_steps),
         align=replace(d.align, steps=cfg.align_steps),
+        align_trains=cfg.align_trains,
         instruct=replace(d.instruct, steps=cfg.instruct_steps),
         grounding=replace(d.grounding, weight=cfg.grounding_weight),
     )

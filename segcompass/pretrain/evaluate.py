@@ -8,6 +8,8 @@ majority rate, and the same measures on a random-init control.
   "the {size} {colour} {shape}" phrase of the reasoning; correct when colour and shape match the target.
   Reported overall and on the instructions that do not state both the target's colour and shape.
 - **format**: `<think>…</think>` + exactly K `<REF_POS>`, nothing else.
+- **text_…**: the same questions with the scene in words in the image's place (stage 0's skill; does it
+  survive the image stages?).
 - **answer follows the named object**: the same colour (shape) question about two objects of one image
   whose answers differ; the rate at which the model's two answers differ. A model that answers from the
   image alone, ignoring which object is named, scores ≈ 0 however often it happens to be right.
@@ -206,6 +208,7 @@ def evaluate_stack(
     cache = FeatureCache(backbone, val)  # the val images through the tower once, for both question sets
     rows = question_accuracy(backbone, val, label, cache)
     rows += named_object_sensitivity(backbone, val, label, cache)
+    rows += question_accuracy(backbone, val, label, text=True)  # the same questions, the scene in words
     rows += reasoning_accuracy(backbone, val, label, num_slots)
     rows += probe_rows(backbone, train, val, label)
     return pd.DataFrame(rows, columns=COLUMNS)
