@@ -17,7 +17,7 @@ import logging
 import numpy as np
 import torch
 
-from segcompass.backbones import build_tiny
+from segcompass.backbones import build_tiny, load_backbone
 from segcompass.backbones.family import TinySpec
 from segcompass.pretrain.language import next_token_loss
 from segcompass.pretrain.optim import Schedule, run_loop
@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4, help="attention heads")
     parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    parser.add_argument("--load", default="", help="start from this backbone folder (e.g. an earlier --save)")
+    parser.add_argument("--save", default="", help="save the trained backbone to this folder")
     parser.add_argument("--every", type=int, default=250, help="print the accuracy every this many steps")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -130,7 +132,7 @@ def main() -> None:
         num_kv_heads=args.kv_heads,
         intermediate_size=2 * args.hidden_size,
     )
-    backbone = build_tiny("qwen2_5_vl", seed=0, spec=spec)
+    backbone = load_backbone(args.load) if args.load else build_tiny("qwen2_5_vl", seed=0, spec=spec)
     model, tokenizer, eot = backbone.model, backbone.tokenizer, backbone.tokenizer.eos_token
 
     def step(index: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -147,6 +149,8 @@ def main() -> None:
     run_loop([model.model.language_model, model.lm_head], schedule, step, 0, "recall", True)
     model.eval()
     print(json.dumps({"step": args.steps, "accuracy": first_answer_accuracy(model, tokenizer, eot)}))
+    if args.save:
+        backbone.save(args.save)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Stages 2 and 3 — alignment and instruction tuning of the tiny VLM's language model on dialogues.
+"""Stages 2 and 3 — alignment and instruction tuning on dialogues (and the encoding stage 0 shares).
 
 The vision tower and its merger are frozen after stage 1, so their output for each pool image is computed
 once (`FeatureCache`) and handed to the model through transformers' `mm_encoder_outputs`; a training step
-runs the language model only. Positions (multimodal rotary ids) still come from the image grid.
+runs the language model only (or the merger and the frozen language model, when stage 2 trains the merger
+alone). Positions (multimodal rotary ids) still come from the image grid. A dialogue with a text context
+has no image: its words take the image's place, and a batch may mix both kinds of row.
 """
 
 from __future__ import annotations
