@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from segcompass.backbones import build_tiny
-from segcompass.backbones.family import TinySpec
 from segcompass.pretrain.dialogue import Dialogue, Turn, continuation, qa_dialogue
 from segcompass.pretrain.evaluate import named_referent
 from segcompass.pretrain.language import FeatureCache, encode_dialogues, lm_logits
@@ -24,22 +23,10 @@ from segcompass.pretrain.vision import (
 )
 from segcompass.world import WorldConfig
 
-SPEC = TinySpec(
-    hidden_size=64,
-    num_layers=2,
-    intermediate_size=128,
-    vision_hidden_size=32,
-    vision_layers=2,
-    image_size=112,
-    min_pixels=112 * 112,
-    hook_layer=1,
-    extra={"vision_config": {"fullatt_block_indexes": [0, 1]}},
-)
-
 
 @pytest.fixture(scope="module")
-def setup():
-    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+def setup(toy_vlm_spec):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
     pool = build_pool(WorldConfig(), "train", 3, ProcessorGrid.of(backbone.processor.image_processor))
     return backbone, pool
 

@@ -8,29 +8,16 @@ import pytest
 import torch
 
 from segcompass.backbones import build_tiny
-from segcompass.backbones.family import TinySpec
 from segcompass.pretrain.dialogue import Dialogue, describe_turn
 from segcompass.pretrain.language import FeatureCache, train_dialogues
 from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.pool import ProcessorGrid, build_pool
 from segcompass.world import WorldConfig
 
-SPEC = TinySpec(
-    hidden_size=64,
-    num_layers=2,
-    intermediate_size=128,
-    vision_hidden_size=32,
-    vision_layers=2,
-    image_size=112,
-    min_pixels=112 * 112,
-    hook_layer=1,
-    extra={"vision_config": {"fullatt_block_indexes": [0, 1]}},
-)
-
 
 @pytest.fixture(scope="module")
-def setup():
-    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+def setup(toy_vlm_spec):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
     pool = build_pool(WorldConfig(), "train", 3, ProcessorGrid.of(backbone.processor.image_processor))
     return backbone, pool
 
@@ -45,8 +32,8 @@ def test_live_merger_gives_the_towers_merged_tokens(setup):
     assert live[0].requires_grad and not frozen[0].requires_grad
 
 
-def test_training_the_merger_moves_it_and_nothing_else(setup):
-    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+def test_training_the_merger_moves_it_and_nothing_else(setup, toy_vlm_spec):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
     _, pool = setup
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from segcompass.backbones import build_tiny
-from segcompass.backbones.family import TinySpec
 from segcompass.pretrain import language
 from segcompass.pretrain.dialogue import QUESTION_KINDS, Dialogue, Turn, qa_dialogue, scene_text
 from segcompass.pretrain.evaluate import question_accuracy
@@ -22,22 +21,10 @@ from segcompass.pretrain.text import text_dialogue, text_samples, train_text
 from segcompass.world import WorldConfig
 from segcompass.world.generate import generate_sample
 
-SPEC = TinySpec(
-    hidden_size=64,
-    num_layers=2,
-    intermediate_size=128,
-    vision_hidden_size=32,
-    vision_layers=2,
-    image_size=112,
-    min_pixels=112 * 112,
-    hook_layer=1,
-    extra={"vision_config": {"fullatt_block_indexes": [0, 1]}},
-)
-
 
 @pytest.fixture(scope="module")
-def setup():
-    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+def setup(toy_vlm_spec):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
     pool = build_pool(WorldConfig(), "val", 3, ProcessorGrid.of(backbone.processor.image_processor))
     return backbone, pool
 
@@ -113,8 +100,8 @@ def test_text_samples_keep_the_scene_and_drop_the_pixels():
     assert (samples[1].instruction, samples[1].reasoning) == (full.instruction, full.reasoning)
 
 
-def test_stage_0_trains_the_language_model_and_not_the_tower(setup):
-    backbone = build_tiny("qwen2_5_vl", seed=0, spec=SPEC)
+def test_stage_0_trains_the_language_model_and_not_the_tower(toy_vlm_spec):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     samples = text_samples(WorldConfig(), "train", 4)
     record = train_text(backbone, samples, Schedule(steps=3, batch_size=2), 2, 0.5, 2, 0, progress=False)

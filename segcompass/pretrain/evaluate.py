@@ -79,8 +79,6 @@ def question_accuracy(
     """Per question kind: accuracy and majority-class rate (`cache`: the pool's image features, if
     already computed; `text`: the scenes in words instead of their images — stage 0's measure)."""
     items = question_items(pool)
-    if not text:
-        cache = cache or FeatureCache(backbone, pool)
     picked = score_candidates(backbone, pool, cache, items, text=text)
     rows = []
     for kind in QUESTION_KINDS:
@@ -139,8 +137,8 @@ def named_object_sensitivity(
     which the two answers differ (1.0 for a model that reads the named object; ≈ 0 for one that answers
     the image's most likely value whatever is asked), and the accuracy over both questions (`text`: the
     scenes in words instead of their images)."""
-    if not text:
-        cache = cache or FeatureCache(backbone, pool)
+    if cache is None and not text:  # one pass of the images for both kinds
+        cache = FeatureCache(backbone, pool)
     rows = []
     for kind in SWAP_KINDS:
         pairs = swap_pairs(pool, kind)

@@ -9,6 +9,7 @@ has no image: its words take the image's place, and a batch may mix both kinds o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from segcompass.backbones import Backbone
 
 from .dialogue import Dialogue, Turn, assistant_labels, check_family, continuation, scene_text
 from .grounding import Grounding, capture_attention_inputs, grounding_loss, grounding_targets
-from .optim import LoopRecord, Schedule, run_loop
+from .optim import LoopRecord, Schedule, run_loop, train_only
 from .pool import ScenePool
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,11 @@ class FeatureCache:
         inputs = self.backbone.processor.image_processor(images=images, return_tensors="pt")
         grid = inputs["image_grid_thw"]
         captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-        hook = visual.merger.register_forward_hook(lambda m, a, out: captured.append((a[0], out)))
-        try:
+        with contextlib.ExitStack() as stack:
+            if self.live_merger:
+                hook = visual.merger.register_forward_hook(lambda m, a, out: captured.append((a[0], out)))
+                stack.callback(hook.remove)
             tokens = visual(inputs["pixel_values"].to(visual.dtype), grid_thw=grid).pooler_output
-        finally:
-            hook.remove()
         if self.live_merger:  # the merger's input, [cells, 4, C], in the order of its output tokens
             patches, merged = captured[0]
             order = torch.cdist(tokens.float(), merged.float()).argmin(1)  # window order → token order
@@ -180,11 +181,7 @@ def train_dialogues(
     if trains == "merger" and not cache.live_merger:
         raise ValueError("training the merger needs a FeatureCache with live_merger=True")
     trained = [model.model.language_model, model.lm_head] if trains == "language" else [visual.merger]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in trained:
-        for p in m.parameters():
-            p.requires_grad_(True)
+    train_only(model, trained)
 
     def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         picks = rng.choice(len(pool), size=schedule.batch_size, replace=schedule.batch_size > len(pool))
@@ -214,9 +211,11 @@ def score_candidates(
     text: bool = False,
 ) -> np.ndarray:
     """For single-turn questions (scene, turn): index of the candidate with the highest summed
-    log-likelihood of "candidate + end-of-turn". `text`: the scene in words (`scene_text`) in the image's
-    place (`cache` is then unused)."""
+    log-likelihood of "candidate + end-of-turn" (`cache`: the pool's image features, made here when None).
+    `text`: the scene in words (`scene_text`) in the image's place (`cache` is then unused)."""
     backbone.model.eval()
+    if cache is None and not text:
+        cache = FeatureCache(backbone, pool)
     contexts = {scene: scene_text(pool[scene].sample) for scene, _ in items} if text else {}
     expanded = [
         Dialogue(scene, (Turn(t.kind, t.question, c),), contexts.get(scene))

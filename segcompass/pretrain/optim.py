@@ -61,6 +61,15 @@ class LoopRecord:
     """Seconds in the loop."""
 
 
+def train_only(model: nn.Module, trained: Iterable[nn.Module]) -> None:
+    """Freeze every parameter of `model` except those of the `trained` modules."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in trained:
+        for p in m.parameters():
+            p.requires_grad_(True)
+
+
 def adamw(modules: Iterable[nn.Module], schedule: Schedule) -> torch.optim.AdamW:
     """AdamW over every parameter of `modules`, no decay on 1-D tensors."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]

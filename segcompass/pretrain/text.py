@@ -26,7 +26,7 @@ from segcompass.world.scene import WorldSample
 
 from .dialogue import Dialogue, qa_dialogue, scene_text
 from .language import encode_dialogues, lm_logits, next_token_loss
-from .optim import LoopRecord, Schedule, run_loop
+from .optim import LoopRecord, Schedule, run_loop, train_only
 
 
 def _text_sample(args: tuple[WorldConfig, str, int]) -> WorldSample:
@@ -69,11 +69,7 @@ def train_text(
     """Train the language model (embeddings, blocks, head) on text dialogues about `samples`."""
     model = backbone.model
     language = [model.model.language_model, model.lm_head]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in language:
-        for p in m.parameters():
-            p.requires_grad_(True)
+    train_only(model, language)
 
     def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         picks = rng.choice(len(samples), size=schedule.batch_size, replace=schedule.batch_size > len(samples))
