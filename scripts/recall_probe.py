@@ -6,6 +6,11 @@ with repeats. Prints the held-out accuracy of the first answer every `--every` s
 from the list at random scores ≈ 0.35–0.45).
 
     python scripts/recall_probe.py --steps 1000 --rope-theta 10000
+    # the recipe that formed the look-up twice (results/warmup.md, session (2)):
+    python scripts/recall_probe.py --steps 1500 --batch-size 128 --questions 2 --objects 2 2 --every 100
+
+Variations tried in session (3): --constant-lr, --space-answer, --prev-aux, --shape-first plain, --dense,
+--hidden-size 256.
 """
 
 from __future__ import annotations
@@ -28,11 +33,17 @@ COLOUR_WORDS, SHAPE_WORDS = tuple(COLOURS), tuple(SHAPES)
 
 OBJECTS = (2, 7)
 """Fewest and most objects in a list (set from --objects)."""
-SHAPE_FIRST = False
-"""List items as "star: red" instead of "red star" (set from --shape-first)."""
+SHAPE_FIRST = ""
+"""List items as "star: red" ("colon") or "star red" ("plain") instead of "red star" (set from
+--shape-first)."""
 RESTATE = False
 """Answer "The star is red." instead of "red" (set from --restate): the look-up then happens right after
 the object's name, not six template tokens after the question."""
+SPACE_ANSWER = False
+"""Answer " red" (the list's own token) instead of "red" (set from --space-answer)."""
+DENSE = False
+"""Open half the sequences with "What colour is each shape?" → "The star is red, the circle is blue." (shapes in
+random order; set from --dense): a look-up at every colour, the shape one token back."""
 PROMPT, ANSWER, ASKED = 0, 1, 2
 """Kinds of text piece: unlabelled, labelled, labelled and scored (the asked colour)."""
 
@@ -44,19 +55,33 @@ def recall_segments(rng: np.random.Generator, questions: int, eot: str) -> list[
     colours = rng.integers(0, len(COLOUR_WORDS), n)
     items = zip(colours, shapes, strict=True)
     if SHAPE_FIRST:
-        listing = ", ".join(f"{SHAPE_WORDS[s]}: {COLOUR_WORDS[c]}" for c, s in items)
+        separator = ": " if SHAPE_FIRST == "colon" else " "
+        listing = ", ".join(f"{SHAPE_WORDS[s]}{separator}{COLOUR_WORDS[c]}" for c, s in items)
     else:
         listing = ", ".join(f"{COLOUR_WORDS[c]} {SHAPE_WORDS[s]}" for c, s in items)
     asked = rng.choice(n, min(questions, n), replace=False)
     segments: list[tuple[str, int]] = []
+    opened = False
+    if DENSE and rng.random() < 0.5:
+        each = ", ".join(
+            f"the {SHAPE_WORDS[shapes[k]]} is {COLOUR_WORDS[colours[k]]}" for k in rng.permutation(n)
+        )
+        question = (
+            f"<|im_start|>user\nObjects: {listing}. What colour is each shape?{eot}\n<|im_start|>assistant\n"
+        )
+        segments += [(question, PROMPT), ("T" + each[1:] + "." + eot, ANSWER)]
+        opened = True
     for i, k in enumerate(asked):
-        opening = f"<|im_start|>user\nObjects: {listing}. " if i == 0 else "\n<|im_start|>user\n"
+        opening = (
+            f"<|im_start|>user\nObjects: {listing}. " if i == 0 and not opened else "\n<|im_start|>user\n"
+        )
         question = f"{opening}What colour is the {SHAPE_WORDS[shapes[k]]}?{eot}\n<|im_start|>assistant\n"
         if RESTATE:
             colour = (f"The {SHAPE_WORDS[shapes[k]]} is", ANSWER), (f" {COLOUR_WORDS[colours[k]]}", ASKED)
             segments += [(question, PROMPT), *colour, ("." + eot, ANSWER)]
         else:
-            segments += [(question, PROMPT), (COLOUR_WORDS[colours[k]], ASKED), (eot, ANSWER)]
+            answer = (" " if SPACE_ANSWER else "") + COLOUR_WORDS[colours[k]]
+            segments += [(question, PROMPT), (answer, ASKED), (eot, ANSWER)]
     return segments
 
 
@@ -88,13 +113,16 @@ def encode(
 
 @torch.no_grad()
 def first_answer_accuracy(model, tokenizer, eot: str, batches: int = 10, seed: int = 99) -> float:
+    global DENSE
     rng = np.random.default_rng(seed)
     hits: list[bool] = []
+    dense, DENSE = DENSE, False  # the single question alone, as stage 3 asks it
     for _ in range(batches):
         input_ids, _, mask, asked = encode(tokenizer, [recall_segments(rng, 1, eot) for _ in range(16)])
         logits = model(input_ids=input_ids, attention_mask=mask).logits
         rows = torch.arange(len(asked))
         hits += (logits[rows, asked - 1].argmax(-1) == input_ids[rows, asked]).tolist()
+    DENSE = dense
     return float(np.mean(hits))
 
 
@@ -113,17 +141,37 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="language model blocks")
     parser.add_argument("--objects", type=int, nargs=2, default=[2, 7], help="fewest and most objects")
     parser.add_argument("--restate", action="store_true", help='answer "The star is red."')
-    parser.add_argument("--shape-first", action="store_true", help='list items as "star: red"')
+    parser.add_argument(
+        "--shape-first",
+        choices=["", "colon", "plain"],
+        default="",
+        help='list items as "star: red" or "star red"',
+    )
     parser.add_argument("--heads", type=int, default=4, help="attention heads")
     parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    parser.add_argument("--space-answer", action="store_true", help='answer " red", the listed token')
+    parser.add_argument("--constant-lr", action="store_true", help="no cosine decay after the warm-up")
+    parser.add_argument(
+        "--prev-aux",
+        type=float,
+        default=0.0,
+        help="weight of a previous-token read-out loss on a block's output",
+    )
+    parser.add_argument(
+        "--prev-layer", type=int, default=1, help="block whose output the read-out reads (1-based)"
+    )
+    parser.add_argument("--dense", action="store_true", help='open with "What colour is each shape?"')
     parser.add_argument("--load", default="", help="start from this backbone folder (e.g. an earlier --save)")
     parser.add_argument("--save", default="", help="save the trained backbone to this folder")
     parser.add_argument("--every", type=int, default=250, help="print the accuracy every this many steps")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    global OBJECTS, SHAPE_FIRST, RESTATE
+    global OBJECTS, SHAPE_FIRST, RESTATE, SPACE_ANSWER
     OBJECTS, SHAPE_FIRST, RESTATE = tuple(args.objects), args.shape_first, args.restate
+    SPACE_ANSWER = args.space_answer
+    global DENSE
+    DENSE = args.dense
     spec = TinySpec(
         rope_theta=args.rope_theta,
         hidden_size=args.hidden_size,
@@ -135,18 +183,35 @@ def main() -> None:
     backbone = load_backbone(args.load) if args.load else build_tiny("qwen2_5_vl", seed=0, spec=spec)
     model, tokenizer, eot = backbone.model, backbone.tokenizer, backbone.tokenizer.eos_token
 
+    prev_head = torch.nn.Linear(spec.hidden_size, len(tokenizer), bias=False)
+
     def step(index: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         if index % args.every == 0:
-            print(json.dumps({"step": index, "accuracy": first_answer_accuracy(model, tokenizer, eot, 4)}))
+            print(json.dumps({"step": index, "accuracy": first_answer_accuracy(model, tokenizer, eot, 8)}))
         batch = [recall_segments(rng, args.questions, eot) for _ in range(args.batch_size)]
         input_ids, labels, mask, _ = encode(tokenizer, batch)
-        loss = next_token_loss(model(input_ids=input_ids, attention_mask=mask).logits, labels)
-        return loss, {"lm": float(loss.detach())}
+        out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=args.prev_aux > 0)
+        loss = next_token_loss(out.logits, labels)
+        parts = {"lm": float(loss.detach())}
+        if args.prev_aux > 0:  # the block's output at t names the token at t − 1
+            states = out.hidden_states[args.prev_layer][:, 1:]
+            previous = input_ids[:, :-1].masked_fill(mask[:, :-1] == 0, -100)
+            aux = torch.nn.functional.cross_entropy(
+                prev_head(states).flatten(0, 1), previous.flatten(), ignore_index=-100
+            )
+            loss = loss + args.prev_aux * aux
+            parts["prev"] = float(aux.detach())
+        return loss, parts
 
     schedule = Schedule(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        min_lr_fraction=1.0 if args.constant_lr else 0.05,
     )
-    run_loop([model.model.language_model, model.lm_head], schedule, step, 0, "recall", True)
+    modules = [model.model.language_model, model.lm_head] + ([prev_head] if args.prev_aux > 0 else [])
+    run_loop(modules, schedule, step, 0, "recall", True)
     model.eval()
     print(json.dumps({"step": args.steps, "accuracy": first_answer_accuracy(model, tokenizer, eot)}))
     if args.save:

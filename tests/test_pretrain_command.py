@@ -25,6 +25,9 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert grounded.grounding.weight == 0.25 and grounded.grounding.layers == default.grounding.layers
     assert grounded.instruct_stage() != default.instruct_stage()  # a new stage-3 key …
     assert grounded.align_stage() == default.align_stage()  # … and nothing before it
+    recall = stack_config(PretrainCommandConfig(recall_steps=9)).recall
+    assert recall.schedule.steps == 9 and recall.schedule.batch_size == default.recall.schedule.batch_size
+    assert recall.objects == default.recall.objects
 
 
 def test_help_documents_every_flag(capsys):

@@ -22,6 +22,7 @@ from segcompass.pretrain.stack import (
     build_stack,
     stack_folder,
 )
+from segcompass.pretrain.text import RecallPhase
 from segcompass.stages import StageMissing, build_stage
 
 pytestmark = pytest.mark.slow
@@ -97,6 +98,9 @@ def test_stack_builds_each_stage_once_and_keys_follow_the_chain(tmp_path):
     assert VISION.key(words.vision_stage()) == VISION.key(config.vision_stage())
     assert ALIGN.key(words.align_stage()) != ALIGN.key(config.align_stage())
     assert TEXT.key(other.text_stage()) == TEXT.key(config.text_stage())
+    recall = toy(recall=RecallPhase(Schedule(steps=2, batch_size=4)))
+    assert TEXT.key(recall.text_stage()) != TEXT.key(config.text_stage())
+    assert VISION.key(recall.vision_stage()) == VISION.key(config.vision_stage())
 
 
 def test_alignment_starts_from_stage_0s_language_model_and_stage_1s_tower(tmp_path):
@@ -118,11 +122,15 @@ def test_stack_is_deterministic_for_a_seed(tmp_path):
 
 
 def test_stack_config_round_trips_through_a_stage_config():
-    config = toy(seed=3, format_probability=0.25, align_trains="merger", text_scenes=7)
+    recall = RecallPhase(
+        Schedule(steps=5, batch_size=8, min_lr_fraction=1.0), (2, 4), 3, ("colour", "describe")
+    )
+    config = toy(seed=3, format_probability=0.25, align_trains="merger", text_scenes=7, recall=recall)
     # Every field a stage reads survives (stage 0's through the "language" branch); the held-out split
     # size is the evaluation's, not a stage's.
     assert StackConfig.from_stage(config.instruct_stage()) == replace(config, val_scenes=300)
     assert StackConfig.from_stage(config.text_stage()).text_scenes == 7
+    assert StackConfig.from_stage(json.loads(json.dumps(config.text_stage()))).recall == recall
     merger = config.align_stage()
     assert ALIGN.key(merger) != ALIGN.key(replace(config, align_trains="language").align_stage())
     assert merger["language"] == config.text_stage() and merger["previous"] == config.vision_stage()

@@ -17,7 +17,16 @@ from segcompass.pretrain.evaluate import question_accuracy
 from segcompass.pretrain.language import FeatureCache, encode_dialogues, lm_logits
 from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.pool import ProcessorGrid, build_pool
-from segcompass.pretrain.text import text_dialogue, text_samples, train_text
+from segcompass.pretrain.text import (
+    LOOKUP_KINDS,
+    RecallPhase,
+    describe_again,
+    recall_dialogue,
+    short_scene,
+    text_dialogue,
+    text_samples,
+    train_text,
+)
 from segcompass.world import WorldConfig
 from segcompass.world.generate import generate_sample
 
@@ -128,3 +137,72 @@ def test_text_question_accuracy_puts_each_scene_in_words_before_its_question(set
     assert [r["measure"] for r in rows] == [f"text_{k}" for k in QUESTION_KINDS]
     assert seen and all(d.context == scene_text(pool[d.scene].sample) for d in seen)
     assert sum(r["n"] for r in rows) == len({(d.scene, d.turns[0].question) for d in seen})
+
+
+def test_a_short_scene_keeps_n_of_the_objects_in_their_order():
+    sample = generate_sample(WorldConfig(), "train", 0)
+    objects = sample.scene.objects
+    short = short_scene(sample, 2, np.random.default_rng(0))
+    kept = short.scene.objects
+    assert len(kept) == 2 and all(o in objects for o in kept)
+    assert [objects.index(o) for o in kept] == sorted(objects.index(o) for o in kept)
+    assert sample.scene.objects is objects and len(objects) > 2  # the sample itself is untouched
+    assert short_scene(sample, 99, np.random.default_rng(0)).scene.objects == objects
+
+
+def test_recall_dialogues_ask_about_the_short_scene_in_their_context():
+    phase = RecallPhase(objects=(2, 3), questions=2)
+    rng = np.random.default_rng(1)
+    samples = text_samples(WorldConfig(), "train", 20)
+    for i, sample in enumerate(samples):
+        dialogue = recall_dialogue(i, sample, rng, phase)
+        assert dialogue.scene == i and dialogue.context.startswith("Objects: ")
+        named = dialogue.context.count(" at the ")
+        assert 1 <= named <= 3 and 1 <= len(dialogue.turns) <= 2
+        for turn in dialogue.turns:
+            assert turn.kind in LOOKUP_KINDS or (turn.kind == "count" and len(dialogue.turns) == 1)
+            if turn.kind == "colour":  # the answer is the colour of a listed object of the named shape
+                shape = turn.question.removesuffix("?").split()[-1]
+                assert f"{turn.answer} {shape} at the" in dialogue.context
+
+
+def test_describe_again_says_the_context_again():
+    sample = short_scene(generate_sample(WorldConfig(), "train", 3), 3, np.random.default_rng(0))
+    turn = describe_again(sample)
+    context = scene_text(sample).removeprefix("Objects: ")
+    assert turn.kind == "describe" and turn.answer == context[0].upper() + context[1:]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"objects": (3, 2)},
+        {"objects": (0, 2)},
+        {"questions": 0},
+        {"kinds": ("colour", "smell")},
+        {"kinds": ()},
+    ],
+)
+def test_a_bad_recall_phase_is_refused(bad):
+    with pytest.raises(ValueError):
+        RecallPhase(**bad)
+
+
+def test_the_recall_phase_runs_first_and_with_its_own_batches(toy_vlm_spec, monkeypatch):
+    from segcompass.pretrain import text
+
+    seen: list[list[Dialogue]] = []
+    real = text.encode_dialogues
+
+    def spy(backbone, pool, dialogues):
+        seen.append(list(dialogues))
+        return real(backbone, pool, dialogues)
+
+    monkeypatch.setattr(text, "encode_dialogues", spy)
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+    samples = text_samples(WorldConfig(), "train", 4)
+    phase = RecallPhase(Schedule(steps=2, batch_size=3), objects=(2, 2), questions=1)
+    record = train_text(backbone, samples, Schedule(steps=1, batch_size=2), 2, 0.0, 2, 0, False, phase)
+    assert len(record.losses) == 3 and [len(b) for b in seen] == [3, 3, 2]
+    assert all(d.context.count(" at the ") <= 2 and len(d.turns) == 1 for b in seen[:2] for d in b)
+    assert all(d.context == scene_text(samples[d.scene]) for d in seen[2])

@@ -32,6 +32,8 @@ class PretrainCommandConfig:
 
     seed: int = 0
     """Seed of the init, the batch order and the dialogues."""
+    recall_steps: int = _DEFAULT.recall.schedule.steps
+    """Stage 0's recall-phase steps (short scenes in words, look-up questions, large batches; 0: none)."""
     text_steps: int = _DEFAULT.text.steps
     """Stage 0 optimiser steps (language model on the scenes in words + questions)."""
     vision_steps: int = _DEFAULT.vision.steps
@@ -64,6 +66,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         seed=cfg.seed,
         train_scenes=cfg.train_scenes,
         val_scenes=cfg.val_scenes,
+        recall=replace(d.recall, schedule=replace(d.recall.schedule, steps=cfg.recall_steps)),
         text=replace(d.text, steps=cfg.text_steps),
         vision=replace(d.vision, steps=cfg.vision_steps),
         align=replace(d.align, steps=cfg.align_steps),

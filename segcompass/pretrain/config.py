@@ -14,6 +14,7 @@ from segcompass.world.config import WorldConfig
 
 from .grounding import Grounding
 from .optim import Schedule
+from .text import RecallPhase
 from .vision import VisionObjective
 
 IMAGE_PIXELS = (280 * 280, 288 * 288)
@@ -55,6 +56,8 @@ class StackConfig:
     vision_pixels: int = 224 * 224
     """Stage 1 trains the tower at this many pixels per image (≈ 8 × 8 tokens; cheaper than the final
     ≈ 10 × 10; the rotary tower carries over to the final size)."""
+    recall: RecallPhase = field(default_factory=RecallPhase)
+    """Stage 0's first phase: short scenes in words, look-up questions, large batches (0 steps: none)."""
     text: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=32, lr=2e-3))
     """Stage 0 optimiser (language model on text dialogues: the scene in words, then questions)."""
     vision: Schedule = field(default_factory=lambda: Schedule(steps=2000, batch_size=16, lr=3e-3))
@@ -78,6 +81,8 @@ class StackConfig:
     def __post_init__(self) -> None:
         if isinstance(self.text, dict):
             self.text = Schedule(**self.text)
+        if isinstance(self.recall, dict):
+            self.recall = RecallPhase(**self.recall)
         if isinstance(self.vision, dict):
             self.vision = Schedule(**self.vision)
         if isinstance(self.align, dict):
@@ -103,6 +108,7 @@ class StackConfig:
             "tiny",
             "world",
             "text_scenes",
+            "recall",
             "text",
             "questions_per_dialogue",
             "format_probability",

@@ -85,6 +85,7 @@ def build_text(stage_config: dict[str, Any], folder: Path) -> None:
         config.format_probability,
         config.num_slots,
         config.seed * 7919,
+        recall=config.recall,
     )
     metrics = {
         "wall_s": record.wall_s,

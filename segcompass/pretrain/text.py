@@ -8,6 +8,9 @@ steps of 16 sequences — while 1500 steps of 128 short sequences take it to 0.9
 skill needs many examples, which text gives cheaply: stage 0 trains the language model on stage 3's
 dialogues with each scene's objects written out in words (`scene_text`) where the image would be — many
 scenes, large batches, no image tokens. Stage 2 starts from the language model it leaves.
+
+An optional first phase (`RecallPhase`, off by default) trains on short scenes (two or so of a scene's
+objects) with look-up questions only, in batches of 128 — the regime in which the probe formed the look-up.
 """
 
 from __future__ import annotations
@@ -15,18 +18,55 @@ from __future__ import annotations
 import dataclasses
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from segcompass.backbones import Backbone
+from segcompass.warmup.tasks import DESCRIBE_PROMPT
 from segcompass.world.config import WorldConfig
 from segcompass.world.generate import generate_sample
+from segcompass.world.language import describe_objects
 from segcompass.world.scene import WorldSample
 
-from .dialogue import Dialogue, qa_dialogue, scene_text
+from .dialogue import QUESTION_KINDS, Dialogue, Turn, qa_dialogue, question_turn, scene_text
 from .language import encode_dialogues, lm_logits, next_token_loss
 from .optim import LoopRecord, Schedule, run_loop, train_only
+
+LOOKUP_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position")
+"""Question kinds that read an attribute of a named object (the look-up the recall phase is for)."""
+RECALL_KINDS: tuple[str, ...] = (*QUESTION_KINDS, "describe")
+"""Turn kinds the recall phase can draw: the questions, and "describe" (the short scene's objects said
+again in the description's words: a copy of the context, the task that forms induction-style heads)."""
+
+
+@dataclass
+class RecallPhase:
+    """Stage 0's first phase: short scenes in words (a few objects of a train scene) with questions about
+    named objects only, in large batches — the regime in which the tiny language model learns to read a
+    named object's attribute out of its context (results/warmup.md, the recall probe)."""
+
+    schedule: Schedule = field(
+        default_factory=lambda: Schedule(steps=0, batch_size=128, lr=2e-3, min_lr_fraction=0.05)
+    )
+    """Optimiser of the phase (0 steps: no recall phase)."""
+    objects: tuple[int, int] = (2, 2)
+    """Fewest and most objects of a short scene (capped by the scene's own count)."""
+    questions: int = 2
+    """Question turns per sequence."""
+    kinds: tuple[str, ...] = LOOKUP_KINDS
+    """Question kinds drawn from (each turn uniformly)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schedule, dict):
+            self.schedule = Schedule(**self.schedule)
+        self.objects, self.kinds = tuple(self.objects), tuple(self.kinds)
+        if not 1 <= self.objects[0] <= self.objects[1] or self.questions < 1:
+            raise ValueError(f"need 1 <= objects[0] <= objects[1] and questions >= 1; got {self}")
+        unknown = set(self.kinds) - set(RECALL_KINDS)
+        if not self.kinds or unknown:
+            raise ValueError(f"kinds must be a non-empty subset of {RECALL_KINDS}; got {self.kinds}")
 
 
 def _text_sample(args: tuple[WorldConfig, str, int]) -> WorldSample:
@@ -56,6 +96,40 @@ def text_dialogue(
     return dataclasses.replace(dialogue, context=scene_text(sample))
 
 
+def short_scene(sample: WorldSample, n: int, rng: np.random.Generator) -> WorldSample:
+    """`sample` with `n` of its objects (drawn at random, kept in their order; all when it has fewer)."""
+    objects = sample.scene.objects
+    keep = np.sort(rng.choice(len(objects), size=min(n, len(objects)), replace=False))
+    scene = dataclasses.replace(sample.scene, objects=[objects[int(i)] for i in keep])
+    return dataclasses.replace(sample, scene=scene)
+
+
+def describe_again(sample: WorldSample) -> Turn:
+    """ "Describe the image." → its objects in the description's words ("A medium blue star at the top and …")."""
+    scene = sample.scene
+    words = describe_objects(scene.objects, scene.width, scene.height)
+    return Turn("describe", DESCRIBE_PROMPT, words[0].upper() + words[1:] + ".")
+
+
+def recall_dialogue(
+    index: int, sample: WorldSample, rng: np.random.Generator, phase: RecallPhase
+) -> Dialogue:
+    """Questions about named objects of a short scene of `sample`, the scene in words in the image's place
+    (a count question when no object of the short scene can be named)."""
+    short = short_scene(sample, int(rng.integers(phase.objects[0], phase.objects[1] + 1)), rng)
+    turns: list[Turn] = []
+    for _ in range(4 * phase.questions):
+        if len(turns) == phase.questions:
+            break
+        kind = phase.kinds[int(rng.integers(len(phase.kinds)))]
+        turn = describe_again(short) if kind == "describe" else question_turn(short, kind, rng)
+        if turn is not None and all(t.question != turn.question for t in turns):
+            turns.append(turn)
+    if not turns:
+        turns.append(question_turn(short, "count", rng))
+    return Dialogue(index, tuple(turns), context=scene_text(short))
+
+
 def train_text(
     backbone: Backbone,
     samples: list[WorldSample],
@@ -65,20 +139,39 @@ def train_text(
     num_slots: int,
     seed: int,
     progress: bool = True,
+    recall: RecallPhase | None = None,
 ) -> LoopRecord:
-    """Train the language model (embeddings, blocks, head) on text dialogues about `samples`."""
+    """Train the language model (embeddings, blocks, head) on text dialogues about `samples`: first the
+    `recall` phase (short scenes, look-up questions), then stage 3's dialogues with the scene in words."""
     model = backbone.model
     language = [model.model.language_model, model.lm_head]
     train_only(model, language)
 
-    def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        picks = rng.choice(len(samples), size=schedule.batch_size, replace=schedule.batch_size > len(samples))
-        dialogues = [
-            text_dialogue(int(i), samples[i], rng, num_questions, format_probability, num_slots)
-            for i in picks
-        ]
+    def loss_of(dialogues: list[Dialogue]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = encode_dialogues(backbone, None, dialogues)
         loss = next_token_loss(lm_logits(backbone, batch, None), batch.labels)
         return loss, {"lm": float(loss.detach())}
 
-    return run_loop(language, schedule, step_loss, seed, "stage 0: text", progress)
+    def picks(rng: np.random.Generator, n: int) -> list[int]:
+        return [int(i) for i in rng.choice(len(samples), size=n, replace=n > len(samples))]
+
+    def recall_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return loss_of(
+            [recall_dialogue(i, samples[i], rng, recall) for i in picks(rng, recall.schedule.batch_size)]
+        )
+
+    def dialogue_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return loss_of(
+            [
+                text_dialogue(i, samples[i], rng, num_questions, format_probability, num_slots)
+                for i in picks(rng, schedule.batch_size)
+            ]
+        )
+
+    record = LoopRecord()
+    if recall is not None and recall.schedule.steps > 0:
+        record = run_loop(language, recall.schedule, recall_loss, seed + 1, "stage 0: recall", progress)
+    dialogues = run_loop(language, schedule, dialogue_loss, seed, "stage 0: text", progress)
+    return LoopRecord(
+        record.losses + dialogues.losses, record.parts + dialogues.parts, record.wall_s + dialogues.wall_s
+    )
