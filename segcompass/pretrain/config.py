@@ -108,13 +108,15 @@ class StackConfig:
             "tiny",
             "world",
             "text_scenes",
-            "recall",
             "text",
             "questions_per_dialogue",
             "format_probability",
             "num_slots",
         )
-        return {k: _plain(getattr(self, k)) for k in keys}
+        stage = {k: _plain(getattr(self, k)) for k in keys}
+        if self.recall.schedule.steps > 0:  # without a recall phase, stage 0 keeps the key it had before it
+            stage["recall"] = _plain(self.recall)
+        return stage
 
     def vision_stage(self) -> dict[str, Any]:
         keys = (
