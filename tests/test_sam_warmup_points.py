@@ -236,16 +236,17 @@ def test_the_cache_key_follows_every_new_field_and_the_version(monkeypatch) -> N
     base = SamWarmupConfig()
     keys = {base.key(), SAM_STAGE.key(base)}
     for change in ({"point_fraction": 0.7}, {"negative_prob": 0.2}, {"max_negatives": 3},
-                   {"eval_size": 256, "loss_size": 64}, {"loss_size": 64}, {"tie_qk_init": False}):  # fmt: skip
+                   {"eval_size": 256, "loss_size": 64}, {"loss_size": 64}, {"tie_qk_init": False},
+                   {"coarse_noise": 1.5}, {"refine_iters": 0}):  # fmt: skip
         other = SamWarmupConfig(**change)
         assert other.key() != base.key() and SAM_STAGE.key(other) != SAM_STAGE.key(base), change
         keys.add(other.key())
-    assert len(keys) == 8 and SAM_STAGE.version == 2
+    assert len(keys) == 10 and SAM_STAGE.version == 3
     from segcompass.sam_warmup import config as config_module
 
-    v2 = base.key()
-    monkeypatch.setattr(config_module, "SAM_WARMUP_VERSION", 1)  # a v1 config of the same fields
-    assert '"sam_warmup_version": 1' in SamWarmupConfig().to_json() and SamWarmupConfig().key() != v2
+    v3 = base.key()
+    monkeypatch.setattr(config_module, "SAM_WARMUP_VERSION", 2)  # a v2 config of the same fields
+    assert '"sam_warmup_version": 2' in SamWarmupConfig().to_json() and SamWarmupConfig().key() != v3
     with pytest.raises(ValueError, match="point_fraction"):
         SamWarmupConfig(point_fraction=1.5)
     with pytest.raises(ValueError, match="loss_size"):

@@ -23,6 +23,11 @@ class SamWarmupCommandConfig:
     """Weight of the auxiliary per-patch colour / shape classification (0: SAM's objective alone)."""
     point_fraction: float = SamWarmupConfig.point_fraction
     """Fraction of prompts that are point prompts (the rest dense mask prompts)."""
+    refine_iters: int = SamWarmupConfig.refine_iters
+    """SAM's iterative training: extra decoder passes per prompt (the previous logits as the mask prompt, a
+    click on the previous error for point prompts)."""
+    coarse_noise: float = SamWarmupConfig.coarse_noise
+    """Std of the noise on the coarse dense training prompts' logits."""
     train_scenes: int = SamWarmupConfig.train_scenes
     """Training scenes."""
     val_scenes: int = SamWarmupConfig.val_scenes
@@ -36,7 +41,8 @@ class SamWarmupCommandConfig:
 def run_sam_warmup_command(cfg: SamWarmupCommandConfig) -> None:
     config = SamWarmupConfig(
         seed=cfg.seed, steps=cfg.steps, batch_images=cfg.batch_images, attribute_weight=cfg.attribute_weight,
-        point_fraction=cfg.point_fraction, train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
+        point_fraction=cfg.point_fraction, refine_iters=cfg.refine_iters, coarse_noise=cfg.coarse_noise,
+        train_scenes=cfg.train_scenes, val_scenes=cfg.val_scenes,
     )  # fmt: skip
     art = tiny_sam(config, cfg.cache_dir or None, force=cfg.force)
     ev = art.evaluation

@@ -11,9 +11,11 @@ from typing import Any
 from segcompass.head.config import SamDecoderConfig, SamEncoderConfig
 from segcompass.world.config import WorldConfig
 
-SAM_WARMUP_VERSION = 2
+SAM_WARMUP_VERSION = 3
 """Bumped whenever data, prompts or the loop change what a config produces (part of the cache key).
-2: point prompts, the loss on masks upsampled to `loss_size`, evaluation at `eval_size`."""
+2: point prompts, the loss on masks upsampled to `loss_size`, evaluation at `eval_size`.
+3: SAM's iterative training (`refine_iters` 1), noise-free coarse prompts, a quarter of the dense prompts
+blobs, no attribute classifier."""
 
 
 def _default_encoder() -> dict[str, Any]:
@@ -65,7 +67,7 @@ class SamWarmupConfig:
     """AdamW weight decay."""
     focal_weight: float = 20.0
     """Weight of the focal term (SAM: 20 focal : 1 dice)."""
-    attribute_weight: float = 1.0
+    attribute_weight: float = 0.0
     """Weight of the auxiliary per-patch colour / shape classification (0: SAM's objective alone)."""
     point_fraction: float = 0.5
     """Fraction of prompts that are point prompts; the rest are dense mask prompts."""
@@ -73,8 +75,15 @@ class SamWarmupConfig:
     """Probability that a point prompt also has negative points (on other instances or nearby background)."""
     max_negatives: int = 2
     """Most negative points of a point prompt (1 … this many when it has any)."""
-    blob_fraction: float = 0.5
+    blob_fraction: float = 0.25
     """Fraction of the dense prompts that are a Gaussian blob inside the instance; the rest are coarse masks."""
+    coarse_noise: float = 0.0
+    """Std of the Gaussian noise added to the coarse dense prompts' logits (±6 scale; the evaluation's coarse
+    heatmap has none)."""
+    refine_iters: int = 1
+    """SAM's iterative training: extra decoder passes per prompt, each taking the previous pass's low-res
+    logits (detached) as the dense mask prompt; point prompts also get one click on the previous pass's error
+    (`points.error_clicks`); the loss is the mean over all passes. 0: one pass."""
     tie_qk_init: bool = True
     """Initialise the decoder's token↔image cross-attention keys as its queries (`train.tie_cross_attention_qk`),
     so point prompts localise from the first step; False: segment-anything's independent init."""
@@ -96,6 +105,8 @@ class SamWarmupConfig:
         for name in ("point_fraction", "negative_prob", "blob_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.coarse_noise < 0 or self.refine_iters < 0:
+            raise ValueError("coarse_noise and refine_iters must be >= 0")
         if self.max_negatives < 1:
             raise ValueError(f"max_negatives must be >= 1, got {self.max_negatives}")
         if self.train_scenes < 1 or self.val_scenes < 1:

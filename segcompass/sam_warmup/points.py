@@ -116,3 +116,25 @@ def stack_points(prompts: list[PointPrompt], fine_size: int, img_size: int) -> t
         coords[i, : len(p.labels)] = to_input_coords(p.yx, fine_size, img_size)
         labels[i, : len(p.labels)] = p.labels
     return coords, labels
+
+
+def error_clicks(pred: Tensor, target: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """SAM's iterative-training click: for each prompt one pixel uniform in the error region of the previous
+    prediction, labelled positive where the instance was missed and negative where the mask leaked.
+
+    Args:
+        pred, target: bool [N, F, F] the previous prediction (thresholded) and the instance.
+    Returns:
+        (yx [N, 2] long pixels, labels [N] long); a prompt without errors gets label −1 (SAM's padding) at (0, 0).
+    """
+    error = (pred ^ target).flatten(1)  # [N, F·F]
+    has = error.any(1)  # [N]
+    weights = error.float()
+    weights[~has] = 1.0  # any pixel; labelled padding below
+    flat = torch.multinomial(weights, 1, generator=generator)[:, 0]  # [N]
+    side = target.shape[-1]
+    yx = torch.stack([flat // side, flat % side], dim=1)  # [N, 2]
+    labels = target.flatten(1).gather(1, flat[:, None])[:, 0].long()  # 1 missed, 0 leaked
+    labels[~has] = PADDING
+    yx[~has] = 0
+    return yx, labels

@@ -1,13 +1,15 @@
 """The tiny-SAM warm-up loop: SAM's promptable objective (20·focal + dice on the prompted instance's mask,
 the low-res logits upsampled to `loss_size`) on world scenes, prompts a mix of SAM's point prompts and
-dense mask prompts; every parameter of the image encoder, prompt encoder and mask decoder trained."""
+dense mask prompts, each followed by `refine_iters` passes of SAM's iterative training (the previous logits as
+the mask prompt, a click on the previous error); every parameter of the image encoder, prompt encoder and
+mask decoder trained."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ from segcompass.world.generate import generate_split
 from segcompass.world.vocab import COLOURS, SHAPES
 
 from .config import SamWarmupConfig
-from .points import sample_point_prompt, stack_points
+from .points import error_clicks, sample_point_prompt, stack_points, to_input_coords
 from .prompts import blob_prompt, coarse_prompt
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,12 @@ class TinySam(nn.Module):
         return self._head[0](image_embeddings, prompts)
 
     def decode_points(
-        self, image_embeddings: Tensor, image_index: Tensor, coords: Tensor, labels: Tensor
+        self,
+        image_embeddings: Tensor,
+        image_index: Tensor,
+        coords: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
     ) -> Tensor:
         """Point prompts through SAM's prompt encoder (padded with one −1 point, as SAM without a box) and
         its no-mask embedding.
@@ -60,11 +67,12 @@ class TinySam(nn.Module):
             image_embeddings: [B, 256, g, g].
             image_index: [N] the image of each prompt.
             coords: [N, n, 2] (x, y) in input pixels; labels: [N, n] (1 positive, 0 negative, −1 padding).
+            masks: [N, 1, S, S] dense mask prompts (logits) beside the points, or None (SAM's no-mask embedding).
         Returns:
             mask logits [N, S, S].
         """
-        sparse, dense = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        # sparse: [N, n + 1, 256]; dense: [N, 256, g, g] (the no-mask embedding)
+        sparse, dense = self.prompt_encoder(points=(coords, labels), boxes=None, masks=masks)
+        # sparse: [N, n + 1, 256]; dense: [N, 256, g, g] (the mask prompt's or the no-mask embedding)
         return self._head[0].predict(image_embeddings, image_index, sparse, dense)
 
 
@@ -197,7 +205,7 @@ def sample_batch(data: SceneTensors, config: SamWarmupConfig, g: torch.Generator
             else:
                 m = inst[w]
                 blob = float(torch.rand((), generator=g)) < config.blob_fraction
-                dense.append(blob_prompt(m, g) if blob else coarse_prompt(m, g))
+                dense.append(blob_prompt(m, g) if blob else coarse_prompt(m, g, noise=config.coarse_noise))
                 dense_image.append(b)
                 dense_t.append(target)
     if points:
@@ -228,15 +236,30 @@ def upsample(logits: Tensor, size: int) -> Tensor:
     return x.view(*lead, size, size)
 
 
-def batch_logits(model: TinySam, emb: Tensor, batch: Batch) -> Tensor:
-    """Mask logits of every prompt of `batch` in `targets` order: [Nd + Np, S, S]."""
-    out = []
-    if len(batch.dense_image):
-        sparse, dense = model.prompt_encoder(points=None, boxes=None, masks=batch.dense[:, None])
+def batch_logits(model: TinySam, emb: Tensor, batch: Batch, previous: Tensor | None = None) -> Tensor:
+    """Mask logits of every prompt of `batch` in `targets` order: [Nd + Np, S, S]. `previous` [Nd + Np, S, S]:
+    a refinement pass, the previous logits as every prompt's dense mask prompt (in the dense prompts' place)."""
+    out, nd = [], len(batch.dense_image)
+    if nd:
+        masks = batch.dense if previous is None else previous[:nd]
+        sparse, dense = model.prompt_encoder(points=None, boxes=None, masks=masks[:, None])
         out.append(model._head[0].predict(emb, batch.dense_image, sparse, dense))
     if len(batch.point_image):
-        out.append(model.decode_points(emb, batch.point_image, batch.coords, batch.labels))
+        masks = None if previous is None else previous[nd:, None]
+        out.append(model.decode_points(emb, batch.point_image, batch.coords, batch.labels, masks))
     return torch.cat(out)
+
+
+def with_error_clicks(batch: Batch, logits: Tensor, img_size: int, g: torch.Generator) -> Batch:
+    """`batch` with one more click per point prompt, on the error of `logits` [Nd + Np, S, S] (upsampled to the
+    targets' side) against the targets (`points.error_clicks`)."""
+    nd, side = len(batch.dense_image), batch.targets.shape[-1]
+    if not len(batch.point_image):
+        return batch
+    pred = upsample(logits[nd:].detach(), side) > 0  # [Np, L, L]
+    yx, labels = error_clicks(pred, batch.targets[nd:] > 0.5, g)
+    coords = torch.cat([batch.coords, to_input_coords(yx, side, img_size)[:, None]], dim=1)
+    return replace(batch, coords=coords, labels=torch.cat([batch.labels, labels[:, None]], dim=1))
 
 
 @dataclass
@@ -261,6 +284,12 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def _mask_loss(config: SamWarmupConfig, low: Tensor, targets: Tensor) -> Tensor:
+    """SAM's mask loss, focal_weight·focal + dice, of low-res logits [N, S, S] upsampled to the targets' side."""
+    logits = upsample(low, targets.shape[-1])  # [N, L, L]
+    return (config.focal_weight * focal_per_pair(logits, targets) + dice_per_pair(logits, targets)).mean()
+
+
 def train(config: SamWarmupConfig, progress: bool = True, data: SceneTensors | None = None) -> SamTrainResult:
     """Train a tiny SAM from `config.seed` (deterministic for a seed on one thread count)."""
     t0 = time.perf_counter()
@@ -273,14 +302,19 @@ def train(config: SamWarmupConfig, progress: bool = True, data: SceneTensors | N
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, config.steps))
     g = torch.Generator().manual_seed(config.seed)
+    img_size = config.encoder_config().img_size
     losses = []
     bar = tqdm(range(config.steps), desc="tiny-SAM warm-up", disable=not progress)
     for _ in bar:
         batch = sample_batch(data, config, g)
         emb = model.image_encoder(batch.pixels)  # [B, 256, g, g]
-        logits = upsample(batch_logits(model, emb, batch), config.loss_size)  # [N, L, L]
-        t = batch.targets
-        loss = (config.focal_weight * focal_per_pair(logits, t) + dice_per_pair(logits, t)).mean()
+        low = batch_logits(model, emb, batch)  # [N, S, S]
+        loss = _mask_loss(config, low, batch.targets)
+        for _ in range(config.refine_iters):
+            batch = with_error_clicks(batch, low, img_size, g)
+            low = batch_logits(model, emb, batch, previous=low.detach())
+            loss = loss + _mask_loss(config, low, batch.targets)
+        loss = loss / (1 + config.refine_iters)
         if config.attribute_weight > 0:
             loss = loss + config.attribute_weight * probe.loss(emb, *data.patch_labels(batch.scenes))
         opt.zero_grad(set_to_none=True)
