@@ -56,7 +56,7 @@ class RecallPhase:
     questions: int = 2
     """Question turns per sequence."""
     kinds: tuple[str, ...] = LOOKUP_KINDS
-    """Question kinds drawn from (each turn uniformly)."""
+    """Turn kinds each turn is drawn from, uniformly (any of `RECALL_KINDS`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, dict):
