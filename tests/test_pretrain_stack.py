@@ -100,7 +100,8 @@ def test_stack_builds_each_stage_once_and_keys_follow_the_chain(tmp_path):
     assert TEXT.key(other.text_stage()) == TEXT.key(config.text_stage())
     recall = toy(recall=RecallPhase(Schedule(steps=2, batch_size=4)))
     assert TEXT.key(recall.text_stage()) != TEXT.key(config.text_stage())
-    assert "recall" not in config.text_stage()  # no recall phase: the key stage 0 had before the phase existed
+    # No recall phase: stage 0 keeps the key it had before the phase existed.
+    assert "recall" not in config.text_stage()
     assert VISION.key(recall.vision_stage()) == VISION.key(config.vision_stage())
 
 
