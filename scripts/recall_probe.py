@@ -167,11 +167,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250, help="print the accuracy every this many steps")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    global OBJECTS, SHAPE_FIRST, RESTATE, SPACE_ANSWER
+    global OBJECTS, SHAPE_FIRST, RESTATE, SPACE_ANSWER, DENSE
     OBJECTS, SHAPE_FIRST, RESTATE = tuple(args.objects), args.shape_first, args.restate
-    SPACE_ANSWER = args.space_answer
-    global DENSE
-    DENSE = args.dense
+    SPACE_ANSWER, DENSE = args.space_answer, args.dense
     spec = TinySpec(
         rope_theta=args.rope_theta,
         hidden_size=args.hidden_size,

@@ -30,7 +30,7 @@ def cached_scenes(config: SamWarmupConfig, split: str, n: int, folder: Path) -> 
     enc = config.encoder_config()
     path = folder / f"{split}{n}_i{enc.img_size}_s{config.mask_size}_f{config.eval_size}.pt"
     if path.exists():
-        return SceneTensors(**torch.load(path))
+        return SceneTensors(**torch.load(path, weights_only=True))  # tensors and lists only
     data = scene_tensors(config, split, n)
     torch.save(asdict(data), path)
     return data
@@ -55,14 +55,18 @@ def main() -> None:
     torch.manual_seed(config.seed + 1)
     evaluation = evaluate_models(result.model, TinySam(config).eval(), val_data)
     out = {
-        "name": args.name, "overrides": overrides, "train_s": train_s,
-        "eval_s": time.perf_counter() - t0 - train_s, "threads": torch.get_num_threads(),
-        "loss_last50": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])), **evaluation,
-    }  # fmt: skip
+        "name": args.name,
+        "overrides": overrides,
+        "train_s": train_s,
+        "eval_s": time.perf_counter() - t0 - train_s,
+        "threads": torch.get_num_threads(),
+        "loss_last50": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
+        **evaluation,
+    }
     (folder / f"trial_{args.name}.json").write_text(json.dumps(out, indent=2))
     torch.save(result.model.state_dict(), folder / f"model_{args.name}.pt")
-    logger.info("%s: train %.0f s\n%s", args.name, train_s,
-                evaluation_table(evaluation).to_string(float_format="{:.3f}".format))  # fmt: skip
+    table = evaluation_table(evaluation).to_string(float_format="{:.3f}".format)
+    logger.info("%s: train %.0f s\n%s", args.name, train_s, table)
 
 
 if __name__ == "__main__":

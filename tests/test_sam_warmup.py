@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from _head_common import make_sae
+from _sam_small import SMALL_SAM
 
 from segcompass.head import build_head
 from segcompass.model import cpu_head_config
@@ -15,12 +16,7 @@ from segcompass.sam_warmup import SamWarmupConfig, TinySam, resolve_sam, tiny_sa
 from segcompass.sam_warmup.prompts import blob_prompt, centre_blob_prompt, coarse_prompt
 from segcompass.sam_warmup.train import SceneTensors, sample_batch, scene_tensors, train
 
-SMALL = dict(
-    encoder={"embed_dim": 16, "depth": 1, "num_heads": 2, "global_attn_indexes": [0], "img_size": 64,
-             "patch_size": 16, "window_size": 2},
-    decoder={"transformer_depth": 1, "transformer_mlp_dim": 16, "transformer_heads": 2, "iou_head_hidden_dim": 8},
-    steps=4, batch_images=2, prompts_per_image=2, train_scenes=3, val_scenes=2, eval_size=32, loss_size=32,
-)  # fmt: skip
+SMALL = {**SMALL_SAM, "steps": 4, "prompts_per_image": 2}
 
 
 def _square(s: int = 16, lo: int = 4, hi: int = 10) -> torch.Tensor:

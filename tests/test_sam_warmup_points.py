@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _sam_small import SMALL_SAM, rect
 
 from segcompass.sam_warmup import SAM_STAGE, SamWarmupConfig, TinySam
 from segcompass.sam_warmup.evaluate import (
@@ -31,18 +32,7 @@ from segcompass.sam_warmup.points import (
 from segcompass.sam_warmup.prompts import coarse_heatmap
 from segcompass.sam_warmup.train import SceneTensors, sample_batch, scene_tensors, upsample
 
-SMALL = dict(
-    encoder={"embed_dim": 16, "depth": 1, "num_heads": 2, "global_attn_indexes": [0], "img_size": 64,
-             "patch_size": 16, "window_size": 2},
-    decoder={"transformer_depth": 1, "transformer_mlp_dim": 16, "transformer_heads": 2, "iou_head_hidden_dim": 8},
-    steps=2, batch_images=2, prompts_per_image=3, train_scenes=3, val_scenes=2, eval_size=32, loss_size=32,
-)  # fmt: skip
-
-
-def _rect(side: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-    m = torch.zeros(side, side, dtype=torch.bool)
-    m[y0:y1, x0:x1] = True
-    return m
+SMALL = SMALL_SAM
 
 
 def test_point_prompts_encode_to_sam_tokens_and_the_point_matters() -> None:
@@ -113,26 +103,26 @@ def test_points_map_to_sam_input_pixels() -> None:
 
 def test_interior_point_on_hand_built_masks() -> None:
     # a 7 × 7 square: its centre pixel is the one farthest from the outside (distance 4)
-    assert interior_point(_rect(20, 2, 9, 5, 12)) == (5, 8)
+    assert interior_point(rect(20, 2, 9, 5, 12)) == (5, 8)
     # a 7 × 11 rectangle: row 5, cols 8 … 12 all lie 4 from the outside; the first in raster order wins
-    assert interior_point(_rect(20, 2, 9, 5, 16)) == (5, 8)
+    assert interior_point(rect(20, 2, 9, 5, 16)) == (5, 8)
     # an even 4 × 4 square: four pixels tie at distance 2, the first in raster order wins
-    assert interior_point(_rect(10, 2, 6, 2, 6)) == (3, 3)
+    assert interior_point(rect(10, 2, 6, 2, 6)) == (3, 3)
     # an L: a 6 × 6 block with a 2-wide arm; the point is in the block, not the arm
-    m = _rect(20, 0, 6, 0, 6) | _rect(20, 0, 2, 6, 18)
+    m = rect(20, 0, 6, 0, 6) | rect(20, 0, 2, 6, 18)
     assert interior_point(m) == (2, 2)
     # the array edge counts as outside: a mask touching the border is not deepest at the border
-    assert interior_point(_rect(8, 0, 8, 0, 3)) == (1, 1)  # distance min(2, y + 1, 8 − y): 2 first at y = 1
+    assert interior_point(rect(8, 0, 8, 0, 3)) == (1, 1)  # distance min(2, y + 1, 8 − y): 2 first at y = 1
     with pytest.raises(ValueError, match="non-empty"):
         interior_point(torch.zeros(4, 4, dtype=torch.bool))
 
 
 def test_coarse_heatmap_on_a_grid_aligned_square() -> None:
-    h = coarse_heatmap(_rect(16, 4, 8, 4, 8))  # covers cell (1, 1) of the 4 × 4 grid exactly
+    h = coarse_heatmap(rect(16, 4, 8, 4, 8))  # covers cell (1, 1) of the 4 × 4 grid exactly
     # bilinear (align_corners=False): pixel 5 and 6 sit ⅛ of a cell from the cell centre → 0.875 per axis
     assert float(h[5, 5]) == pytest.approx(6.0 * (2 * 0.875**2 - 1))
     assert float(h[0, 0]) == pytest.approx(-6.0) and float(h[15, 15]) == pytest.approx(-6.0)
-    assert h.shape == (16, 16) and torch.equal(h, coarse_heatmap(_rect(16, 4, 8, 4, 8)))  # no noise
+    assert h.shape == (16, 16) and torch.equal(h, coarse_heatmap(rect(16, 4, 8, 4, 8)))  # no noise
     # pixel 4: source 0.625 → 0.625 per axis; pixel 3: 0.375 — so row 5 is positive from col 4 to 7 only
     assert (h[5] > 0).nonzero().flatten().tolist() == [4, 5, 6, 7]
 
@@ -142,8 +132,8 @@ def test_iou_at_the_evaluation_side_on_a_hand_computed_case() -> None:
     low[0, 8:16, 8:16] = 1.0
     pred = upsample(low, 128) > 0  # the 8 × 8 square becomes exactly rows/cols 16…31 at 128²
     assert pred.shape == (1, 128, 128) and int(pred.sum()) == 256
-    assert torch.equal(pred[0], _rect(128, 16, 32, 16, 32))
-    gt = _rect(128, 16, 32, 16, 40)[None]  # 16 × 24
+    assert torch.equal(pred[0], rect(128, 16, 32, 16, 32))
+    gt = rect(128, 16, 32, 16, 40)[None]  # 16 × 24
     assert float(mask_iou(pred, gt)) == pytest.approx(256 / 384)
     assert (
         float(mask_iou(torch.zeros(1, 4, 4, dtype=torch.bool), torch.zeros(1, 4, 4, dtype=torch.bool))) == 0.0
@@ -157,7 +147,7 @@ def test_point_baseline_is_the_equal_area_disk_around_the_interior_point() -> No
     assert interior_point(circle) == (30, 25)
     # its own equal-area disk: radius √(area/π) ≈ 10 (the pixel count is not π·r² exactly) → IoU near 1
     assert float(mask_iou(disk_baseline(circle)[None], circle[None])) > 0.95
-    square = _rect(side, 10, 30, 10, 30)  # 20 × 20; interior point (19, 19), disk radius √(400/π)
+    square = rect(side, 10, 30, 10, 30)  # 20 × 20; interior point (19, 19), disk radius √(400/π)
     rad = math.sqrt(400 / math.pi)
     expected = sum(1 for y in range(side) for x in range(side) if (y - 19) ** 2 + (x - 19) ** 2 <= rad**2)
     inside = sum(1 for y in range(10, 30) for x in range(10, 30) if (y - 19) ** 2 + (x - 19) ** 2 <= rad**2)
@@ -167,7 +157,7 @@ def test_point_baseline_is_the_equal_area_disk_around_the_interior_point() -> No
 
 def test_the_evaluation_baselines_on_hand_built_scenes() -> None:
     cfg = SamWarmupConfig(**SMALL)  # 64² input, 4² grid, 16² masks, evaluation at 32²
-    fine = torch.stack([_rect(32, 8, 24, 8, 24), _rect(32, 0, 6, 20, 32)])  # [2, 32, 32]
+    fine = torch.stack([rect(32, 8, 24, 8, 24), rect(32, 0, 6, 20, 32)])  # [2, 32, 32]
     masks = torch.nn.functional.avg_pool2d(fine.float()[:, None], 2)[:, 0] > 0.5  # [2, 16, 16]
     data = SceneTensors(torch.zeros(1, 3, 64, 64), [masks], [fine], [torch.zeros(2, 2, dtype=torch.long)])
     alone = instance_ious(data, None)
@@ -198,8 +188,8 @@ def test_the_evaluation_baselines_on_hand_built_scenes() -> None:
 
 def test_training_points_fall_inside_and_negatives_outside_the_instance() -> None:
     g = torch.Generator().manual_seed(0)
-    target = _rect(32, 10, 20, 10, 20)
-    others = _rect(32, 0, 5, 0, 32)
+    target = rect(32, 10, 20, 10, 20)
+    others = rect(32, 0, 5, 0, 32)
     seen_negatives = 0
     for _ in range(50):
         p = sample_point_prompt(target, others, g, negative_prob=0.7, max_negatives=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _sam_small import SMALL_SAM, rect
 
 from segcompass.sam_warmup import SamWarmupConfig, TinySam
 from segcompass.sam_warmup.points import NEGATIVE, PADDING, POSITIVE, error_clicks
@@ -18,22 +19,11 @@ from segcompass.sam_warmup.train import (
     with_error_clicks,
 )
 
-SMALL = dict(
-    encoder={"embed_dim": 16, "depth": 1, "num_heads": 2, "global_attn_indexes": [0], "img_size": 64,
-             "patch_size": 16, "window_size": 2},
-    decoder={"transformer_depth": 1, "transformer_mlp_dim": 16, "transformer_heads": 2, "iou_head_hidden_dim": 8},
-    steps=2, batch_images=2, prompts_per_image=3, train_scenes=3, val_scenes=2, eval_size=32, loss_size=32,
-)  # fmt: skip
-
-
-def _rect(side: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-    m = torch.zeros(side, side, dtype=torch.bool)
-    m[y0:y1, x0:x1] = True
-    return m
+SMALL = SMALL_SAM
 
 
 def test_error_clicks_land_on_the_one_wrong_pixel_with_its_label() -> None:
-    target = torch.stack([_rect(8, 2, 5, 2, 5)] * 3)  # [3, 8, 8]
+    target = torch.stack([rect(8, 2, 5, 2, 5)] * 3)  # [3, 8, 8]
     pred = target.clone()
     pred[0, 3, 4] = False  # missed: the only error → positive click there
     pred[1, 6, 1] = True  # leaked: the only error → negative click there
@@ -44,7 +34,7 @@ def test_error_clicks_land_on_the_one_wrong_pixel_with_its_label() -> None:
 
 
 def test_error_clicks_are_uniform_over_the_error_region() -> None:
-    target = _rect(4, 0, 2, 0, 4)[None]  # top half
+    target = rect(4, 0, 2, 0, 4)[None]  # top half
     pred = torch.zeros_like(target)  # misses all 8 target pixels
     g = torch.Generator().manual_seed(0)
     seen = set()
@@ -60,7 +50,7 @@ def test_a_refinement_pass_adds_a_click_and_feeds_the_previous_logits_back() -> 
     torch.manual_seed(0)
     model = TinySam(cfg).eval()
     # one dense prompt, then one point prompt on image 0 (input 64², targets at 32²)
-    target = _rect(32, 8, 16, 8, 16).float()
+    target = rect(32, 8, 16, 8, 16).float()
     batch = Batch(
         pixels=torch.randn(1, 3, 64, 64), scenes=torch.tensor([0]),
         dense_image=torch.tensor([0]), dense=torch.randn(1, 16, 16),
