@@ -27,7 +27,10 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert grounded.align_stage() == default.align_stage()  # … and nothing before it
     recall = stack_config(PretrainCommandConfig(recall_steps=9)).recall
     assert recall.schedule.steps == 9 and recall.schedule.batch_size == default.recall.schedule.batch_size
-    assert recall.objects == default.recall.objects
+    assert recall.objects == default.recall.objects and not recall.name_with_size
+    assert stack_config(
+        PretrainCommandConfig(recall_steps=9, recall_name_with_size=True)
+    ).recall.name_with_size
 
 
 def test_help_documents_every_flag(capsys):

@@ -14,7 +14,15 @@ from segcompass.backbones import build_tiny
 from segcompass.pretrain import language
 from segcompass.pretrain.dialogue import QUESTION_KINDS, Dialogue, Turn, qa_dialogue, scene_text
 from segcompass.pretrain.evaluate import question_accuracy
-from segcompass.pretrain.language import FeatureCache, encode_dialogues, lm_logits
+from segcompass.pretrain.language import (
+    FeatureCache,
+    answer_loss,
+    encode_dialogues,
+    label_logits,
+    lm_logits,
+    next_token_loss,
+    score_candidates,
+)
 from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.pool import ProcessorGrid, build_pool
 from segcompass.pretrain.text import (
@@ -101,6 +109,58 @@ def test_a_mixed_batch_gives_each_row_its_own_logits(setup):
             torch.testing.assert_close(mixed[row][mask], logits, atol=1e-4, rtol=1e-4)
 
 
+def test_the_answer_loss_equals_the_loss_on_every_positions_logits_with_its_gradient(setup):
+    """The head applied at the labelled positions only gives the full-logit loss and the same gradients
+    (on a batch mixing image and text rows, with padding), and the candidates' scores are unchanged."""
+    backbone, pool = setup
+    rng = np.random.default_rng(3)
+    dialogues = [
+        qa_dialogue(2, pool[2].sample, rng, 3, 0.5, 2),
+        text_dialogue(0, pool[0].sample, rng, 1, 0.0, 2),
+        qa_dialogue(1, pool[1].sample, rng, 2, 1.0, 2),
+    ]
+    cache = FeatureCache(backbone, pool)
+    batch = encode_dialogues(backbone, pool, dialogues)
+    assert bool((batch.inputs["attention_mask"] == 0).any())  # rows of different lengths: padding
+    params = [p for p in backbone.model.model.language_model.parameters()] + [backbone.model.lm_head.weight]
+
+    def loss_and_grads(fn):
+        backbone.model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    full, full_grads = loss_and_grads(
+        lambda: next_token_loss(lm_logits(backbone, batch, cache), batch.labels)
+    )
+    ours, our_grads = loss_and_grads(lambda: answer_loss(backbone, batch, cache))
+    backbone.model.zero_grad()
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(our_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    out = label_logits(backbone, batch, cache)
+    assert len(out.logits) == int((batch.labels != -100).sum()) < batch.labels.numel() // 4
+    assert out.rows.tolist() == sorted(out.rows.tolist()) and set(out.rows.tolist()) == {0, 1, 2}
+
+    # score_candidates (now on label_logits) against the summed log-likelihood from the full logits.
+    items = [(i, t) for i in range(3) for t in qa_dialogue(i, pool[i].sample, rng, 2, 0.0, 2).turns]
+    picked = score_candidates(backbone, pool, cache, items)
+    expected = []
+    with torch.no_grad():
+        for scene, t in items:
+            scores = []
+            for c in t.candidates:
+                one = encode_dialogues(backbone, pool, [Dialogue(scene, (Turn(t.kind, t.question, c),))])
+                logp = torch.log_softmax(lm_logits(backbone, one, cache)[0, :-1].float(), -1)
+                target = one.labels[0, 1:]
+                scores.append(float(logp[target != -100].gather(-1, target[target != -100, None]).sum()))
+            expected.append(int(np.argmax(scores)))
+    assert list(picked) == expected
+    with pytest.raises(ValueError, match="no labelled position"):
+        none = encode_dialogues(backbone, pool, dialogues[:1])
+        answer_loss(backbone, dataclasses.replace(none, labels=torch.full_like(none.labels, -100)), cache)
+
+
 def test_text_samples_keep_the_scene_and_drop_the_pixels():
     samples = text_samples(WorldConfig(), "train", 3)
     full = generate_sample(WorldConfig(), "train", 1)
@@ -164,6 +224,30 @@ def test_recall_dialogues_ask_about_the_short_scene_in_their_context():
             if turn.kind == "colour":  # the answer is the colour of a listed object of the named shape
                 shape = turn.question.removesuffix("?").split()[-1]
                 assert f"{turn.answer} {shape} at the" in dialogue.context
+
+
+def test_named_with_size_the_recall_questions_say_the_size_and_the_answer_follows_it():
+    phase = RecallPhase(objects=(3, 3), questions=2, kinds=("colour", "shape"), name_with_size=True)
+    rng = np.random.default_rng(2)
+    asked = 0
+    for i, sample in enumerate(text_samples(WorldConfig(), "train", 30)):
+        dialogue = recall_dialogue(i, sample, rng, phase)
+        context = dialogue.context.removeprefix("Objects: ").rstrip(".").replace(" and a", ", a")
+        for turn in dialogue.turns:
+            if turn.kind == "count":
+                continue
+            words = turn.question.removesuffix("?").removesuffix(" one").split()
+            size, name = words[-2], words[-1]
+            assert size in ("small", "medium", "large"), turn.question
+            # The listed object of that size and name carries the answer, and it is the only such object.
+            listed = [
+                part
+                for part in context.split(", ")
+                if part.split()[1:3] == [size, name] or part.split()[1:4:2] == [size, name]
+            ]
+            assert len(listed) == 1 and turn.answer in listed[0].split(), (turn, dialogue.context)
+            asked += 1
+    assert asked >= 30
 
 
 def test_describe_again_says_the_context_again():

@@ -34,6 +34,9 @@ class PretrainCommandConfig:
     """Seed of the init, the batch order and the dialogues."""
     recall_steps: int = _DEFAULT.recall.schedule.steps
     """Stage 0's recall-phase steps (short scenes in words, look-up questions, large batches; 0: none)."""
+    recall_name_with_size: bool = _DEFAULT.recall.name_with_size
+    """The recall phase's colour / shape / position questions name the object with its size too ("the
+    medium star"; the names with which the colour look-up formed, results/warmup.md)."""
     text_steps: int = _DEFAULT.text.steps
     """Stage 0 optimiser steps (language model on the scenes in words + questions)."""
     vision_steps: int = _DEFAULT.vision.steps
@@ -66,7 +69,11 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         seed=cfg.seed,
         train_scenes=cfg.train_scenes,
         val_scenes=cfg.val_scenes,
-        recall=replace(d.recall, schedule=replace(d.recall.schedule, steps=cfg.recall_steps)),
+        recall=replace(
+            d.recall,
+            schedule=replace(d.recall.schedule, steps=cfg.recall_steps),
+            name_with_size=cfg.recall_name_with_size,
+        ),
         text=replace(d.text, steps=cfg.text_steps),
         vision=replace(d.vision, steps=cfg.vision_steps),
         align=replace(d.align, steps=cfg.align_steps),

@@ -85,12 +85,18 @@ def size_question(sample: WorldSample, rng: np.random.Generator) -> Turn | None:
 
 
 def question_turn(
-    sample: WorldSample, kind: str, rng: np.random.Generator, max_count: int = 8
+    sample: WorldSample,
+    kind: str,
+    rng: np.random.Generator,
+    max_count: int = 8,
+    with_size: bool = False,
 ) -> Turn | None:
-    """A question of `kind` about `sample`, or None when no object can be named for it."""
+    """A question of `kind` about `sample`, or None when no object can be named for it. `with_size`: colour,
+    shape and position questions name the object with its size too (size questions name it by colour and
+    shape, counts name no object)."""
     if kind == "size":
         return size_question(sample, rng)
-    example = question_example(sample, kind, rng, max_count)
+    example = question_example(sample, kind, rng, max_count, with_size)
     if example is None:
         return None
     return Turn(kind, example.prompt, example.response, example.candidates, example.target)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -157,6 +158,40 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+class LabelLogits(NamedTuple):
+    """The LM head's output at the positions that predict a label, and nowhere else."""
+
+    logits: torch.Tensor
+    """float [N, V]: one row per labelled position, in row-major (sequence, position) order."""
+    targets: torch.Tensor
+    """int64 [N]: the label each row predicts (the input id at the next position)."""
+    rows: torch.Tensor
+    """int64 [N]: the sequence of each row."""
+
+
+def label_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None) -> LabelLogits:
+    """`lm_logits` at the labelled positions only. The head maps the hidden size to the whole vocabulary
+    (151 k words for Qwen2.5-VL's tokenizer): applied on every position it is most of a tiny model's step,
+    while the answers are a few tokens of each sequence."""
+    if batch.images and cache is None:
+        raise ValueError("a batch with images needs the pool's FeatureCache")
+    features = cache.get(batch.images) if batch.images else []
+    hidden = backbone.model.model(**model_inputs(batch.inputs, features))[0]  # [B, T, H]
+    target = batch.labels[:, 1:]  # [B, T − 1]: label t + 1 is predicted at position t
+    labelled = target != -100
+    if not bool(labelled.any()):
+        raise ValueError("the batch has no labelled position (no assistant answer to learn)")
+    logits = backbone.model.lm_head(hidden[:, :-1][labelled])  # [N, V]
+    return LabelLogits(logits.float(), target[labelled], labelled.nonzero()[:, 0])
+
+
+def answer_loss(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None) -> torch.Tensor:
+    """`next_token_loss(lm_logits(backbone, batch, cache), batch.labels)`, the head applied only where a
+    label is predicted (`label_logits`)."""
+    out = label_logits(backbone, batch, cache)
+    return F.cross_entropy(out.logits, out.targets)
+
+
 def train_dialogues(
     backbone: Backbone,
     pool: ScenePool,
@@ -188,11 +223,11 @@ def train_dialogues(
         dialogues = [make_dialogue(int(i), rng) for i in picks]
         batch = encode_dialogues(backbone, pool, dialogues)
         if grounding is None or grounding.weight == 0:
-            loss = next_token_loss(lm_logits(backbone, batch, cache), batch.labels)
+            loss = answer_loss(backbone, batch, cache)
             return loss, {"lm": float(loss.detach())}
         targets = grounding_targets(backbone, pool, dialogues, batch.inputs["input_ids"], batch.labels)
         with capture_attention_inputs(backbone, grounding.layers) as captured:
-            lm = next_token_loss(lm_logits(backbone, batch, cache), batch.labels)
+            lm = answer_loss(backbone, batch, cache)
         ground = grounding_loss(backbone, captured, batch.inputs["attention_mask"], targets, grounding.heads)
         return lm + grounding.weight * ground, {"lm": float(lm.detach()), "grounding": float(ground.detach())}
 
@@ -225,10 +260,9 @@ def score_candidates(
     scores = []
     for start in range(0, len(expanded), batch_size):
         batch = encode_dialogues(backbone, pool, expanded[start : start + batch_size])
-        logits = lm_logits(backbone, batch, cache)
-        target = batch.labels[:, 1:]
-        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp_min(0)[..., None])
-        scores.append((logp.squeeze(-1) * (target != -100)).sum(-1).double())
+        out = label_logits(backbone, batch, cache)
+        logp = torch.log_softmax(out.logits, -1).gather(-1, out.targets[:, None])[:, 0].double()  # [N]
+        scores.append(torch.zeros(len(batch.labels), dtype=torch.float64).index_add_(0, out.rows, logp))
     flat = torch.cat(scores).numpy()
     out, pos = [], 0
     for _, t in items:

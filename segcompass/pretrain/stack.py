@@ -190,10 +190,12 @@ def build_instruct(stage_config: dict[str, Any], folder: Path) -> None:
     _train_language(config, build_stage(ALIGN, stage_config["previous"]), folder, "instruct")
 
 
-TEXT: Stage[dict[str, Any]] = Stage("vlm-text", 1, build_text, BUILD_COMMAND)
+# Versions: text 2, align 4, instruct 3 — the language-model loss applies the head at the answers only
+# (`answer_loss`; the same loss, summed in another order, so a rebuilt stage differs in rounding).
+TEXT: Stage[dict[str, Any]] = Stage("vlm-text", 2, build_text, BUILD_COMMAND)
 VISION: Stage[dict[str, Any]] = Stage("vlm-vision", 1, build_vision, BUILD_COMMAND)
-ALIGN: Stage[dict[str, Any]] = Stage("vlm-align", 3, build_align, BUILD_COMMAND)
-INSTRUCT: Stage[dict[str, Any]] = Stage("vlm-instruct", 2, build_instruct, BUILD_COMMAND)
+ALIGN: Stage[dict[str, Any]] = Stage("vlm-align", 4, build_align, BUILD_COMMAND)
+INSTRUCT: Stage[dict[str, Any]] = Stage("vlm-instruct", 3, build_instruct, BUILD_COMMAND)
 
 
 def build_stack(config: StackConfig | None = None, cache_root: str | os.PathLike | None = None) -> Path:

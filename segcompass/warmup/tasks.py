@@ -84,9 +84,12 @@ def format_example(sample: WorldSample, num_slots: int, restate_target: bool = T
     return Example(sample.image, sample.instruction, response, "format", referent=referent)
 
 
-def _unique_phrase(obj: SceneObject, objects: list[SceneObject], attrs: tuple[str, ...]) -> str | None:
-    """Shortest phrase naming `obj` uniquely: `attrs` alone, else with its size; None if still ambiguous."""
-    for extra in ((), ("size_name",)):
+def _unique_phrase(
+    obj: SceneObject, objects: list[SceneObject], attrs: tuple[str, ...], with_size: bool = False
+) -> str | None:
+    """Shortest phrase naming `obj` uniquely: `attrs` alone, else with its size; None if still ambiguous.
+    `with_size`: always with its size ("medium star")."""
+    for extra in (("size_name",),) if with_size else ((), ("size_name",)):
         keys = (*extra, *attrs)
         same = [o for o in objects if all(getattr(o, k) == getattr(obj, k) for k in keys)]
         if len(same) == 1:
@@ -95,33 +98,44 @@ def _unique_phrase(obj: SceneObject, objects: list[SceneObject], attrs: tuple[st
 
 
 def _pick_object(
-    sample: WorldSample, attrs: tuple[str, ...], rng: np.random.Generator
+    sample: WorldSample, attrs: tuple[str, ...], rng: np.random.Generator, with_size: bool = False
 ) -> tuple[int, SceneObject, str] | None:
-    """A random object that `attrs` (with its size if needed) names uniquely: (index, object, phrase)."""
+    """A random object that `attrs` (with its size if needed, or always when `with_size`) names uniquely:
+    (index, object, phrase)."""
     objects = sample.scene.objects
-    named = [(i, o, p) for i, o in enumerate(objects) if (p := _unique_phrase(o, objects, attrs)) is not None]
+    named = [
+        (i, o, p)
+        for i, o in enumerate(objects)
+        if (p := _unique_phrase(o, objects, attrs, with_size)) is not None
+    ]
     return named[int(rng.integers(len(named)))] if named else None
 
 
 def question_example(
-    sample: WorldSample, question_type: str, rng: np.random.Generator, max_count: int = 8
+    sample: WorldSample,
+    question_type: str,
+    rng: np.random.Generator,
+    max_count: int = 8,
+    with_size: bool = False,
 ) -> Example | None:
-    """An attribute question about `sample` (None when no object can be named unambiguously)."""
+    """An attribute question about `sample` (None when no object can be named unambiguously).
+    `with_size`: the colour, shape and position questions name the object with its size too ("What colour
+    is the medium star?") instead of by the shortest unique phrase."""
     scene = sample.scene
     if question_type == "colour":
-        found = _pick_object(sample, ("shape",), rng)
+        found = _pick_object(sample, ("shape",), rng, with_size)
         if found is None:
             return None
         target, obj, phrase = found
         prompt, answer, candidates = f"What colour is the {phrase}?", obj.colour, tuple(COLOURS)
     elif question_type == "shape":
-        found = _pick_object(sample, ("colour",), rng)
+        found = _pick_object(sample, ("colour",), rng, with_size)
         if found is None:
             return None
         target, obj, phrase = found
         prompt, answer, candidates = f"What shape is the {phrase} one?", obj.shape, SHAPES
     elif question_type == "position":
-        found = _pick_object(sample, ("colour", "shape"), rng)
+        found = _pick_object(sample, ("colour", "shape"), rng, with_size)
         if found is None:
             return None
         target, obj, phrase = found
