@@ -170,9 +170,9 @@ class LabelLogits(NamedTuple):
 
 
 def label_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None) -> LabelLogits:
-    """`lm_logits` at the labelled positions only. The head maps the hidden size to the whole vocabulary
-    (151 k words for Qwen2.5-VL's tokenizer): applied on every position it is most of a tiny model's step,
-    while the answers are a few tokens of each sequence."""
+    """`lm_logits` at the labelled positions only: the answers are a few tokens of each sequence, and the
+    logits [B, T, V] over every position with their softmax are a large part of a tiny model's step
+    (bench/bench_answer_loss.py)."""
     if batch.images and cache is None:
         raise ValueError("a batch with images needs the pool's FeatureCache")
     features = cache.get(batch.images) if batch.images else []
