@@ -1,0 +1,162 @@
+"""Does the tiny language model learn to answer about a named object when each object is one input vector?
+
+The image's look-up without a tower (`segcompass.pretrain.object_vectors`): short scenes of 2–7 of a train
+scene's objects, each object one vector (the sum of its words' embeddings) in the image tokens' place, the
+world's questions about named objects (colour, shape, size, position; 2 a sequence), from random init, with
+or without the attention-grounding objective (`--ground`: −log of the attention mass the answer position puts
+on the named object's vector, `--ground-layers`, `--ground-heads`). Every `--every` steps: held-out accuracy
+(val scenes, 150 questions a cell) beside what picking one of the scene's listed values at random scores.
+
+    python scripts/object_vector_probe.py --steps 1000 --ground 1 --ground-layers 3 --ground-heads all
+
+Measured in results/warmup.md, session of 2026-12-06 (4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+
+from segcompass.backbones import build_tiny
+from segcompass.pretrain.config import StackConfig
+from segcompass.pretrain.dialogue import Dialogue, Turn, question_turn
+from segcompass.pretrain.grounding import capture_attention_inputs, grounding_loss, grounding_targets
+from segcompass.pretrain.language import answer_loss, encode_dialogues, score_candidates
+from segcompass.pretrain.object_vectors import ObjectScene, ObjectVectorCache
+from segcompass.pretrain.optim import Schedule, run_loop, train_only
+from segcompass.pretrain.text import short_scene, text_samples
+from segcompass.world.config import WorldConfig
+from segcompass.world.language import location_words
+from segcompass.world.scene import WorldSample
+
+CELLS = (
+    (2, "colour"),
+    (4, "colour"),
+    (0, "colour"),
+    (4, "shape"),
+    (0, "shape"),
+    (4, "size"),
+    (4, "position"),
+)
+"""Held-out cells (objects in the short scene, 0: the whole scene; question kind)."""
+
+
+def attribute(kind: str, sample: WorldSample):
+    scene = sample.scene
+    return {
+        "colour": lambda o: o.colour,
+        "shape": lambda o: o.shape,
+        "size": lambda o: o.size_name,
+        "position": lambda o: location_words(o, scene.width, scene.height),
+    }[kind]
+
+
+def held_out(val: list[WorldSample], n: int, kind: str, m: int = 150) -> tuple[list, list, float]:
+    """(pool, items, random-listed-value baseline) of one cell, the same questions every time."""
+    rng = np.random.default_rng(11 + n)
+    pool, items, chance = [], [], []
+    for sample in val:
+        short = short_scene(sample, n, rng) if n else sample
+        turn = question_turn(short, kind, rng)
+        if turn is None:
+            continue
+        values = [attribute(kind, short)(o) for o in short.scene.objects]
+        chance.append(values.count(turn.answer) / len(values))
+        items.append((len(pool), turn))
+        pool.append(ObjectScene.of(short))
+        if len(items) == m:
+            break
+    return pool, items, float(np.mean(chance))
+
+
+def dialogue_of(
+    sample: WorldSample, index: int, rng: np.random.Generator, args
+) -> tuple[Dialogue, ObjectScene]:
+    short = short_scene(sample, int(rng.integers(args.objects[0], args.objects[1] + 1)), rng)
+    turns: list[Turn] = []
+    for _ in range(4 * args.questions):
+        if len(turns) == args.questions:
+            break
+        turn = question_turn(short, args.kinds[int(rng.integers(len(args.kinds)))], rng)
+        if turn is not None and all(turn.question != t.question for t in turns):
+            turns.append(turn)
+    if not turns:
+        turns.append(question_turn(short, "count", rng))
+    return Dialogue(index, tuple(turns)), ObjectScene.of(short)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--objects", type=int, nargs=2, default=[2, 7], help="fewest and most objects")
+    parser.add_argument("--questions", type=int, default=2, help="question turns a sequence")
+    parser.add_argument("--kinds", nargs="+", default=["colour", "shape", "size", "position"])
+    parser.add_argument("--theta", type=float, default=20.0, help="rotary base of the language model")
+    parser.add_argument("--ground", type=float, default=0.0, help="grounding weight (0: off)")
+    parser.add_argument("--ground-layers", type=int, nargs="+", default=[3])
+    parser.add_argument("--ground-heads", default="all", choices=["all", "best"])
+    parser.add_argument("--every", type=int, default=250, help="held-out figures every N steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", default="", help="folder to save the trained backbone in")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    spec = dataclasses.replace(StackConfig().tiny_spec(), rope_theta=args.theta)
+    backbone = build_tiny("qwen2_5_vl", seed=args.seed, spec=spec)
+    samples = text_samples(WorldConfig(), "train", 4000)
+    cells = {(n, k): held_out(text_samples(WorldConfig(), "val", 300), n, k) for n, k in CELLS}
+    print(json.dumps({"baseline": {f"{k}{n or '_all'}": round(c[2], 3) for (n, k), c in cells.items()}}))
+    model = backbone.model
+    language = [model.model.language_model, model.lm_head]
+    train_only(model, language)
+    start = time.time()
+
+    def report(step: int) -> None:
+        figures = {}
+        for (n, kind), (pool, items, _) in cells.items():
+            picked = score_candidates(backbone, pool, ObjectVectorCache(backbone, pool), items)
+            right = [t.candidates[p] == t.answer for (_, t), p in zip(items, picked, strict=True)]
+            figures[f"{kind}{n or '_all'}"] = round(float(np.mean(right)), 3)
+        model.train()
+        print(json.dumps({"step": step, "s": round(time.time() - start), **figures}), flush=True)
+
+    def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        if step % args.every == 0:
+            report(step)
+        made = [
+            dialogue_of(samples[int(j)], i, rng, args)
+            for i, j in enumerate(rng.choice(len(samples), args.batch))
+        ]
+        dialogues, pool = [d for d, _ in made], [p for _, p in made]
+        batch = encode_dialogues(backbone, pool, dialogues)
+        cache = ObjectVectorCache(backbone, pool)
+        if args.ground == 0:
+            loss = answer_loss(backbone, batch, cache)
+            return loss, {"lm": float(loss.detach())}
+        targets = grounding_targets(backbone, pool, dialogues, batch.inputs["input_ids"], batch.labels)
+        with capture_attention_inputs(backbone, tuple(args.ground_layers)) as captured:
+            lm = answer_loss(backbone, batch, cache)
+        ground = grounding_loss(
+            backbone, captured, batch.inputs["attention_mask"], targets, args.ground_heads
+        )
+        return lm + args.ground * ground, {"lm": float(lm.detach()), "grounding": float(ground.detach())}
+
+    schedule = Schedule(steps=args.steps, batch_size=args.batch, lr=args.lr, min_lr_fraction=0.05)
+    run_loop(language, schedule, step_loss, args.seed, "object vectors", True)
+    report(args.steps)
+    if args.save:
+        backbone.save(args.save)
+
+
+if __name__ == "__main__":
+    main()

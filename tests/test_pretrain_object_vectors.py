@@ -1,0 +1,108 @@
+"""Scenes as one vector per object: each vector is the sum of its words' embeddings, object j lands on image
+token j of its row in a batch (and nowhere else), and the grounding target of a question is its object's
+token."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from segcompass.backbones import build_tiny
+from segcompass.pretrain.dialogue import Dialogue, question_turn
+from segcompass.pretrain.grounding import grounding_targets
+from segcompass.pretrain.language import encode_dialogues, lm_logits
+from segcompass.pretrain.object_vectors import ObjectScene, ObjectVectorCache, object_words
+from segcompass.pretrain.text import short_scene, text_samples
+from segcompass.world import WorldConfig
+
+
+@pytest.fixture(scope="module")
+def backbone(toy_vlm_spec):
+    return build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return text_samples(WorldConfig(), "train", 6)
+
+
+def test_an_objects_vector_is_the_sum_of_its_words_embeddings(backbone, samples):
+    sample = samples[0]
+    scene = sample.scene
+    obj = scene.objects[1]
+    words = object_words(obj, scene.width, scene.height)
+    assert words[:3] == [obj.colour, obj.shape, obj.size_name] and len(words) in (
+        4,
+        5,
+    )  # "centre" / "top left"
+    table = backbone.model.get_input_embeddings().weight
+    expected = torch.zeros(table.shape[1])
+    for word in words:
+        ids = backbone.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        expected += table[ids].mean(0)
+    cache = ObjectVectorCache(backbone, [ObjectScene.of(sample)], scale=2.0)
+    vectors = cache.get([0])[0]
+    assert vectors.shape == (len(scene.objects), table.shape[1]) and not vectors.requires_grad
+    torch.testing.assert_close(vectors[1], 2.0 * expected)
+    # Two objects that differ only in colour differ by the difference of the colours' embeddings.
+    other = "red" if obj.colour != "red" else "blue"
+    recoloured = dataclasses.replace(scene, objects=[dataclasses.replace(obj, colour=other)])
+    moved = cache.vectors(dataclasses.replace(sample, scene=recoloured))[0]
+    colour = lambda w: table[backbone.tokenizer(" " + w, add_special_tokens=False)["input_ids"]].mean(0)  # noqa: E731
+    torch.testing.assert_close((moved - vectors[1]) / 2.0, colour(other) - colour(obj.colour))
+
+
+def test_object_j_is_image_token_j_of_its_row(backbone, samples):
+    rng = np.random.default_rng(0)
+    pool = [ObjectScene.of(short_scene(s, n, rng)) for s, n in zip(samples[:3], (2, 5, 3), strict=True)]
+    dialogues = [Dialogue(i, (question_turn(p.sample, "count", rng),)) for i, p in enumerate(pool)]
+    batch = encode_dialogues(backbone, pool, dialogues)
+    cache = ObjectVectorCache(backbone, pool)
+    seen = {}
+
+    def keep_embeds(module, args, kwargs) -> None:
+        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
+
+    language = backbone.model.model.language_model
+    hook = language.register_forward_pre_hook(keep_embeds, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            lm_logits(backbone, batch, cache)
+    finally:
+        hook.remove()
+    ids = batch.inputs["input_ids"]
+    for row, entry in enumerate(pool):
+        positions = torch.nonzero(ids[row] == backbone.image_token_id).squeeze(-1)
+        assert len(positions) == len(entry.sample.scene.objects)  # one token per object
+        torch.testing.assert_close(seen["embeds"][row, positions], cache.vectors(entry.sample))
+
+
+def test_the_grounding_target_is_the_named_objects_token(backbone, samples):
+    rng = np.random.default_rng(3)
+    pool, dialogues = [], []
+    for sample in samples:
+        short = short_scene(sample, 4, rng)
+        turn = question_turn(short, "colour", rng)
+        if turn is None:
+            continue
+        dialogues.append(Dialogue(len(pool), (turn,)))
+        pool.append(ObjectScene.of(short))
+    assert len(dialogues) >= 3
+    batch = encode_dialogues(backbone, pool, dialogues)
+    targets = grounding_targets(backbone, pool, dialogues, batch.inputs["input_ids"], batch.labels)
+    assert targets.rows.tolist() == list(range(len(dialogues)))
+    for row, dialogue in enumerate(dialogues):
+        marked = torch.nonzero(targets.token_mask[row]).squeeze(-1)
+        positions = torch.nonzero(batch.inputs["input_ids"][row] == backbone.image_token_id).squeeze(-1)
+        assert marked.tolist() == [int(positions[dialogue.turns[0].target])]
+        obj = pool[dialogue.scene].sample.scene.objects[dialogue.turns[0].target]
+        assert obj.colour == dialogue.turns[0].answer
+
+
+def test_a_scene_without_objects_is_refused(samples):
+    empty = dataclasses.replace(samples[0], scene=dataclasses.replace(samples[0].scene, objects=[]))
+    with pytest.raises(ValueError, match="at least one object"):
+        ObjectScene.of(empty)
