@@ -11,8 +11,9 @@ of its tokens), laid out as a 1 × n image grid, object j on cell j. The dialogu
 (`grounding_targets`: object j covers cell j) are the image path's own; `ObjectVectorCache` stands where the
 `FeatureCache` of a tower's image tokens stands.
 
-Stage 0 can train the look-up on it before any image is seen: with the grounding objective on the last layer
-the answers start to follow the named object where, in words, they do not (results/warmup.md, session (4)).
+Stage 0 can train the look-up on it before any image is seen: with the grounding objective on layers 2–3 the
+answers follow the named object on whole scenes (colour 0.95, shape 0.90 after 2000 steps of 128), where in
+words they do not (results/warmup.md, session (4); `scripts/object_vector_probe.py`).
 """
 
 from __future__ import annotations
