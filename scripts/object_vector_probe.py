@@ -25,12 +25,12 @@ import torch
 
 from segcompass.backbones import build_tiny
 from segcompass.pretrain.config import StackConfig
-from segcompass.pretrain.dialogue import Dialogue, Turn, question_turn
+from segcompass.pretrain.dialogue import Dialogue, question_turn
 from segcompass.pretrain.grounding import capture_attention_inputs, grounding_loss, grounding_targets
 from segcompass.pretrain.language import answer_loss, encode_dialogues, score_candidates
 from segcompass.pretrain.object_vectors import ObjectScene, ObjectVectorCache
 from segcompass.pretrain.optim import Schedule, run_loop, train_only
-from segcompass.pretrain.text import short_scene, text_samples
+from segcompass.pretrain.text import RecallPhase, recall_turns, short_scene, text_samples
 from segcompass.world.config import WorldConfig
 from segcompass.world.language import location_words
 from segcompass.world.scene import WorldSample
@@ -76,19 +76,11 @@ def held_out(val: list[WorldSample], n: int, kind: str, m: int = 150) -> tuple[l
 
 
 def dialogue_of(
-    sample: WorldSample, index: int, rng: np.random.Generator, args
+    sample: WorldSample, index: int, rng: np.random.Generator, phase: RecallPhase
 ) -> tuple[Dialogue, ObjectScene]:
-    short = short_scene(sample, int(rng.integers(args.objects[0], args.objects[1] + 1)), rng)
-    turns: list[Turn] = []
-    for _ in range(4 * args.questions):
-        if len(turns) == args.questions:
-            break
-        turn = question_turn(short, args.kinds[int(rng.integers(len(args.kinds)))], rng)
-        if turn is not None and all(turn.question != t.question for t in turns):
-            turns.append(turn)
-    if not turns:
-        turns.append(question_turn(short, "count", rng))
-    return Dialogue(index, tuple(turns)), ObjectScene.of(short)
+    """A recall dialogue about a short scene of `sample`, the scene as object vectors."""
+    short = short_scene(sample, int(rng.integers(phase.objects[0], phase.objects[1] + 1)), rng)
+    return Dialogue(index, recall_turns(short, rng, phase)), ObjectScene.of(short)
 
 
 def main() -> None:
@@ -116,6 +108,8 @@ def main() -> None:
     samples = text_samples(WorldConfig(), "train", 4000)
     cells = {(n, k): held_out(text_samples(WorldConfig(), "val", 300), n, k) for n, k in CELLS}
     print(json.dumps({"baseline": {f"{k}{n or '_all'}": round(c[2], 3) for (n, k), c in cells.items()}}))
+    schedule = Schedule(steps=args.steps, batch_size=args.batch, lr=args.lr, min_lr_fraction=0.05)
+    phase = RecallPhase(schedule, tuple(args.objects), args.questions, tuple(args.kinds))
     model = backbone.model
     language = [model.model.language_model, model.lm_head]
     train_only(model, language)
@@ -134,7 +128,7 @@ def main() -> None:
         if step % args.every == 0:
             report(step)
         made = [
-            dialogue_of(samples[int(j)], i, rng, args)
+            dialogue_of(samples[int(j)], i, rng, phase)
             for i, j in enumerate(rng.choice(len(samples), args.batch))
         ]
         dialogues, pool = [d for d, _ in made], [p for _, p in made]
@@ -151,7 +145,6 @@ def main() -> None:
         )
         return lm + args.ground * ground, {"lm": float(lm.detach()), "grounding": float(ground.detach())}
 
-    schedule = Schedule(steps=args.steps, batch_size=args.batch, lr=args.lr, min_lr_fraction=0.05)
     run_loop(language, schedule, step_loss, args.seed, "object vectors", True)
     report(args.steps)
     if args.save:

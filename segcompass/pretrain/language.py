@@ -141,14 +141,17 @@ def model_inputs(inputs: dict[str, torch.Tensor], features: list[torch.Tensor]) 
     return out
 
 
+def _forward_inputs(batch: DialogueBatch, cache: FeatureCache | None) -> dict:
+    """The model's inputs for `batch`: its text inputs and its image rows' cached features."""
+    if batch.images and cache is None:
+        raise ValueError("a batch with images needs the pool's FeatureCache")
+    return model_inputs(batch.inputs, cache.get(batch.images) if batch.images else [])
+
+
 def lm_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None) -> torch.Tensor:
     """Logits [B, T, V] of the dialogues with cached image features (`cache` may be None for a batch
     without images)."""
-    if batch.images and cache is None:
-        raise ValueError("a batch with images needs the pool's FeatureCache")
-    features = cache.get(batch.images) if batch.images else []
-    out = backbone.model(**model_inputs(batch.inputs, features))
-    return out.logits
+    return backbone.model(**_forward_inputs(batch, cache)).logits
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -173,10 +176,7 @@ def label_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache |
     """`lm_logits` at the labelled positions only: the answers are a few tokens of each sequence, and the
     logits [B, T, V] over every position with their softmax are a large part of a tiny model's step
     (bench/bench_answer_loss.py)."""
-    if batch.images and cache is None:
-        raise ValueError("a batch with images needs the pool's FeatureCache")
-    features = cache.get(batch.images) if batch.images else []
-    hidden = backbone.model.model(**model_inputs(batch.inputs, features))[0]  # [B, T, H]
+    hidden = backbone.model.model(**_forward_inputs(batch, cache))[0]  # [B, T, H]
     target = batch.labels[:, 1:]  # [B, T − 1]: label t + 1 is predicted at position t
     labelled = target != -100
     if not bool(labelled.any()):

@@ -115,12 +115,9 @@ def describe_again(sample: WorldSample) -> Turn:
     return Turn("describe", DESCRIBE_PROMPT, words[0].upper() + words[1:] + ".")
 
 
-def recall_dialogue(
-    index: int, sample: WorldSample, rng: np.random.Generator, phase: RecallPhase
-) -> Dialogue:
-    """Questions about named objects of a short scene of `sample`, the scene in words in the image's place
-    (a count question when no object of the short scene can be named)."""
-    short = short_scene(sample, int(rng.integers(phase.objects[0], phase.objects[1] + 1)), rng)
+def recall_turns(short: WorldSample, rng: np.random.Generator, phase: RecallPhase) -> tuple[Turn, ...]:
+    """`phase.questions` distinct turns of `phase.kinds` about the objects of `short` (a count question when
+    none of its objects can be named)."""
     turns: list[Turn] = []
     for _ in range(4 * phase.questions):
         if len(turns) == phase.questions:
@@ -134,7 +131,15 @@ def recall_dialogue(
             turns.append(turn)
     if not turns:
         turns.append(question_turn(short, "count", rng))
-    return Dialogue(index, tuple(turns), context=scene_text(short))
+    return tuple(turns)
+
+
+def recall_dialogue(
+    index: int, sample: WorldSample, rng: np.random.Generator, phase: RecallPhase
+) -> Dialogue:
+    """`recall_turns` about a short scene of `sample`, the scene in words in the image's place."""
+    short = short_scene(sample, int(rng.integers(phase.objects[0], phase.objects[1] + 1)), rng)
+    return Dialogue(index, recall_turns(short, rng, phase), context=scene_text(short))
 
 
 def train_text(
