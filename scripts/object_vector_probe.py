@@ -9,7 +9,15 @@ on the named object's vector, `--ground-layers`, `--ground-heads`). Every `--eve
 
     python scripts/object_vector_probe.py --steps 1000 --ground 1 --ground-layers 3 --ground-heads all
 
-Measured in results/warmup.md, session of 2026-12-06 (4).
+`--image-steps N` then runs stage 0's second object phase (`object_phase.py`, layout "image"): whole train
+scenes as the oracle tokens of their images, on the image grid, and reports held-out questions on the val
+scenes' oracle tokens (`evaluate.question_accuracy`, beside the majority rate); `--from FOLDER` starts from a
+saved backbone instead of the first phase (`--steps 0`).
+
+    python scripts/object_vector_probe.py --steps 2000 --ground 1 --ground-layers 2 3 --save ot
+    python scripts/object_vector_probe.py --from ot --steps 0 --image-steps 1200
+
+Measured in results/warmup.md, sessions of 2026-12-06 (4) and (5).
 """
 
 from __future__ import annotations
@@ -23,13 +31,16 @@ import time
 import numpy as np
 import torch
 
-from segcompass.backbones import build_tiny
-from segcompass.pretrain.config import StackConfig
+from segcompass.backbones import build_tiny, load_backbone
+from segcompass.pretrain.config import IMAGE_PIXELS, StackConfig
 from segcompass.pretrain.dialogue import Dialogue, question_turn
+from segcompass.pretrain.evaluate import named_object_sensitivity, question_accuracy
 from segcompass.pretrain.grounding import capture_attention_inputs, grounding_loss, grounding_targets
 from segcompass.pretrain.language import answer_loss, encode_dialogues, score_candidates
+from segcompass.pretrain.object_phase import train_object_phase
 from segcompass.pretrain.object_vectors import ObjectScene, ObjectVectorCache
 from segcompass.pretrain.optim import Schedule, run_loop, train_only
+from segcompass.pretrain.pool import ScenePool, scene_pool, set_image_pixels
 from segcompass.pretrain.text import RecallPhase, recall_turns, short_scene, text_samples
 from segcompass.world.config import WorldConfig
 from segcompass.world.language import location_words
@@ -99,12 +110,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", default="", help="folder to save the trained backbone in")
+    parser.add_argument("--from", dest="start", default="", help="saved backbone to start from")
+    parser.add_argument("--image-steps", type=int, default=0, help="steps of the oracle-token phase")
+    parser.add_argument("--image-every", type=int, default=400, help="its held-out figures every N steps")
+    parser.add_argument("--image-val", type=int, default=150, help="val scenes of its figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     spec = dataclasses.replace(StackConfig().tiny_spec(), rope_theta=args.theta)
-    backbone = build_tiny("qwen2_5_vl", seed=args.seed, spec=spec)
+    backbone = (
+        load_backbone(args.start) if args.start else build_tiny("qwen2_5_vl", seed=args.seed, spec=spec)
+    )
     samples = text_samples(WorldConfig(), "train", 4000)
     cells = {(n, k): held_out(text_samples(WorldConfig(), "val", 300), n, k) for n, k in CELLS}
     print(json.dumps({"baseline": {f"{k}{n or '_all'}": round(c[2], 3) for (n, k), c in cells.items()}}))
@@ -145,10 +162,44 @@ def main() -> None:
         )
         return lm + args.ground * ground, {"lm": float(lm.detach()), "grounding": float(ground.detach())}
 
-    run_loop(language, schedule, step_loss, args.seed, "object vectors", True)
-    report(args.steps)
+    if args.steps:
+        run_loop(language, schedule, step_loss, args.seed, "object vectors", True)
+        report(args.steps)
+    if args.image_steps:
+        image_phase(backbone, args)
     if args.save:
         backbone.save(args.save)
+
+
+def image_phase(backbone, args: argparse.Namespace) -> None:
+    """Stage 0's oracle-token phase in runs of `--image-every` steps (each run its own warm-up and decay),
+    held-out figures on the val scenes' oracle tokens after each."""
+    config = StackConfig()
+    set_image_pixels(backbone, *IMAGE_PIXELS)
+    train = scene_pool(config, "train", IMAGE_PIXELS)
+    val = ScenePool("val", scene_pool(config, "val", IMAGE_PIXELS).scenes[: args.image_val])
+    start = time.time()
+
+    def report(step: int) -> None:
+        cache = ObjectVectorCache(backbone, val)
+        rows = question_accuracy(backbone, val, "oracle", cache)
+        rows += named_object_sensitivity(backbone, val, "oracle", cache)
+        figures = {r["measure"]: round(r["accuracy"], 3) for r in rows}
+        majority = {r["measure"]: round(r["majority"], 3) for r in rows if r["majority"] == r["majority"]}
+        print(json.dumps({"image_step": step, "s": round(time.time() - start), **figures}), flush=True)
+        if step == 0:
+            print(json.dumps({"majority": majority}), flush=True)
+
+    report(0)
+    done = 0
+    while done < args.image_steps:
+        steps = min(args.image_every, args.image_steps - done)
+        phase = dataclasses.replace(
+            config.object_image, schedule=dataclasses.replace(config.object_image.schedule, steps=steps)
+        )
+        train_object_phase(backbone, phase, args.seed + done, images=train)
+        done += steps
+        report(done)
 
 
 if __name__ == "__main__":

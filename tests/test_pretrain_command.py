@@ -31,6 +31,11 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert stack_config(
         PretrainCommandConfig(recall_steps=9, recall_name_with_size=True)
     ).recall.name_with_size
+    phases = stack_config(PretrainCommandConfig(object_recall_steps=11, object_image_steps=12))
+    assert (phases.object_recall.schedule.steps, phases.object_image.schedule.steps) == (11, 12)
+    assert phases.object_recall.layout == "objects" and phases.object_image.layout == "image"
+    assert phases.object_image.schedule.batch_size == default.object_image.schedule.batch_size
+    assert phases.text_stage()["object_image"]["schedule"]["steps"] == 12
 
 
 def test_help_documents_every_flag(capsys):

@@ -1,6 +1,6 @@
 """Scenes as one vector per object: each vector is the sum of its words' embeddings, object j lands on image
 token j of its row in a batch (and nowhere else), and the grounding target of a question is its object's
-token."""
+token; on an image grid each token is the vector of the object covering it (the oracle tokens)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from segcompass.pretrain.dialogue import Dialogue, question_turn
 from segcompass.pretrain.grounding import grounding_targets
 from segcompass.pretrain.language import encode_dialogues, lm_logits
 from segcompass.pretrain.object_vectors import ObjectScene, ObjectVectorCache, object_words
+from segcompass.pretrain.pool import ProcessorGrid, build_pool
 from segcompass.pretrain.text import short_scene, text_samples
 from segcompass.world import WorldConfig
 
@@ -106,3 +107,39 @@ def test_a_scene_without_objects_is_refused(samples):
     empty = dataclasses.replace(samples[0], scene=dataclasses.replace(samples[0].scene, objects=[]))
     with pytest.raises(ValueError, match="at least one object"):
         ObjectScene.of(empty)
+
+
+def test_oracle_tokens_on_an_image_grid_carry_the_covering_objects_vector(backbone):
+    pool = build_pool(WorldConfig(), "train", 3, ProcessorGrid.of(backbone.processor.image_processor))
+    cache = ObjectVectorCache(backbone, pool)
+    rng = np.random.default_rng(5)
+    dialogues = [Dialogue(i, (question_turn(s.sample, "count", rng),)) for i, s in enumerate(pool.scenes)]
+    batch = encode_dialogues(backbone, pool, dialogues)
+    seen = {}
+
+    def keep_embeds(module, args, kwargs) -> None:
+        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
+
+    hook = backbone.model.model.language_model.register_forward_pre_hook(keep_embeds, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            lm_logits(backbone, batch, cache)
+    finally:
+        hook.remove()
+    for row, scene in enumerate(pool.scenes):
+        vectors = cache.vectors(scene.sample)
+        rows, cols = scene.grid
+        cells = scene.coverage.reshape(len(vectors), rows * cols)  # [n_obj, cells]
+        positions = torch.nonzero(batch.inputs["input_ids"][row] == backbone.image_token_id).squeeze(-1)
+        embeds = seen["embeds"][row, positions]  # [cells, D], raster order
+        assert len(embeds) == rows * cols
+        owned = background = 0
+        for cell in range(rows * cols):
+            best = int(cells[:, cell].argmax())
+            if cells[best, cell] >= 0.5:  # an object covers at least half of the cell: its vector
+                torch.testing.assert_close(embeds[cell], vectors[best])
+                owned += 1
+            else:  # background or a mixed cell: nothing
+                assert not embeds[cell].any()
+                background += 1
+        assert owned > 0 and background > 0

@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from segcompass.backbones import load_backbone
+from segcompass.pretrain.grounding import Grounding
+from segcompass.pretrain.object_phase import ObjectPhase
 from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.stack import (
     ALIGN,
@@ -81,6 +83,7 @@ def test_stack_builds_each_stage_once_and_keys_follow_the_chain(tmp_path):
     metrics = json.loads((text / "metrics.json").read_text())
     measures = {(r["model"], r["measure"]) for r in metrics["text_questions"]}
     assert {("trained", "text_colour"), ("random_init", "text_colour_answer_follows_object")} <= measures
+    assert not any(m.startswith("oracle_") for _, m in measures), "no object phase, no oracle figures"
     assert all(torch.equal(v[k], f[k]) for k in tower), "stages 2-3 must not move the vision tower"
     assert any(not torch.equal(v[k], a[k]) for k in language), "stage 2 trains the language model"
     assert any(not torch.equal(a[k], f[k]) for k in language), "stage 3 trains the language model"
@@ -140,3 +143,19 @@ def test_stack_config_round_trips_through_a_stage_config():
         StackConfig(tiny={"no_such_field": 1})
     with pytest.raises(ValueError, match="align_trains"):
         StackConfig(align_trains="tower")
+
+
+def test_stage_0_with_object_phases_reports_the_oracle_token_figures(tmp_path):
+    grounding = Grounding(weight=1.0, layers=(1,), heads="all")  # the toy language model has 2 layers
+    config = toy(
+        object_recall=ObjectPhase(
+            Schedule(steps=2, batch_size=3), objects=(2, 3), short_scenes=8, grounding=grounding
+        ),
+        object_image=ObjectPhase(Schedule(steps=2, batch_size=2), layout="image", grounding=grounding),
+        text=Schedule(steps=0, batch_size=2),
+    )
+    folder = build_stage(TEXT, config.text_stage(), tmp_path)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    measures = {(r["model"], r["measure"]) for r in metrics["text_questions"]}
+    assert {("trained", "oracle_colour"), ("random_init", "oracle_colour_answer_follows_object")} <= measures
+    assert ("trained", "text_colour") in measures and metrics["wall_s"] > 0

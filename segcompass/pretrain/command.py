@@ -32,6 +32,12 @@ class PretrainCommandConfig:
 
     seed: int = 0
     """Seed of the init, the batch order and the dialogues."""
+    object_recall_steps: int = _DEFAULT.object_recall.schedule.steps
+    """Stage 0's first phase, steps of 128 (short scenes as object vectors, one token per object, look-up
+    questions with attention grounding on layers 2–3; 0: none). Measured: 2000 (results/warmup.md)."""
+    object_image_steps: int = _DEFAULT.object_image.schedule.steps
+    """Stage 0's second phase, steps of 32 (whole scenes as oracle image tokens on the image grid; 0: none).
+    Measured: 1200 after the first phase."""
     recall_steps: int = _DEFAULT.recall.schedule.steps
     """Stage 0's recall-phase steps (short scenes in words, look-up questions, large batches; 0: none)."""
     recall_name_with_size: bool = _DEFAULT.recall.name_with_size
@@ -69,6 +75,12 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         seed=cfg.seed,
         train_scenes=cfg.train_scenes,
         val_scenes=cfg.val_scenes,
+        object_recall=replace(
+            d.object_recall, schedule=replace(d.object_recall.schedule, steps=cfg.object_recall_steps)
+        ),
+        object_image=replace(
+            d.object_image, schedule=replace(d.object_image.schedule, steps=cfg.object_image_steps)
+        ),
         recall=replace(
             d.recall,
             schedule=replace(d.recall.schedule, steps=cfg.recall_steps),

@@ -13,8 +13,9 @@ from segcompass.backbones.family import TinySpec
 from segcompass.world.config import WorldConfig
 
 from .grounding import Grounding
+from .object_phase import ObjectPhase
 from .optim import Schedule
-from .text import RecallPhase
+from .text import LOOKUP_KINDS, RecallPhase
 from .vision import VisionObjective
 
 IMAGE_PIXELS = (280 * 280, 288 * 288)
@@ -31,6 +32,15 @@ def _default_tiny() -> dict[str, Any]:
         "vision_hidden_size": 128,
         "extra": {"vision_config": {"fullatt_block_indexes": [0, 1, 2, 3]}},
     }
+
+
+def _object_image_phase() -> ObjectPhase:
+    return ObjectPhase(
+        schedule=Schedule(steps=0, batch_size=32, lr=1e-3),
+        layout="image",
+        questions=3,
+        kinds=(*LOOKUP_KINDS, "count"),
+    )
 
 
 @dataclass
@@ -56,8 +66,15 @@ class StackConfig:
     vision_pixels: int = 224 * 224
     """Stage 1 trains the tower at this many pixels per image (≈ 8 × 8 tokens; cheaper than the final
     ≈ 10 × 10; the rotary tower carries over to the final size)."""
+    object_recall: ObjectPhase = field(default_factory=lambda: ObjectPhase(layout="objects", objects=(2, 7)))
+    """Stage 0's first phase (0 steps: none): short scenes as object vectors, one token per object, look-up
+    questions with attention grounding (`object_phase.py`)."""
+    object_image: ObjectPhase = field(default_factory=_object_image_phase)
+    """Stage 0's second phase (0 steps: none): the train scenes' oracle image tokens (each token its covering
+    object's vector) on the image grid, look-up questions with attention grounding."""
     recall: RecallPhase = field(default_factory=RecallPhase)
-    """Stage 0's first phase: short scenes in words, look-up questions, large batches (0 steps: none)."""
+    """Stage 0's phase in words after the object phases: short scenes, look-up questions, large batches (0
+    steps: none)."""
     text: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=32, lr=2e-3))
     """Stage 0 optimiser (language model on text dialogues: the scene in words, then questions)."""
     vision: Schedule = field(default_factory=lambda: Schedule(steps=2000, batch_size=16, lr=3e-3))
@@ -83,6 +100,13 @@ class StackConfig:
             self.text = Schedule(**self.text)
         if isinstance(self.recall, dict):
             self.recall = RecallPhase(**self.recall)
+        for name, layout in (("object_recall", "objects"), ("object_image", "image")):
+            phase = getattr(self, name)
+            if isinstance(phase, dict):
+                phase = ObjectPhase(**phase)
+                setattr(self, name, phase)
+            if phase.layout != layout:
+                raise ValueError(f"{name} must have layout {layout!r}, got {phase.layout!r}")
         if isinstance(self.vision, dict):
             self.vision = Schedule(**self.vision)
         if isinstance(self.align, dict):
@@ -114,8 +138,12 @@ class StackConfig:
             "num_slots",
         )
         stage = {k: _plain(getattr(self, k)) for k in keys}
-        if self.recall.schedule.steps > 0:  # without a recall phase, stage 0 keeps the key it had before it
-            stage["recall"] = _plain(self.recall)
+        # A phase with 0 steps stays out of the key: stage 0 keeps the key it had before the phase existed.
+        for name in ("object_recall", "object_image", "recall"):
+            if getattr(self, name).schedule.steps > 0:
+                stage[name] = _plain(getattr(self, name))
+        if "object_image" in stage:  # the image layout asks about the train scenes (their oracle tokens)
+            stage["train_scenes"] = self.train_scenes
         return stage
 
     def vision_stage(self) -> dict[str, Any]:

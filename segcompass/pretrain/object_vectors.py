@@ -14,11 +14,19 @@ of its tokens), laid out as a 1 × n image grid, object j on cell j. The dialogu
 Stage 0 can train the look-up on it before any image is seen: with the grounding objective on layers 2–3 the
 answers follow the named object on whole scenes (colour 0.95, shape 0.90 after 2000 steps of 128), where in
 words they do not (results/warmup.md, session (4); `scripts/object_vector_probe.py`).
+
+The same cache lays the vectors on a real image's token grid (`ScenePool` entries): each token the vector
+of the object covering at least half of it, 0 on the background — the image tokens of an ideal tower
+("oracle tokens"). A language model trained on them meets the image layout (several tokens per object,
+background between them, the image's 2-D rotary positions) before any tower exists, and the oracle tokens
+are the regression target that aligns a real tower's tokens to what the model reads (`align.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +34,11 @@ import torch
 from segcompass.backbones import Backbone
 from segcompass.world.language import location_words
 from segcompass.world.scene import SceneObject, WorldSample
+
+from .labels import covering_object
+
+if TYPE_CHECKING:
+    from .pool import PooledScene, ScenePool
 
 
 def object_words(obj: SceneObject, width: int, height: int) -> list[str]:
@@ -53,13 +66,19 @@ class ObjectScene:
 
 
 class ObjectVectorCache:
-    """`FeatureCache`'s interface for a pool of `ObjectScene`s: `get(indices)` → one [n_i, D] tensor of object
-    vectors per scene, made from the language model's current input embeddings (detached: the vectors follow
-    the embeddings as they train, the loss does not reach them through this path)."""
+    """`FeatureCache`'s interface for a pool of scenes given by their objects' vectors: `get(indices)` → one
+    [cells_i, D] tensor per scene, each cell the vector of the object covering at least half of it (0 where
+    none does), made from the language model's current input embeddings (detached: the vectors follow the
+    embeddings as they train, the loss does not reach them through this path).
+
+    Pool entries are `ObjectScene`s (cell j = object j) or any entry with `sample`, `grid` and `coverage`
+    [n_obj, rows, cols] — a `ScenePool`'s scenes give the oracle tokens of their images."""
 
     live_merger = False
 
-    def __init__(self, backbone: Backbone, pool: list[ObjectScene], scale: float = 1.0) -> None:
+    def __init__(
+        self, backbone: Backbone, pool: Sequence[ObjectScene] | ScenePool, scale: float = 1.0
+    ) -> None:
         self.backbone, self.pool, self.scale = backbone, pool, scale
         self._word_ids: dict[str, list[int]] = {}
 
@@ -82,5 +101,13 @@ class ObjectVectorCache:
         ]
         return self.scale * torch.stack(rows)
 
+    def tokens(self, entry: ObjectScene | PooledScene) -> torch.Tensor:
+        """float [cells, D]: the entry's cells in raster order, each its covering object's vector or 0."""
+        vectors = self.vectors(entry.sample)  # [n, D]
+        owner = torch.from_numpy(covering_object(entry.coverage))  # [cells], −1 on background / mixed
+        out = vectors.new_zeros(len(owner), vectors.shape[1])
+        out[owner >= 0] = vectors[owner[owner >= 0]]
+        return out
+
     def get(self, indices: list[int]) -> list[torch.Tensor]:
-        return [self.vectors(self.pool[i].sample) for i in indices]
+        return [self.tokens(self.pool[i]) for i in indices]

@@ -27,6 +27,8 @@ from .config import IMAGE_PIXELS, StackConfig
 from .dialogue import Dialogue, describe_turn, qa_dialogue
 from .evaluate import named_object_sensitivity, question_accuracy
 from .language import FeatureCache, train_dialogues
+from .object_phase import train_object_phase
+from .object_vectors import ObjectVectorCache
 from .optim import run_loop
 from .pool import ProcessorGrid, ScenePool, scene_pool, set_image_pixels
 from .probe import merged_tokens, token_probes
@@ -64,19 +66,31 @@ def _save(backbone: Backbone, folder: Path, metrics: dict[str, Any]) -> None:
 
 # ---- stage 0 -----------------------------------------------------------------------------------------
 def build_text(stage_config: dict[str, Any], folder: Path) -> None:
-    """Stage 0: train the language model on text dialogues (`text.py`); held-out figures on the val
-    scenes in words, beside the same model at random init."""
+    """Stage 0: train the language model on scenes given as object vectors (`object_phase.py`, when its
+    phases have steps), then on text dialogues (`text.py`); held-out figures on the val scenes in words
+    (and on their oracle image tokens after an object phase), beside the same model at random init."""
     config = StackConfig.from_stage(stage_config)
     torch.manual_seed(config.seed)
     backbone = build_tiny(config.family, seed=config.seed, spec=config.tiny_spec())
     val = scene_pool(config, "val", IMAGE_PIXELS)
+    phases = [p for p in (config.object_recall, config.object_image) if p.schedule.steps > 0]
 
     def figures(label: str) -> list[dict]:
         rows = question_accuracy(backbone, val, label, text=True)
-        return rows + named_object_sensitivity(backbone, val, label, text=True)
+        rows += named_object_sensitivity(backbone, val, label, text=True)
+        if phases:  # the val scenes' oracle image tokens: what stage 0 reads where a perfect tower would be
+            oracle = ObjectVectorCache(backbone, val)
+            read = question_accuracy(backbone, val, label, oracle)
+            read += named_object_sensitivity(backbone, val, label, oracle)
+            rows += [{**r, "measure": f"oracle_{r['measure']}"} for r in read]
+        return rows
 
     control = figures("random_init")
     samples = text_samples(WorldConfig(**config.world), "train", config.text_scenes, workers=2)
+    wall = 0.0
+    for i, phase in enumerate(phases):
+        images = scene_pool(config, "train", IMAGE_PIXELS) if phase.layout == "image" else None
+        wall += train_object_phase(backbone, phase, config.seed * 7919 + 10 + i, samples, images).wall_s
     record = train_text(
         backbone,
         samples,
@@ -88,7 +102,7 @@ def build_text(stage_config: dict[str, Any], folder: Path) -> None:
         recall=config.recall,
     )
     metrics = {
-        "wall_s": record.wall_s,
+        "wall_s": wall + record.wall_s,
         "final_loss": record.losses[-1] if record.losses else None,
         "text_questions": figures("trained") + control,
     }

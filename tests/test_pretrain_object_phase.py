@@ -1,0 +1,133 @@
+"""Stage 0's object-vector phases: the "objects" layout asks about short scenes with one token per object,
+the "image" layout about whole scenes on their image's grid (oracle tokens); both train the language model
+alone, and their grounding objective moves the answers' attention onto the named object. The phases enter
+stage 0's key only when they have steps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from segcompass.backbones import build_tiny
+from segcompass.pretrain import language
+from segcompass.pretrain.config import StackConfig
+from segcompass.pretrain.grounding import Grounding
+from segcompass.pretrain.object_phase import ObjectPhase, short_scene_pool, train_object_phase
+from segcompass.pretrain.optim import Schedule
+from segcompass.pretrain.pool import ProcessorGrid, build_pool
+from segcompass.pretrain.stack import TEXT
+from segcompass.pretrain.text import text_samples
+from segcompass.world import WorldConfig
+
+LAST_LAYER = Grounding(weight=1.0, layers=(1,), heads="all")  # the toy language model has 2 layers
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Every batch the phase encodes: (pool, dialogues, input_ids)."""
+    seen = []
+    real = language.encode_dialogues
+
+    def encode(backbone, pool, dialogues):
+        batch = real(backbone, pool, dialogues)
+        seen.append((pool, list(dialogues), batch.inputs["input_ids"]))
+        return batch
+
+    monkeypatch.setattr(language, "encode_dialogues", encode)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "bad", [{"layout": "grid"}, {"short_scenes": 0}, {"grounding": {"weight": -1.0}}, {"objects": (0, 3)}]
+)
+def test_a_bad_object_phase_is_refused(bad):
+    with pytest.raises(ValueError):
+        ObjectPhase(**bad)
+
+
+def test_each_stack_phase_keeps_its_layout():
+    with pytest.raises(ValueError, match="object_image must have layout 'image'"):
+        StackConfig(object_image=ObjectPhase(layout="objects"))
+
+
+def test_the_phases_enter_stage_0s_key_only_with_steps_and_survive_a_round_trip():
+    base = StackConfig()
+    assert "object_recall" not in base.text_stage() and "object_image" not in base.text_stage()
+    on = replace(
+        base,
+        object_recall=replace(base.object_recall, schedule=Schedule(steps=5, batch_size=8)),
+        object_image=replace(base.object_image, schedule=Schedule(steps=3, batch_size=4)),
+    )
+    assert TEXT.key(on.text_stage()) != TEXT.key(base.text_stage())
+    # The image layout reads the train scenes: their number is in stage 0's key then, and only then.
+    assert TEXT.key(replace(on, train_scenes=7).text_stage()) != TEXT.key(on.text_stage())
+    assert TEXT.key(replace(base, train_scenes=7).text_stage()) == TEXT.key(base.text_stage())
+    back = StackConfig.from_stage(json.loads(json.dumps(on.instruct_stage())))
+    assert (back.object_recall, back.object_image) == (on.object_recall, on.object_image)
+    assert back.object_image.grounding == Grounding(1.0, (2, 3), "all")
+    assert "count" in back.object_image.kinds and back.object_recall.objects == (2, 7)
+
+
+def test_short_scenes_keep_a_drawn_number_of_a_scenes_objects():
+    samples = text_samples(WorldConfig(), "train", 5)
+    phase = ObjectPhase(objects=(2, 3), short_scenes=40)
+    pool = short_scene_pool(samples, phase, seed=0)
+    again = short_scene_pool(samples, phase, seed=0)
+    assert len(pool) == 40 and [e.sample for e in pool] == [e.sample for e in again]
+    for entry in pool:
+        n = len(entry.sample.scene.objects)
+        assert entry.grid == (1, n) and 1 <= n <= 3
+        assert any(all(o in s.scene.objects for o in entry.sample.scene.objects) for s in samples), (
+            "a short scene's objects come from one scene"
+        )
+    with pytest.raises(ValueError, match="at least one text scene"):
+        short_scene_pool([], phase, seed=0)
+
+
+def test_the_objects_layout_trains_the_language_model_on_one_token_per_object(toy_vlm_spec, spy):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    samples = text_samples(WorldConfig(), "train", 4)
+    phase = ObjectPhase(
+        Schedule(steps=2, batch_size=3), objects=(2, 3), short_scenes=16, grounding=LAST_LAYER
+    )
+    record = train_object_phase(backbone, phase, 0, samples=samples, progress=False)
+    assert len(record.losses) == 2 and all("grounding" in p for p in record.parts) and len(spy) == 2
+    for pool, dialogues, ids in spy:
+        for row, d in enumerate(dialogues):
+            n = len(pool[d.scene].sample.scene.objects)
+            assert int((ids[row] == backbone.image_token_id).sum()) == n and 2 <= n <= 3
+            assert d.context is None and len(d.turns) == 2
+    after = backbone.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("model.visual."))
+    assert any(not torch.equal(before[k], after[k]) for k in after if "language_model.layers." in k)
+
+
+def test_the_image_layout_asks_about_whole_scenes_and_grounding_moves_the_attention(toy_vlm_spec, spy):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+    pool = build_pool(WorldConfig(), "train", 3, ProcessorGrid.of(backbone.processor.image_processor))
+    phase = ObjectPhase(
+        Schedule(steps=40, batch_size=3, lr=3e-3),
+        layout="image",
+        questions=2,
+        kinds=("colour", "shape"),
+        grounding=LAST_LAYER,
+    )
+    record = train_object_phase(backbone, phase, 0, images=pool, progress=False)
+    assert len(spy) == 40
+    for seen_pool, dialogues, ids in spy:
+        assert seen_pool is pool
+        for row, d in enumerate(dialogues):
+            rows, cols = pool[d.scene].grid
+            assert int((ids[row] == backbone.image_token_id).sum()) == rows * cols
+            named = {t.target for t in d.turns} - {None}
+            assert named <= set(range(len(pool[d.scene].sample.scene.objects)))
+    grounding = np.array([p["grounding"] for p in record.parts])
+    # −log(attention mass on the named object's tokens) falls: the answers learn to read the named object.
+    assert grounding[-10:].mean() < 0.7 * grounding[:5].mean()
+    with pytest.raises(ValueError, match="labelled for the image grid"):
+        train_object_phase(backbone, phase, 0)
