@@ -120,6 +120,21 @@ def test_alignment_starts_from_stage_0s_language_model_and_stage_1s_tower(tmp_pa
     assert any(not torch.equal(t[k], v[k]) for k in tower), "stage 0 leaves the tower at random init"
 
 
+def test_an_oracle_alignment_fits_the_mergers_last_layer_and_nothing_else(tmp_path):
+    config = toy(align_trains="oracle")
+    a = _weights(build_stage(ALIGN, config.align_stage(), tmp_path))
+    t = _weights(TEXT.path(config.text_stage(), tmp_path))
+    v = _weights(VISION.path(config.vision_stage(), tmp_path))
+    fitted = {"visual.merger.mlp.2.weight", "visual.merger.mlp.2.bias"}
+    assert fitted <= a.keys()
+    assert all(torch.equal(a[k], v[k]) for k in v if k.startswith("visual.") and k not in fitted)
+    assert all(not torch.equal(a[k], v[k]) for k in fitted)
+    assert all(torch.equal(a[k], t[k]) for k in t if not k.startswith("visual."))
+    metrics = json.loads((ALIGN.path(config.align_stage(), tmp_path) / "metrics.json").read_text())
+    fit = metrics["merger_readout"]
+    assert fit["relative_error"] < fit["relative_error_before"] and fit["tokens"] > 0
+
+
 def test_stack_is_deterministic_for_a_seed(tmp_path):
     a = _weights(build_stack(toy(), tmp_path / "a"))
     b = _weights(build_stack(toy(), tmp_path / "b"))

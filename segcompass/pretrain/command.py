@@ -50,8 +50,9 @@ class PretrainCommandConfig:
     align_steps: int = _DEFAULT.align.steps
     """Stage 2 optimiser steps (descriptions)."""
     align_trains: str = _DEFAULT.align_trains
-    """What stage 2 trains: "language" (the language model) or "merger" (the merger alone, language model
-    frozen, as LLaVA's first stage)."""
+    """What stage 2 trains: "language" (the language model), "merger" (the merger alone, language model
+    frozen, as LLaVA's first stage) or "oracle" (the merger's last layer fitted in closed form to the oracle
+    tokens of stage 0's object phases)."""
     instruct_steps: int = _DEFAULT.instruct.steps
     """Stage 3 optimiser steps (multi-turn questions + output format)."""
     grounding_weight: float = _DEFAULT.grounding.weight

@@ -23,6 +23,10 @@ IMAGE_PIXELS = (280 * 280, 288 * 288)
 (aspect ≤ 1.6), about 10 × 10 for a square one."""
 
 
+ALIGN_TRAINS: tuple[str, ...] = ("language", "merger", "oracle")
+"""What stage 2 can train (`StackConfig.align_trains`)."""
+
+
 def _default_tiny() -> dict[str, Any]:
     # Full attention in every vision block: windowed attention loops in Python per window on CPU.
     # A vision tower twice the preset's width: shape comes ≈ 2× faster per step (results/warmup.md).
@@ -85,7 +89,9 @@ class StackConfig:
     """Stage 2 optimiser (scene descriptions; the tower frozen)."""
     align_trains: str = "language"
     """What stage 2 trains: "language" (the language model) or "merger" (the merger alone, the language
-    model frozen — LLaVA's first stage: the image tokens learn to look like what stage 0's model reads)."""
+    model frozen — LLaVA's first stage: the image tokens learn to look like what stage 0's model reads), or
+    "oracle" (no steps: the merger's last layer is fitted by ridge regression so that the image tokens equal
+    the oracle tokens stage 0's object phases trained on — `align.py`)."""
     instruct: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=16, lr=2e-3))
     """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen)."""
     questions_per_dialogue: int = 6
@@ -117,8 +123,8 @@ class StackConfig:
             self.grounding = Grounding(**self.grounding)
         if isinstance(self.vision_objective, dict):
             self.vision_objective = VisionObjective(**self.vision_objective)
-        if self.align_trains not in ("language", "merger"):
-            raise ValueError(f"align_trains must be 'language' or 'merger', got {self.align_trains!r}")
+        if self.align_trains not in ALIGN_TRAINS:
+            raise ValueError(f"align_trains must be one of {ALIGN_TRAINS}, got {self.align_trains!r}")
         if min(self.num_slots, self.train_scenes, self.val_scenes, self.text_scenes) < 1:
             raise ValueError("need num_slots, train_scenes, text_scenes and val_scenes >= 1")
         TinySpec(**self.tiny)

@@ -62,18 +62,28 @@ class FeatureCache:
             tokens = patches.reshape(len(merged), -1, patches.shape[-1])[order]
         return list(torch.split(tokens, (grid.prod(-1) // 4).tolist()))
 
-    def get(self, indices: list[int]) -> list[torch.Tensor]:
-        """[cells_i, D] per index (computed for the missing ones in batches); with `live_merger`, the
-        merger's output with its gradient."""
+    def merger_inputs(self, indices: list[int]) -> list[torch.Tensor]:
+        """[cells_i, 4, C] per index: what the frozen tower gives the merger (a `live_merger` cache)."""
+        if not self.live_merger:
+            raise ValueError("only a FeatureCache with live_merger=True keeps the merger's inputs")
+        self._fill(indices)
+        return [self._features[i] for i in indices]
+
+    def _fill(self, indices: list[int]) -> None:
         missing = sorted({i for i in indices if i not in self._features})
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             for i, feats in zip(chunk, self._compute(chunk), strict=True):
                 self._features[i] = feats.detach()
+
+    def get(self, indices: list[int]) -> list[torch.Tensor]:
+        """[cells_i, D] per index (computed for the missing ones in batches); with `live_merger`, the
+        merger's output with its gradient."""
+        self._fill(indices)
         if not self.live_merger:
             return [self._features[i] for i in indices]
         merger = self.backbone.model.model.visual.merger
-        patches = [self._features[i] for i in indices]  # [cells_i, 4, C] each
+        patches = self.merger_inputs(indices)  # [cells_i, 4, C] each
         merged = merger(torch.cat(patches).flatten(0, 1))  # [Σ cells_i, D]
         return list(torch.split(merged, [len(p) for p in patches]))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from segcompass.backbones import Backbone, build_tiny, load_backbone
 from segcompass.stages import Stage, build_stage, stage_folder
 from segcompass.world.config import WorldConfig
 
+from .align import fit_merger_readout
 from .config import IMAGE_PIXELS, StackConfig
 from .dialogue import Dialogue, describe_turn, qa_dialogue
 from .evaluate import named_object_sensitivity, question_accuracy
@@ -160,6 +162,11 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
     set_image_pixels(backbone, *IMAGE_PIXELS)
     train = scene_pool(config, "train", IMAGE_PIXELS)
     trains = config.align_trains if which == "align" else "language"
+    if trains == "oracle":  # a closed-form fit, no steps
+        start = time.perf_counter()
+        fit = fit_merger_readout(backbone, train)
+        _save(backbone, folder, {"wall_s": time.perf_counter() - start, "merger_readout": fit._asdict()})
+        return
     cache = FeatureCache(backbone, train, live_merger=trains == "merger")
     if which == "align":
         schedule = config.align

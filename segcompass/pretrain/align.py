@@ -1,0 +1,71 @@
+"""Stage 2 by regression: the merger's last layer fitted so the image tokens equal the oracle tokens.
+
+After stage 0's object phases (`object_phase.py`) the language model reads the oracle tokens of an image —
+each token the vector of the object covering it, 0 on the background (`object_vectors.py`). What a real
+tower gives it should look like that. With the tower frozen, the merger's output is a linear function of
+its last hidden layer, so the best such output is a ridge regression: one linear solve on the train
+scenes' tokens, seconds instead of an alignment run (results/warmup.md, session (5): relative error 0.66
+and image shape 0.35 with a tower whose token shape probe reads 0.53).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from segcompass.backbones import Backbone
+
+from .language import FeatureCache
+from .object_vectors import ObjectVectorCache
+from .pool import ScenePool
+
+
+class ReadoutFit(NamedTuple):
+    """What `fit_merger_readout` did."""
+
+    relative_error: float
+    """‖tokens − oracle‖² / ‖oracle‖² over the pool's image tokens after the fit."""
+    relative_error_before: float
+    """The same with the merger as it was."""
+    tokens: int
+    """Image tokens the regression was fitted on."""
+
+
+def merger_hidden(backbone: Backbone, patches: torch.Tensor) -> torch.Tensor:
+    """[cells, 4·C] → the merger's last hidden layer [cells, H] (its input to the last linear layer)."""
+    merger = backbone.model.model.visual.merger
+    hidden = merger.ln_q(patches).view(-1, merger.hidden_size)
+    return merger.mlp[:-1](hidden)
+
+
+@torch.no_grad()
+def fit_merger_readout(backbone: Backbone, pool: ScenePool, ridge: float = 1e-2) -> ReadoutFit:
+    """Set the merger's last linear layer (weight and bias) to the ridge solution that maps its hidden layer
+    to the pool's oracle tokens under the backbone's current embeddings; the tower stays as it is.
+
+    `ridge` is per token: the penalty is `ridge · tokens · ‖W‖²` (the bias is not penalised)."""
+    if len(pool) == 0:
+        raise ValueError("fitting the merger needs at least one scene")
+    features = FeatureCache(backbone, pool, live_merger=True)
+    oracle = ObjectVectorCache(backbone, pool)
+    indices = list(range(len(pool)))
+    before = torch.cat(features.get(indices)).float()  # [tokens, D]
+    hidden = torch.cat([merger_hidden(backbone, p) for p in features.merger_inputs(indices)]).double()
+    target = torch.cat(oracle.get(indices)).double()  # [tokens, D]
+    if not torch.isfinite(hidden).all():
+        raise FloatingPointError("the merger's hidden layer is not finite on this pool")
+    x = torch.cat([hidden, torch.ones(len(hidden), 1, dtype=hidden.dtype)], 1)  # [tokens, H + 1]
+    penalty = ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+    penalty[-1, -1] = 0.0
+    solution = torch.linalg.solve(x.T @ x + penalty, x.T @ target)  # [H + 1, D]
+    last = backbone.model.model.visual.merger.mlp[-1]
+    last.weight.copy_(solution[:-1].T.to(last.weight.dtype))
+    last.bias.copy_(solution[-1].to(last.bias.dtype))
+    after = (x @ solution).float()
+    scale = target.float().pow(2).sum()
+    return ReadoutFit(
+        relative_error=float((after - target.float()).pow(2).sum() / scale),
+        relative_error_before=float((before - target.float()).pow(2).sum() / scale),
+        tokens=len(x),
+    )
