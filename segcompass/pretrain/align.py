@@ -44,28 +44,39 @@ def fit_merger_readout(backbone: Backbone, pool: ScenePool, ridge: float = 1e-2)
     """Set the merger's last linear layer (weight and bias) to the ridge solution that maps its hidden layer
     to the pool's oracle tokens under the backbone's current embeddings; the tower stays as it is.
 
-    `ridge` is per token: the penalty is `ridge · tokens · ‖W‖²` (the bias is not penalised)."""
+    `ridge` is per token: the penalty is `ridge · tokens · ‖W‖²` (the bias is not penalised). The normal
+    equations are accumulated scene by scene (memory: the tower's cached outputs and two [H + 1]² sums)."""
     if len(pool) == 0:
         raise ValueError("fitting the merger needs at least one scene")
     features = FeatureCache(backbone, pool, live_merger=True)
     oracle = ObjectVectorCache(backbone, pool)
-    indices = list(range(len(pool)))
-    before = torch.cat(features.get(indices)).float()  # [tokens, D]
-    hidden = torch.cat([merger_hidden(backbone, p) for p in features.merger_inputs(indices)]).double()
-    target = torch.cat(oracle.get(indices)).double()  # [tokens, D]
-    if not torch.isfinite(hidden).all():
-        raise FloatingPointError("the merger's hidden layer is not finite on this pool")
-    x = torch.cat([hidden, torch.ones(len(hidden), 1, dtype=hidden.dtype)], 1)  # [tokens, H + 1]
-    penalty = ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
-    penalty[-1, -1] = 0.0
-    solution = torch.linalg.solve(x.T @ x + penalty, x.T @ target)  # [H + 1, D]
     last = backbone.model.model.visual.merger.mlp[-1]
+    width = last.in_features + 1
+    xtx = torch.zeros(width, width, dtype=torch.float64)
+    xty = torch.zeros(width, last.out_features, dtype=torch.float64)
+    tokens, target_norm, error_before = 0, 0.0, 0.0
+
+    def design(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = merger_hidden(backbone, features.merger_inputs([i])[0]).double()  # [cells, H]
+        ones = torch.ones(len(hidden), 1, dtype=hidden.dtype)
+        return torch.cat([hidden, ones], 1), oracle.get([i])[0].double()  # [cells, H + 1], [cells, D]
+
+    for i in range(len(pool)):
+        x, target = design(i)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"the merger's hidden layer is not finite on scene {i}")
+        xtx += x.T @ x
+        xty += x.T @ target
+        tokens += len(x)
+        target_norm += float(target.pow(2).sum())
+        error_before += float((features.get([i])[0].double() - target).pow(2).sum())
+    penalty = ridge * tokens * torch.eye(width, dtype=torch.float64)
+    penalty[-1, -1] = 0.0
+    solution = torch.linalg.solve(xtx + penalty, xty)  # [H + 1, D]
     last.weight.copy_(solution[:-1].T.to(last.weight.dtype))
     last.bias.copy_(solution[-1].to(last.bias.dtype))
-    after = (x @ solution).float()
-    scale = target.float().pow(2).sum()
-    return ReadoutFit(
-        relative_error=float((after - target.float()).pow(2).sum() / scale),
-        relative_error_before=float((before - target.float()).pow(2).sum() / scale),
-        tokens=len(x),
-    )
+    error_after = 0.0
+    for i in range(len(pool)):
+        x, target = design(i)
+        error_after += float((x @ solution - target).pow(2).sum())
+    return ReadoutFit(error_after / target_norm, error_before / target_norm, tokens)
