@@ -33,7 +33,8 @@ class ReadoutFit(NamedTuple):
 
 
 def merger_hidden(backbone: Backbone, patches: torch.Tensor) -> torch.Tensor:
-    """[cells, 4·C] → the merger's last hidden layer [cells, H] (its input to the last linear layer)."""
+    """[cells, 4, C] (each token's 2 × 2 patch states) → the merger's last hidden layer [cells, H] (the input of
+    its last linear layer)."""
     merger = backbone.model.model.visual.merger
     hidden = merger.ln_q(patches).view(-1, merger.hidden_size)
     return merger.mlp[:-1](hidden)
@@ -45,7 +46,8 @@ def fit_merger_readout(backbone: Backbone, pool: ScenePool, ridge: float = 1e-2)
     to the pool's oracle tokens under the backbone's current embeddings; the tower stays as it is.
 
     `ridge` is per token: the penalty is `ridge · tokens · ‖W‖²` (the bias is not penalised). The normal
-    equations are accumulated scene by scene (memory: the tower's cached outputs and two [H + 1]² sums)."""
+    equations are accumulated scene by scene (memory: the tower's cached outputs, an [H + 1]² and an
+    [H + 1, D] sum)."""
     if len(pool) == 0:
         raise ValueError("fitting the merger needs at least one scene")
     features = FeatureCache(backbone, pool, live_merger=True)
@@ -55,6 +57,7 @@ def fit_merger_readout(backbone: Backbone, pool: ScenePool, ridge: float = 1e-2)
     xtx = torch.zeros(width, width, dtype=torch.float64)
     xty = torch.zeros(width, last.out_features, dtype=torch.float64)
     tokens, target_norm, error_before = 0, 0.0, 0.0
+    features.merger_inputs(list(range(len(pool))))  # the tower runs once per image, in batches
 
     def design(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = merger_hidden(backbone, features.merger_inputs([i])[0]).double()  # [cells, H]
