@@ -15,15 +15,15 @@ import json
 import logging
 import time
 
-import numpy as np
 import torch
 
 from segcompass.backbones import load_backbone
 from segcompass.pretrain.config import StackConfig
-from segcompass.pretrain.optim import Schedule, run_loop
+from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.pool import ScenePool, scene_pool, set_image_pixels
 from segcompass.pretrain.probe import merged_tokens, token_probes
-from segcompass.pretrain.vision import PixelCache, VisionHeads, image_tokens, vision_batch, vision_loss
+from segcompass.pretrain.stack import vision_pixel_range
+from segcompass.pretrain.vision import train_tower
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     config = dataclasses.replace(StackConfig(), train_scenes=args.scenes)
-    pixels = (config.vision_pixels - 28 * 28 * 2, config.vision_pixels)  # stage 1's own range
+    pixels = vision_pixel_range(config)
     backbone = load_backbone(args.start)
     set_image_pixels(backbone, *pixels)
     train, val = scene_pool(config, "train", pixels), scene_pool(config, "val", pixels)
@@ -58,20 +58,13 @@ def main() -> None:
         backbone.model.train()
 
     probe("start")
-    heads = VisionHeads(backbone.hidden_size)
-    cache = PixelCache(backbone, train)
+    schedule = Schedule(steps=args.steps, batch_size=config.vision.batch_size, lr=args.lr)
 
-    def step_loss(step: int, rng: np.random.Generator):
+    def every(step: int) -> None:
         if step and step % args.every == 0:
             probe(f"step {step}")
-        picks = [int(i) for i in rng.choice(len(train), size=config.vision.batch_size, replace=False)]
-        scenes = [train[i] for i in picks]
-        tokens = image_tokens(backbone, scenes, cache.batch(picks))
-        loss = vision_loss(heads, tokens, vision_batch(scenes), config.vision_objective)
-        return loss.total, loss.parts
 
-    schedule = Schedule(steps=args.steps, batch_size=config.vision.batch_size, lr=args.lr)
-    run_loop([backbone.model.model.visual, heads], schedule, step_loss, args.seed, "stage 1, continued")
+    train_tower(backbone, train, schedule, config.vision_objective, args.seed, "stage 1, continued", every)
     probe(f"after {args.steps}")
     if args.save:
         backbone.save(args.save)

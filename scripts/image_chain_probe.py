@@ -26,7 +26,7 @@ from segcompass.pretrain.align import fit_merger_readout
 from segcompass.pretrain.config import IMAGE_PIXELS, StackConfig
 from segcompass.pretrain.dialogue import Dialogue
 from segcompass.pretrain.evaluate import named_object_sensitivity, question_accuracy
-from segcompass.pretrain.language import FeatureCache, train_dialogues
+from segcompass.pretrain.language import FeatureCache, adopt_language_model, train_dialogues
 from segcompass.pretrain.pool import ScenePool, scene_pool, set_image_pixels
 from segcompass.pretrain.text import recall_turns
 
@@ -54,9 +54,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     backbone = load_backbone(args.tower)
-    language = load_backbone(args.language)
-    backbone.model.model.language_model.load_state_dict(language.model.model.language_model.state_dict())
-    backbone.model.lm_head.load_state_dict(language.model.lm_head.state_dict())
+    adopt_language_model(backbone, load_backbone(args.language))
     set_image_pixels(backbone, *IMAGE_PIXELS)
     config = StackConfig()
     train = scene_pool(config, "train", IMAGE_PIXELS)

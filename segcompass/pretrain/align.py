@@ -57,29 +57,24 @@ def fit_merger_readout(backbone: Backbone, pool: ScenePool, ridge: float = 1e-2)
     xtx = torch.zeros(width, width, dtype=torch.float64)
     xty = torch.zeros(width, last.out_features, dtype=torch.float64)
     tokens, target_norm, error_before = 0, 0.0, 0.0
-    features.merger_inputs(list(range(len(pool))))  # the tower runs once per image, in batches
-
-    def design(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = merger_hidden(backbone, features.merger_inputs([i])[0]).double()  # [cells, H]
-        ones = torch.ones(len(hidden), 1, dtype=hidden.dtype)
-        return torch.cat([hidden, ones], 1), oracle.get([i])[0].double()  # [cells, H + 1], [cells, D]
-
-    for i in range(len(pool)):
-        x, target = design(i)
+    for i, patches in enumerate(features.merger_inputs(list(range(len(pool))))):  # tower once, batched
+        hidden = merger_hidden(backbone, patches)  # [cells, H]
+        before = last(hidden).double()  # the merger's output as it was, [cells, D]
+        hidden = hidden.double()
+        x = torch.cat([hidden, torch.ones(len(hidden), 1, dtype=hidden.dtype)], 1)  # [cells, H + 1]
+        target = oracle.get([i])[0].double()  # [cells, D]
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"the merger's hidden layer is not finite on scene {i}")
         xtx += x.T @ x
         xty += x.T @ target
         tokens += len(x)
         target_norm += float(target.pow(2).sum())
-        error_before += float((features.get([i])[0].double() - target).pow(2).sum())
+        error_before += float((before - target).pow(2).sum())
     penalty = ridge * tokens * torch.eye(width, dtype=torch.float64)
     penalty[-1, -1] = 0.0
     solution = torch.linalg.solve(xtx + penalty, xty)  # [H + 1, D]
     last.weight.copy_(solution[:-1].T.to(last.weight.dtype))
     last.bias.copy_(solution[-1].to(last.bias.dtype))
-    error_after = 0.0
-    for i in range(len(pool)):
-        x, target = design(i)
-        error_after += float((x @ solution - target).pow(2).sum())
+    # ‖XW − T‖² = tr(WᵀXᵀXW) − 2·tr(WᵀXᵀT) + ‖T‖², from the sums already accumulated
+    error_after = float((solution * (xtx @ solution)).sum() - 2 * (solution * xty).sum()) + target_norm
     return ReadoutFit(error_after / target_norm, error_before / target_norm, tokens)

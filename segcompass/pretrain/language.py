@@ -143,6 +143,12 @@ def encode_dialogues(backbone: Backbone, pool: ScenePool | None, dialogues: list
     return DialogueBatch(inputs, labels, [d.scene for d in dialogues], images)
 
 
+def adopt_language_model(backbone: Backbone, source: Backbone) -> None:
+    """Copy `source`'s language model (embeddings, blocks, head) into `backbone`, keeping its vision tower."""
+    backbone.model.model.language_model.load_state_dict(source.model.model.language_model.state_dict())
+    backbone.model.lm_head.load_state_dict(source.model.lm_head.state_dict())
+
+
 def model_inputs(inputs: dict[str, torch.Tensor], features: list[torch.Tensor]) -> dict:
     """Text inputs plus precomputed image features in place of pixels (none: a text-only batch)."""
     out = {k: v for k, v in inputs.items() if k != "pixel_values"}

@@ -28,14 +28,13 @@ from .align import fit_merger_readout
 from .config import IMAGE_PIXELS, StackConfig
 from .dialogue import Dialogue, describe_turn, qa_dialogue
 from .evaluate import named_object_sensitivity, question_accuracy
-from .language import FeatureCache, train_dialogues
+from .language import FeatureCache, adopt_language_model, train_dialogues
 from .object_phase import train_object_phase
 from .object_vectors import ObjectVectorCache
-from .optim import run_loop
 from .pool import ProcessorGrid, ScenePool, scene_pool, set_image_pixels
 from .probe import merged_tokens, token_probes
 from .text import text_samples, train_text
-from .vision import PixelCache, VisionHeads, image_tokens, vision_batch, vision_loss
+from .vision import train_tower
 
 __all__ = [
     "ALIGN",
@@ -57,7 +56,8 @@ BUILD_COMMAND = "segcompass pretrain"
 """The command that builds the stack's stages (named by `StageMissing`)."""
 
 
-def _vision_pixels(config: StackConfig) -> tuple[int, int]:
+def vision_pixel_range(config: StackConfig) -> tuple[int, int]:
+    """(min, max) pixels of stage 1's image processor (about `config.vision_pixels` per image)."""
     return (config.vision_pixels - 28 * 28 * 2, config.vision_pixels)
 
 
@@ -118,27 +118,18 @@ def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
     config = StackConfig.from_stage(stage_config)
     torch.manual_seed(config.seed)
     backbone = build_tiny(config.family, seed=config.seed, spec=config.tiny_spec())
-    set_image_pixels(backbone, *_vision_pixels(config))
+    set_image_pixels(backbone, *vision_pixel_range(config))
     train, val = (
-        scene_pool(config, "train", _vision_pixels(config)),
-        scene_pool(config, "val", _vision_pixels(config)),
+        scene_pool(config, "train", vision_pixel_range(config)),
+        scene_pool(config, "val", vision_pixel_range(config)),
     )
     probe_train = ScenePool("train", train.scenes[:500])
     control = token_probes(
         merged_tokens(backbone, probe_train), probe_train, merged_tokens(backbone, val), val
     )
-    heads = VisionHeads(backbone.hidden_size)
-    pixels = PixelCache(backbone, train)
-
-    def step_loss(step: int, rng: np.random.Generator):
-        picks = [int(i) for i in rng.choice(len(train), size=config.vision.batch_size, replace=False)]
-        scenes = [train[i] for i in picks]
-        tokens = image_tokens(backbone, scenes, pixels.batch(picks))
-        loss = vision_loss(heads, tokens, vision_batch(scenes), config.vision_objective)
-        return loss.total, loss.parts
-
-    visual = backbone.model.model.visual
-    record = run_loop([visual, heads], config.vision, step_loss, config.seed, "stage 1: vision")
+    record = train_tower(
+        backbone, train, config.vision, config.vision_objective, config.seed, "stage 1: vision"
+    )
     trained = token_probes(
         merged_tokens(backbone, probe_train), probe_train, merged_tokens(backbone, val), val
     )
@@ -156,9 +147,7 @@ def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
 def _train_language(config: StackConfig, previous: Path, folder: Path, which: str) -> None:
     backbone = load_backbone(previous)
     if which == "align":  # stage 1's tower under stage 0's language model
-        text = load_backbone(build_stage(TEXT, config.text_stage()))
-        backbone.model.model.language_model.load_state_dict(text.model.model.language_model.state_dict())
-        backbone.model.lm_head.load_state_dict(text.model.lm_head.state_dict())
+        adopt_language_model(backbone, load_backbone(build_stage(TEXT, config.text_stage())))
     set_image_pixels(backbone, *IMAGE_PIXELS)
     train = scene_pool(config, "train", IMAGE_PIXELS)
     trains = config.align_trains if which == "align" else "language"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from .labels import (
     soft_cross_entropy,
     token_composition,
 )
+from .optim import LoopRecord, Schedule, run_loop
 from .pool import FINE, SILHOUETTE, PooledScene, ScenePool
 
 logger = logging.getLogger(__name__)
@@ -244,3 +246,30 @@ def vision_loss(
     if not math.isfinite(float(total.detach())):
         raise FloatingPointError(f"vision loss is not finite: { {k: float(v) for k, v in parts.items()} }")
     return VisionLoss(total, {k: float(v.detach()) for k, v in parts.items()})
+
+
+def train_tower(
+    backbone: Backbone,
+    pool: ScenePool,
+    schedule: Schedule,
+    objective: VisionObjective,
+    seed: int,
+    desc: str,
+    before_step: Callable[[int], None] | None = None,
+) -> LoopRecord:
+    """Train the tower + merger (with fresh read-out heads, discarded after) on `objective` over the scenes
+    of `pool` (the backbone's image processor must give their grids); `before_step(step)` runs before each
+    step (e.g. periodic probes)."""
+    heads = VisionHeads(backbone.hidden_size)
+    pixels = PixelCache(backbone, pool)
+
+    def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        if before_step is not None:
+            before_step(step)
+        picks = [int(i) for i in rng.choice(len(pool), size=schedule.batch_size, replace=False)]
+        scenes = [pool[i] for i in picks]
+        tokens = image_tokens(backbone, scenes, pixels.batch(picks))
+        loss = vision_loss(heads, tokens, vision_batch(scenes), objective)
+        return loss.total, loss.parts
+
+    return run_loop([backbone.model.model.visual, heads], schedule, step_loss, seed, desc)
