@@ -73,6 +73,27 @@ def test_dialogues_are_deterministic_and_end_with_the_format_turn(setup):
     assert all(t.answer in t.candidates for t in a.turns[:-1])
 
 
+def test_the_format_turn_comes_first_at_the_rate_asked_and_last_otherwise(setup):
+    _, pool = setup
+    sample = pool[0].sample
+
+    def places(format_first: float) -> list[int]:
+        dialogues = [
+            qa_dialogue(0, sample, np.random.default_rng(s), 3, 1.0, 2, format_first) for s in range(200)
+        ]
+        return [[t.kind for t in d.turns].index("format") for d in dialogues]
+
+    assert set(places(1.0)) == {0}  # the instruction as the first prompt with the image
+    last = [qa_dialogue(0, sample, np.random.default_rng(s), 3, 1.0, 2) for s in range(20)]
+    assert all(d.turns[-1].kind == "format" for d in last)
+    # `format_first=0` draws nothing more: the same dialogues as before the option existed
+    assert last == [qa_dialogue(0, sample, np.random.default_rng(s), 3, 1.0, 2, 0.0) for s in range(20)]
+    first = np.mean([p == 0 for p in places(0.5)])
+    assert 0.38 < first < 0.62  # 200 draws at 0.5: the bounds are > 3 standard deviations out
+    half = [qa_dialogue(0, sample, np.random.default_rng(s), 3, 1.0, 2, 0.5) for s in range(200)]
+    assert all(sum(t.kind == "format" for t in d.turns) == 1 for d in half)
+
+
 def test_cached_features_give_the_same_logits_as_the_processor_and_pixels(setup, encoded):
     """The training path (text-only encoding + cached image features) against the model fed what the
     processor gives: same logits, so training sees the 3-D rotary positions that generation uses."""

@@ -55,7 +55,14 @@ def test_each_stack_phase_keeps_its_layout():
 
 
 def test_the_phases_enter_stage_0s_key_only_with_steps_and_survive_a_round_trip():
-    base = StackConfig()
+    default = StackConfig()
+    assert "object_recall" in default.text_stage() and "object_image" in default.text_stage()
+    off = Schedule(steps=0, batch_size=8)
+    base = replace(
+        default,
+        object_recall=replace(default.object_recall, schedule=off),
+        object_image=replace(default.object_image, schedule=off),
+    )
     assert "object_recall" not in base.text_stage() and "object_image" not in base.text_stage()
     on = replace(
         base,

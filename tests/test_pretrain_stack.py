@@ -42,6 +42,10 @@ TOY = {
 }
 
 
+def _off(phase):
+    return replace(phase, schedule=replace(phase.schedule, steps=0))
+
+
 def toy(**overrides) -> StackConfig:
     base = dict(
         tiny=TOY,
@@ -53,6 +57,12 @@ def toy(**overrides) -> StackConfig:
         align=Schedule(steps=1, batch_size=2),
         instruct=Schedule(steps=2, batch_size=2),
         questions_per_dialogue=2,
+        # The toy keeps the stack's earlier chain unless a test asks for more: no object phases, stage 2
+        # trained on descriptions, stage 3 without grounding (the default grounds layers 2–3 of 4).
+        object_recall=_off(StackConfig().object_recall),
+        object_image=_off(StackConfig().object_image),
+        align_trains="language",
+        grounding=Grounding(),
     )
     return StackConfig(**{**base, **overrides})
 
@@ -154,6 +164,16 @@ def test_stack_config_round_trips_through_a_stage_config():
     merger = config.align_stage()
     assert ALIGN.key(merger) != ALIGN.key(replace(config, align_trains="language").align_stage())
     assert merger["language"] == config.text_stage() and merger["previous"] == config.vision_stage()
+    # A part that is off stays out of its stage's key, and comes back off, whatever the default says
+    # (the object phases default to thousands of steps: a toy stage 0 must not run them).
+    assert StackConfig().object_recall.schedule.steps > 0 and "object_recall" not in config.text_stage()
+    assert StackConfig.from_stage(config.text_stage()).object_recall == config.object_recall
+    assert StackConfig.from_stage(config.text_stage()).object_image.schedule.steps == 0
+    last = replace(config, format_first=0.0)
+    assert "format_first" not in last.instruct_stage() and "format_first" in config.instruct_stage()
+    assert StackConfig.from_stage(last.instruct_stage()) == replace(last, val_scenes=300)
+    with pytest.raises(ValueError, match="format_first"):
+        StackConfig(format_first=1.5)
     with pytest.raises(TypeError):
         StackConfig(tiny={"no_such_field": 1})
     with pytest.raises(ValueError, match="align_trains"):

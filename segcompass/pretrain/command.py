@@ -55,6 +55,9 @@ class PretrainCommandConfig:
     tokens of stage 0's object phases)."""
     instruct_steps: int = _DEFAULT.instruct.steps
     """Stage 3 optimiser steps (multi-turn questions + output format)."""
+    format_first: float = _DEFAULT.format_first
+    """Stage 3: of the sequences with a format turn, the share where it is the first turn (the instruction as
+    the first prompt with the image) rather than after the questions."""
     grounding_weight: float = _DEFAULT.grounding.weight
     """Stage 3 attention-grounding weight: answers about a named object attend to its image tokens (0: off)."""
     train_scenes: int = _DEFAULT.train_scenes
@@ -92,6 +95,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         align=replace(d.align, steps=cfg.align_steps),
         align_trains=cfg.align_trains,
         instruct=replace(d.instruct, steps=cfg.instruct_steps),
+        format_first=cfg.format_first,
         grounding=replace(d.grounding, weight=cfg.grounding_weight),
     )
 

@@ -6,7 +6,7 @@ so a change early on gives every later stage a new key, and nothing before it (`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from segcompass.backbones.family import TinySpec
@@ -38,9 +38,17 @@ def _default_tiny() -> dict[str, Any]:
     }
 
 
+def _object_recall_phase() -> ObjectPhase:
+    return ObjectPhase(
+        schedule=Schedule(steps=2000, batch_size=128, lr=2e-3),
+        layout="objects",
+        objects=(2, 7),
+    )
+
+
 def _object_image_phase() -> ObjectPhase:
     return ObjectPhase(
-        schedule=Schedule(steps=0, batch_size=32, lr=1e-3),
+        schedule=Schedule(steps=1200, batch_size=32, lr=1e-3),
         layout="image",
         questions=3,
         kinds=(*LOOKUP_KINDS, "count"),
@@ -49,7 +57,7 @@ def _object_image_phase() -> ObjectPhase:
 
 @dataclass
 class StackConfig:
-    """Everything that decides the staged tiny VLM (the defaults are `warm:qwen2_5_vl`)."""
+    """Everything that decides the staged tiny VLM (`segcompass pretrain` builds the defaults)."""
 
     family: str = "qwen2_5_vl"
     """Backbone family of the tiny preset (multi-turn dialogues are written for `qwen2_5_vl`)."""
@@ -59,7 +67,7 @@ class StackConfig:
     """`TinySpec` overrides of the preset (its processor decides the image-token grid)."""
     world: dict[str, Any] = field(default_factory=dict)
     """`WorldConfig` overrides (default: the default world)."""
-    train_scenes: int = 2000
+    train_scenes: int = 6000
     """Training scenes with images (world split "train", samples 0 … n − 1), shared by stages 1–3."""
     text_scenes: int = 4000
     """Scenes whose words make stage 0's dialogues (world split "train", samples 0 … n − 1; no images)."""
@@ -70,36 +78,47 @@ class StackConfig:
     vision_pixels: int = 224 * 224
     """Stage 1 trains the tower at this many pixels per image (≈ 8 × 8 tokens; cheaper than the final
     ≈ 10 × 10; the rotary tower carries over to the final size)."""
-    object_recall: ObjectPhase = field(default_factory=lambda: ObjectPhase(layout="objects", objects=(2, 7)))
+    object_recall: ObjectPhase = field(default_factory=_object_recall_phase)
     """Stage 0's first phase (0 steps: none): short scenes as object vectors, one token per object, look-up
-    questions with attention grounding (`object_phase.py`)."""
+    questions with attention grounding (`object_phase.py`). 2000 steps of 128: the answers follow the named
+    object on whole scenes (results/warmup.md, session (4))."""
     object_image: ObjectPhase = field(default_factory=_object_image_phase)
     """Stage 0's second phase (0 steps: none): the train scenes' oracle image tokens (each token its covering
     object's vector) on the image grid, look-up questions with attention grounding."""
     recall: RecallPhase = field(default_factory=RecallPhase)
     """Stage 0's phase in words after the object phases: short scenes, look-up questions, large batches (0
     steps: none)."""
-    text: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=32, lr=2e-3))
-    """Stage 0 optimiser (language model on text dialogues: the scene in words, then questions)."""
-    vision: Schedule = field(default_factory=lambda: Schedule(steps=2000, batch_size=16, lr=3e-3))
-    """Stage 1 optimiser (vision tower + merger + read-out heads)."""
+    text: Schedule = field(default_factory=lambda: Schedule(steps=0, batch_size=32, lr=2e-3))
+    """Stage 0's phase in words, last (language model on text dialogues: the scene in words, then questions;
+    0 steps: none — the object phases teach the look-up the image stages use, results/warmup.md)."""
+    vision: Schedule = field(default_factory=lambda: Schedule(steps=10000, batch_size=16, lr=3e-3))
+    """Stage 1 optimiser (vision tower + merger + read-out heads). The tokens' shape keeps rising with steps
+    (results/warmup.md, session (5)): the one long, one-time stage of the stack."""
     vision_objective: VisionObjective = field(default_factory=VisionObjective)
     """Stage 1 objective weights."""
     align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
     """Stage 2 optimiser (scene descriptions; the tower frozen)."""
-    align_trains: str = "language"
+    align_trains: str = "oracle"
     """What stage 2 trains: "language" (the language model) or "merger" (the merger alone, the language
     model frozen — LLaVA's first stage: the image tokens learn to look like what stage 0's model reads), or
     "oracle" (no steps: the merger's last layer is fitted by ridge regression so that the image tokens equal
     the oracle tokens stage 0's object phases trained on — `align.py`)."""
-    instruct: Schedule = field(default_factory=lambda: Schedule(steps=1500, batch_size=16, lr=2e-3))
-    """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen)."""
+    instruct: Schedule = field(default_factory=lambda: Schedule(steps=1000, batch_size=32, lr=5e-4))
+    """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen). A low
+    learning rate: at 1e-3 on weak tokens the answers stopped following the named object (results/warmup.md,
+    session (5))."""
     questions_per_dialogue: int = 6
     """Question turns per instruction-tuning sequence."""
     format_probability: float = 0.6
-    """Probability that an instruction-tuning sequence ends with the output-format turn."""
-    grounding: Grounding = field(default_factory=Grounding)
-    """Stage 3 attention grounding: answers about a named object attend to its image tokens."""
+    """Probability that an instruction-tuning sequence has the output-format turn."""
+    format_first: float = 0.5
+    """Stage 3: of the sequences with a format turn, the share where it is the first turn (the instruction
+    as the first prompt with the image, as segmentation asks it) rather than the last. With the format only
+    last, a stage 0 without its phase in words never wrote the format as a first answer (format 0.02,
+    results/warmup.md)."""
+    grounding: Grounding = field(default_factory=lambda: Grounding(weight=1.0, layers=(2, 3), heads="all"))
+    """Stage 3 attention grounding: answers about a named object attend to its image tokens (every head of
+    layers 2–3, as in stage 0's object phases)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.text, dict):
@@ -125,6 +144,8 @@ class StackConfig:
             self.vision_objective = VisionObjective(**self.vision_objective)
         if self.align_trains not in ALIGN_TRAINS:
             raise ValueError(f"align_trains must be one of {ALIGN_TRAINS}, got {self.align_trains!r}")
+        if not 0.0 <= self.format_first <= 1.0:
+            raise ValueError(f"format_first must be in [0, 1], got {self.format_first}")
         if min(self.num_slots, self.train_scenes, self.val_scenes, self.text_scenes) < 1:
             raise ValueError("need num_slots, train_scenes, text_scenes and val_scenes >= 1")
         TinySpec(**self.tiny)
@@ -176,7 +197,10 @@ class StackConfig:
 
     def instruct_stage(self) -> dict[str, Any]:
         keys = ("instruct", "questions_per_dialogue", "format_probability", "num_slots", "grounding")
-        return {"previous": self.align_stage(), **{k: _plain(getattr(self, k)) for k in keys}}
+        stage = {"previous": self.align_stage(), **{k: _plain(getattr(self, k)) for k in keys}}
+        if self.format_first > 0:  # 0 (the format turn last, as before the field existed) keeps the old key
+            stage["format_first"] = self.format_first
+        return stage
 
     def tiny_spec(self) -> TinySpec:
         """The preset's `TinySpec` with `tiny` applied."""
@@ -184,14 +208,25 @@ class StackConfig:
 
     @classmethod
     def from_stage(cls, stage_config: dict[str, Any]) -> StackConfig:
-        """The stack config a stage config was made from (fields no stage so far reads keep defaults)."""
+        """The stack config a stage config was made from (fields no stage so far reads keep defaults).
+
+        A field that a stage's key leaves out when it is off (stage 0's phases with 0 steps, stage 3's
+        `format_first` at 0) is off again here, whatever its default."""
         flat: dict[str, Any] = {}
         nodes = [stage_config]
         while nodes:
             node = nodes.pop()
             flat.update({k: v for k, v in node.items() if k not in _NESTED})
             nodes += [node[k] for k in _NESTED if k in node]
-        return cls(**flat)
+        config = cls(**flat)
+        if "text_scenes" in flat:  # stage 0's config is in this one
+            for name in ("object_recall", "object_image", "recall"):
+                if name not in flat:
+                    phase = getattr(config, name)
+                    setattr(config, name, replace(phase, schedule=replace(phase.schedule, steps=0)))
+        if "instruct" in flat and "format_first" not in flat:
+            config.format_first = 0.0
+        return config
 
 
 _NESTED = ("previous", "language")

@@ -119,9 +119,11 @@ def qa_dialogue(
     num_questions: int,
     format_probability: float,
     num_slots: int,
+    format_first: float = 0.0,
 ) -> Dialogue:
     """`num_questions` questions of random kinds (each kind at most twice), then, with
-    `format_probability`, the format turn last."""
+    `format_probability`, the format turn: first with probability `format_first` (the instruction as the
+    first prompt with the image, as segmentation asks it), last otherwise."""
     turns: list[Turn] = []
     for kind in rng.permutation(np.repeat(QUESTION_KINDS, 2))[: num_questions * 2]:
         if len(turns) == num_questions:
@@ -130,7 +132,9 @@ def qa_dialogue(
         if turn is not None and all(t.question != turn.question for t in turns):
             turns.append(turn)
     if rng.random() < format_probability:
-        turns.append(format_turn(sample, num_slots))
+        # The draw for the place happens only when it can matter: `format_first=0` keeps the batches as before.
+        first = format_first > 0 and rng.random() < format_first
+        turns.insert(0 if first else len(turns), format_turn(sample, num_slots))
     return Dialogue(scene, tuple(turns))
 
 

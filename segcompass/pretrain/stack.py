@@ -174,6 +174,7 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
                 config.questions_per_dialogue,
                 config.format_probability,
                 config.num_slots,
+                config.format_first,
             )
 
     seed = config.seed * 7919 + (1 if which == "align" else 2)
