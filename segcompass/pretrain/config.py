@@ -114,7 +114,7 @@ class StackConfig:
     format_first: float = 0.5
     """Stage 3: of the sequences with a format turn, the share where it is the first turn (the instruction
     as the first prompt with the image, as segmentation asks it) rather than the last. With the format only
-    last, a stage 0 without its phase in words never wrote the format as a first answer (format 0.02,
+    last, a stage 0 without its phase in words never wrote the format as a first answer (format 0.025,
     results/warmup.md)."""
     grounding: Grounding = field(default_factory=lambda: Grounding(weight=1.0, layers=(2, 3), heads="all"))
     """Stage 3 attention grounding: answers about a named object attend to its image tokens (every head of
@@ -166,7 +166,7 @@ class StackConfig:
         )
         stage = {k: _plain(getattr(self, k)) for k in keys}
         # A phase with 0 steps stays out of the key: stage 0 keeps the key it had before the phase existed.
-        for name in ("object_recall", "object_image", "recall"):
+        for name in _STAGE_0_PHASES:
             if getattr(self, name).schedule.steps > 0:
                 stage[name] = _plain(getattr(self, name))
         if "object_image" in stage:  # the image layout asks about the train scenes (their oracle tokens)
@@ -220,7 +220,7 @@ class StackConfig:
             nodes += [node[k] for k in _NESTED if k in node]
         config = cls(**flat)
         if "text_scenes" in flat:  # stage 0's config is in this one
-            for name in ("object_recall", "object_image", "recall"):
+            for name in _STAGE_0_PHASES:
                 if name not in flat:
                     phase = getattr(config, name)
                     setattr(config, name, replace(phase, schedule=replace(phase.schedule, steps=0)))
@@ -228,6 +228,9 @@ class StackConfig:
             config.format_first = 0.0
         return config
 
+
+_STAGE_0_PHASES = ("object_recall", "object_image", "recall")
+"""Stage 0's optional phases: in its key only when they have steps."""
 
 _NESTED = ("previous", "language")
 """Keys of a stage config that hold the config of a stage it starts from."""
