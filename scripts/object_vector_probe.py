@@ -17,6 +17,10 @@ saved backbone instead of the first phase (`--steps 0`).
     python scripts/object_vector_probe.py --steps 2000 --ground 1 --ground-layers 2 3 --save ot
     python scripts/object_vector_probe.py --from ot --steps 0 --image-steps 1200
 
+`--reasoning` adds the greedy reasoning read off the oracle tokens (`evaluate.reasoning_accuracy`), and
+`--image-kinds colour shape size position count format` puts the format turn (the scene's instruction → its
+reasoning) among the phase's turns.
+
 Measured in results/warmup.md, sessions of 2026-12-06 (4) and (5).
 """
 
@@ -34,7 +38,7 @@ import torch
 from segcompass.backbones import build_tiny, load_backbone
 from segcompass.pretrain.config import IMAGE_PIXELS, StackConfig
 from segcompass.pretrain.dialogue import Dialogue, question_turn
-from segcompass.pretrain.evaluate import named_object_sensitivity, question_accuracy
+from segcompass.pretrain.evaluate import named_object_sensitivity, question_accuracy, reasoning_accuracy
 from segcompass.pretrain.grounding import capture_attention_inputs, grounding_loss, grounding_targets
 from segcompass.pretrain.language import answer_loss, encode_dialogues, score_candidates
 from segcompass.pretrain.object_phase import train_object_phase
@@ -114,6 +118,17 @@ def main() -> None:
     parser.add_argument("--image-steps", type=int, default=0, help="steps of the oracle-token phase")
     parser.add_argument("--image-every", type=int, default=400, help="its held-out figures every N steps")
     parser.add_argument("--image-val", type=int, default=150, help="val scenes of its figures")
+    parser.add_argument(
+        "--image-kinds",
+        nargs="+",
+        default=None,
+        help="turn kinds of the oracle-token phase (default: the stack's; add `format` for the reasoning turn)",
+    )
+    parser.add_argument(
+        "--reasoning",
+        action="store_true",
+        help="also report the greedy reasoning on the oracle tokens (referent named, format)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -184,6 +199,8 @@ def image_phase(backbone, args: argparse.Namespace) -> None:
         cache = ObjectVectorCache(backbone, val)
         rows = question_accuracy(backbone, val, "oracle", cache)
         rows += named_object_sensitivity(backbone, val, "oracle", cache)
+        if args.reasoning:
+            rows += reasoning_accuracy(backbone, val, "oracle", config.num_slots, image_tokens=cache)
         figures = {r["measure"]: round(r["accuracy"], 3) for r in rows}
         majority = {r["measure"]: round(r["majority"], 3) for r in rows if r["majority"] == r["majority"]}
         print(json.dumps({"image_step": step, "s": round(time.time() - start), **figures}), flush=True)
@@ -195,9 +212,11 @@ def image_phase(backbone, args: argparse.Namespace) -> None:
     while done < args.image_steps:
         steps = min(args.image_every, args.image_steps - done)
         phase = dataclasses.replace(
-            config.object_image, schedule=dataclasses.replace(config.object_image.schedule, steps=steps)
+            config.object_image,
+            schedule=dataclasses.replace(config.object_image.schedule, steps=steps),
+            kinds=tuple(args.image_kinds or config.object_image.kinds),
         )
-        train_object_phase(backbone, phase, args.seed + done, images=train)
+        train_object_phase(backbone, phase, args.seed + done, images=train, num_slots=config.num_slots)
         done += steps
         report(done)
 

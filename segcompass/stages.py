@@ -15,6 +15,10 @@ build calls `build` on it again, which continues what is there, and the folder i
 build returns. A lock file `.<key>.lock` beside it keeps a second builder out (it waits, or with
 `wait=False` is refused with `StageBusy`); a killed builder's lock is dropped by the kernel, so the next
 builder takes over and resumes. A `.partial` folder is never loaded.
+
+A stage committed with the code (`committed.py`: the repository's `checkpoints/`) is copied into the cache,
+checked against its manifest, the first time it is looked up or asked to be built there; `force` builds it
+anyway.
 """
 
 from __future__ import annotations
@@ -42,12 +46,12 @@ from sae.files import (
 )
 from sae.files.atomic import staged_folder, temporary_name
 
+from .committed import STAGE_FILE, install_committed
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "SEGCOMPASS_CACHE"
 """Environment variable that moves the cache (default `~/.cache/segcompass`)."""
-STAGE_FILE = "stage.json"
-"""Written last into every stage folder: the stage name, version, key and config."""
 PARTIAL_SUFFIX = ".partial"
 """A resumable stage is built in `<key>.partial` (kept across interruptions) and renamed to `<key>`."""
 WAIT_POLL_SECONDS = 2.0
@@ -144,7 +148,7 @@ def _missing(stage: Stage[Any], path: Path) -> str:
 def stage_folder(stage: Stage[C], config: C, cache_root: str | os.PathLike | None = None) -> Path:
     """The built folder of `stage` for `config`; `StageMissing` (naming the build command) otherwise."""
     path = stage.path(config, cache_root)
-    if not is_built(path):
+    if not is_built(path) and not install_committed(stage.subdir, path):
         raise StageMissing(_missing(stage, path))
     return path
 
@@ -164,6 +168,8 @@ def build_stage(
     path = stage.path(config, cache_root)
     if is_built(path) and not force:
         logger.info("%s: cached (%s)", stage.name, path)
+        return path
+    if not force and install_committed(stage.subdir, path):
         return path
     if stage.resumable:
         return _build_resumable(stage, config, path, _resolve_root(cache_root), force=force, wait=wait)
@@ -272,7 +278,7 @@ def find_stage(
     `legacy_complete` accepts) is used when the stage's own folder is not built; `missing` replaces the
     `StageMissing` message (name the exact command that builds it). Never builds."""
     path = stage.path(config, cache_root)
-    if is_built(path):
+    if is_built(path) or install_committed(stage.subdir, path):
         return path
     for old in legacy:
         if legacy_complete is not None and legacy_complete(old):

@@ -9,6 +9,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No stage comes from the repository's committed checkpoints unless a test points at a root of its own.
+os.environ["SEGCOMPASS_CHECKPOINTS"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from segcompass.pretrain.object_phase import ObjectPhase, short_scene_pool, trai
 from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.pool import ProcessorGrid, build_pool
 from segcompass.pretrain.stack import TEXT
-from segcompass.pretrain.text import text_samples
+from segcompass.pretrain.text import RecallPhase, text_samples
 from segcompass.world import WorldConfig
 
 LAST_LAYER = Grounding(weight=1.0, layers=(1,), heads="all")  # the toy language model has 2 layers
@@ -138,3 +138,22 @@ def test_the_image_layout_asks_about_whole_scenes_and_grounding_moves_the_attent
     assert grounding[-10:].mean() < 0.7 * grounding[:5].mean()
     with pytest.raises(ValueError, match="labelled for the image grid"):
         train_object_phase(backbone, phase, 0)
+
+
+def test_the_image_layout_can_ask_the_format_turn_and_only_it_can(toy_vlm_spec, spy):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+    pool = build_pool(WorldConfig(), "train", 3, ProcessorGrid.of(backbone.processor.image_processor))
+    phase = ObjectPhase(
+        Schedule(steps=3, batch_size=3), layout="image", questions=1, kinds=("format",), grounding=Grounding()
+    )
+    train_object_phase(backbone, phase, 0, images=pool, progress=False, num_slots=2)
+    for _, dialogues, _ in spy:
+        for d in dialogues:
+            (turn,) = d.turns
+            sample = pool[d.scene].sample  # the whole scene's own instruction and reasoning
+            assert (turn.kind, turn.question) == ("format", sample.instruction)
+            assert turn.answer == f"<think>{sample.reasoning}</think><REF_POS><REF_POS>"
+    with pytest.raises(ValueError, match='"format" turn needs the "image" layout'):
+        ObjectPhase(layout="objects", kinds=("colour", "format"))
+    with pytest.raises(ValueError, match='cannot include "format"'):
+        StackConfig(recall=RecallPhase(kinds=("colour", "format")))

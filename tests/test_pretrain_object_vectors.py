@@ -12,8 +12,9 @@ import torch
 
 from segcompass.backbones import build_tiny
 from segcompass.pretrain.dialogue import Dialogue, question_turn
+from segcompass.pretrain.evaluate import tokens_in_place_of_the_tower
 from segcompass.pretrain.grounding import grounding_targets
-from segcompass.pretrain.language import encode_dialogues, lm_logits
+from segcompass.pretrain.language import encode_dialogues, lm_logits, model_inputs
 from segcompass.pretrain.object_vectors import ObjectScene, ObjectVectorCache, object_words
 from segcompass.pretrain.pool import ProcessorGrid, build_pool
 from segcompass.pretrain.text import short_scene, text_samples
@@ -143,3 +144,24 @@ def test_oracle_tokens_on_an_image_grid_carry_the_covering_objects_vector(backbo
                 assert not embeds[cell].any()
                 background += 1
         assert owned > 0 and background > 0
+
+
+def test_oracle_tokens_replace_the_towers_for_generation_exactly_as_in_training(backbone):
+    """`evaluate.tokens_in_place_of_the_tower` (the greedy reasoning read off oracle tokens) gives the same
+    logits as the training path that feeds the tokens in the merger's place, and not the tower's."""
+    pool = build_pool(WorldConfig(), "val", 2, ProcessorGrid.of(backbone.processor.image_processor))
+    cache = ObjectVectorCache(backbone, pool)
+    prepared = backbone.prepare(
+        [s.sample.image for s in pool.scenes], [s.sample.instruction for s in pool.scenes]
+    )
+    backbone.model.eval()
+    with torch.no_grad():
+        with tokens_in_place_of_the_tower(backbone, cache, [0, 1]):
+            swapped = backbone.model(**prepared.inputs).logits
+        fed = backbone.model(**model_inputs(prepared.inputs, cache.get([0, 1]))).logits
+        tower = backbone.model(**prepared.inputs).logits  # the hook is gone again
+    torch.testing.assert_close(swapped, fed)
+    assert not torch.allclose(swapped, tower, atol=1e-4)
+    one_scene = tokens_in_place_of_the_tower(backbone, cache, [0])  # two images' tokens, one scene's given
+    with pytest.raises(ValueError, match="processor's pixels must match the pool's grid"), one_scene:
+        backbone.model(**prepared.inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class PretrainCommandConfig:
     questions with attention grounding on layers 2–3; 0: none). Measured: 2000 (results/warmup.md)."""
     object_image_steps: int = _DEFAULT.object_image.schedule.steps
     """Stage 0's second phase, steps of 32 (whole scenes as oracle image tokens on the image grid; 0: none).
-    Measured: 1200 after the first phase."""
+    Measured: 1200 + 2000 after the first phase (results/warmup.md)."""
     recall_steps: int = _DEFAULT.recall.schedule.steps
     """Stage 0's recall-phase steps (short scenes in words, look-up questions, large batches; 0: none)."""
     recall_name_with_size: bool = _DEFAULT.recall.name_with_size
@@ -69,7 +70,11 @@ class PretrainCommandConfig:
     evaluate: bool = True
     """Evaluate the result and the random-init control (a few minutes; written once beside the model)."""
     threads: int = 0
-    """torch threads (0: torch's default)."""
+    """torch threads (0: torch's default; with --reproduce, the count the stage was built with)."""
+    reproduce: str = ""
+    """A committed stage's key (`checkpoints/MANIFEST.json`): rebuild it from the config its stage.json
+    records, in a temporary cache, compare every tensor with the committed weights, print the verdict and exit
+    with 1 when they differ. The flags that describe the stack are ignored."""
 
 
 def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
@@ -117,6 +122,9 @@ def evaluate_folder(folder: Path, config: StackConfig) -> pd.DataFrame:
 
 
 def run_pretrain_command(cfg: PretrainCommandConfig) -> None:
+    if cfg.reproduce:
+        _reproduce(cfg)
+        return
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     config = stack_config(cfg)
@@ -131,3 +139,26 @@ def run_pretrain_command(cfg: PretrainCommandConfig) -> None:
     if table_path.exists():
         summary["evaluation"] = pd.read_csv(table_path).to_dict("records")
     print(json.dumps(summary, indent=2))
+
+
+def _reproduce(cfg: PretrainCommandConfig) -> None:
+    from .reproduce import reproduce_committed
+
+    result = reproduce_committed(cfg.reproduce, cfg.threads)
+    weights = result.weights
+    print(
+        json.dumps(
+            {
+                "key": result.key,
+                "reproduced": weights.identical,
+                "tensors": weights.tensors,
+                "differing": list(weights.differing),
+                "max_abs_diff": weights.max_abs_diff if math.isfinite(weights.max_abs_diff) else None,
+                "threads": result.threads,
+                "wall_s": round(result.wall_s, 1),
+            },
+            indent=2,
+        )
+    )
+    if not weights.identical:
+        raise SystemExit(1)

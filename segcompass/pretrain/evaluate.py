@@ -17,12 +17,16 @@ majority rate, and the same measures on a random-init control.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from segcompass.backbones import Backbone
 from segcompass.warmup.evaluate import format_ok, generate_responses
@@ -31,6 +35,7 @@ from segcompass.world.vocab import COLOURS, SHAPES, SIZES
 
 from .dialogue import QUESTION_KINDS, Turn, question_turn
 from .language import FeatureCache, score_candidates
+from .object_vectors import ObjectVectorCache
 from .pool import ScenePool
 from .probe import hook_layer_tokens, token_probes
 
@@ -166,12 +171,25 @@ def _states_both(instruction: str, colour: str, shape: str) -> bool:
 
 
 def reasoning_accuracy(
-    backbone: Backbone, pool: ScenePool, label: str, num_slots: int, max_new_tokens: int = 200
+    backbone: Backbone,
+    pool: ScenePool,
+    label: str,
+    num_slots: int,
+    max_new_tokens: int = 200,
+    image_tokens: ObjectVectorCache | None = None,
 ) -> list[dict]:
-    """Referent named by the greedy reasoning (single-target instructions), and the format rate."""
-    single = [s for s in pool.scenes if len(s.sample.target_ids) == 1]
-    examples = [Example(s.sample.image, s.sample.instruction, "", "format") for s in single]
-    texts = generate_responses(backbone, examples, max_new_tokens)
+    """Referent named by the greedy reasoning (single-target instructions), and the format rate.
+    `image_tokens`: the model reads these (e.g. the scenes' oracle tokens) in place of its tower's."""
+    single = [i for i, s in enumerate(pool.scenes) if len(s.sample.target_ids) == 1]
+    examples = [Example(pool[i].sample.image, pool[i].sample.instruction, "", "format") for i in single]
+    texts: list[str] = []
+    for start in range(0, len(single), _GENERATE_BATCH):
+        chunk = single[start : start + _GENERATE_BATCH]
+        with tokens_in_place_of_the_tower(backbone, image_tokens, chunk):
+            texts += generate_responses(
+                backbone, examples[start : start + _GENERATE_BATCH], max_new_tokens, _GENERATE_BATCH
+            )
+    single = [pool[i] for i in single]
     hits, hidden_hits, formats = [], [], []
     for s, text in zip(single, texts, strict=True):
         target = s.sample.scene.objects[s.sample.target_ids[0]]
@@ -187,6 +205,36 @@ def reasoning_accuracy(
         _row(label, "reasoning_referent_unstated", len(hidden_hits), unstated),
         _row(label, "format", len(formats), float(np.mean(formats))),  # over the single-target instructions
     ]
+
+
+_GENERATE_BATCH = 16
+
+
+@contextlib.contextmanager
+def tokens_in_place_of_the_tower(
+    backbone: Backbone, image_tokens: ObjectVectorCache | None, scenes: list[int]
+) -> Iterator[None]:
+    """While inside, the tower's merged tokens are replaced by `image_tokens` of pool scenes `scenes` (the
+    images of one generation batch, in order); nothing changes when `image_tokens` is None."""
+    if image_tokens is None:
+        yield
+        return
+    tokens = torch.cat(image_tokens.get(scenes))  # [Σ cells, D]
+
+    def swap(module: torch.nn.Module, args: tuple, out: Any) -> Any:
+        if out.pooler_output.shape != tokens.shape:
+            raise ValueError(
+                f"the tower gives {tuple(out.pooler_output.shape)} image tokens, the replacement "
+                f"{tuple(tokens.shape)}: the processor's pixels must match the pool's grid"
+            )
+        out.pooler_output = tokens.to(out.pooler_output.dtype)
+        return out
+
+    handle = backbone.model.model.visual.register_forward_hook(swap)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _row(model: str, measure: str, n: int, accuracy: float, majority: float = float("nan")) -> dict:

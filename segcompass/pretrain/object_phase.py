@@ -61,6 +61,10 @@ class ObjectPhase(RecallPhase):
             self.grounding = Grounding(**self.grounding)
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "objects" and "format" in self.kinds:
+            raise ValueError(
+                'the "objects" layout asks about short scenes: the "format" turn needs the "image" layout'
+            )
         if self.short_scenes < 1:
             raise ValueError(f"short_scenes must be >= 1, got {self.short_scenes}")
 
@@ -84,9 +88,11 @@ def train_object_phase(
     samples: list[WorldSample] | None = None,
     images: ScenePool | None = None,
     progress: bool = True,
+    num_slots: int = 4,
 ) -> LoopRecord:
     """Train the language model on `phase`: layout "objects" draws its short scenes from `samples` (scene
-    graphs), layout "image" asks about the scenes of `images` (a pool labelled for the image grid)."""
+    graphs), layout "image" asks about the scenes of `images` (a pool labelled for the image grid); a
+    "format" turn ends with `num_slots` `<REF_POS>` tokens."""
     if phase.layout == "objects":
         pool = short_scene_pool(samples or [], phase, seed + 3)
     elif images is None or len(images) == 0:
@@ -95,7 +101,7 @@ def train_object_phase(
         pool = images
 
     def make(scene: int, rng: np.random.Generator) -> Dialogue:
-        return Dialogue(scene, recall_turns(pool[scene].sample, rng, phase))
+        return Dialogue(scene, recall_turns(pool[scene].sample, rng, phase, num_slots))
 
     return train_dialogues(
         backbone,

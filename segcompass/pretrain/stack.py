@@ -92,7 +92,8 @@ def build_text(stage_config: dict[str, Any], folder: Path) -> None:
     wall = 0.0
     for i, phase in enumerate(phases):
         images = scene_pool(config, "train", IMAGE_PIXELS) if phase.layout == "image" else None
-        wall += train_object_phase(backbone, phase, config.seed * 7919 + 10 + i, samples, images).wall_s
+        seed = config.seed * 7919 + 10 + i
+        wall += train_object_phase(backbone, phase, seed, samples, images, num_slots=config.num_slots).wall_s
     record = train_text(
         backbone,
         samples,

@@ -30,15 +30,17 @@ from segcompass.world.generate import generate_sample
 from segcompass.world.language import describe_objects
 from segcompass.world.scene import WorldSample
 
-from .dialogue import QUESTION_KINDS, Dialogue, Turn, qa_dialogue, question_turn, scene_text
+from .dialogue import QUESTION_KINDS, Dialogue, Turn, format_turn, qa_dialogue, question_turn, scene_text
 from .language import answer_loss, encode_dialogues
 from .optim import LoopRecord, Schedule, run_loop, train_only
 
 LOOKUP_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position")
 """Question kinds that read an attribute of a named object (the look-up the recall phase is for)."""
-RECALL_KINDS: tuple[str, ...] = (*QUESTION_KINDS, "describe")
-"""Turn kinds the recall phase can draw: the questions, and "describe" (the short scene's objects said
-again in the description's words: a copy of the context, the task that forms induction-style heads)."""
+RECALL_KINDS: tuple[str, ...] = (*QUESTION_KINDS, "describe", "format")
+"""Turn kinds the recall phase can draw: the questions, "describe" (the short scene's objects said again in
+the description's words: a copy of the context, the task that forms induction-style heads), and "format"
+(the scene's instruction → its reasoning + the `<REF_POS>` tokens; whole scenes only: a short scene's
+objects are not the ones its instruction and reasoning name)."""
 
 
 @dataclass
@@ -115,9 +117,11 @@ def describe_again(sample: WorldSample) -> Turn:
     return Turn("describe", DESCRIBE_PROMPT, words[0].upper() + words[1:] + ".")
 
 
-def recall_turns(short: WorldSample, rng: np.random.Generator, phase: RecallPhase) -> tuple[Turn, ...]:
+def recall_turns(
+    short: WorldSample, rng: np.random.Generator, phase: RecallPhase, num_slots: int = 4
+) -> tuple[Turn, ...]:
     """`phase.questions` distinct turns of `phase.kinds` about the objects of `short` (a count question when
-    none of its objects can be named)."""
+    none of its objects can be named); a "format" turn ends with `num_slots` `<REF_POS>` tokens."""
     turns: list[Turn] = []
     for _ in range(4 * phase.questions):
         if len(turns) == phase.questions:
@@ -125,6 +129,8 @@ def recall_turns(short: WorldSample, rng: np.random.Generator, phase: RecallPhas
         kind = phase.kinds[int(rng.integers(len(phase.kinds)))]
         if kind == "describe":
             turn = describe_again(short)
+        elif kind == "format":
+            turn = format_turn(short, num_slots)
         else:
             turn = question_turn(short, kind, rng, with_size=phase.name_with_size)
         if turn is not None and all(t.question != turn.question for t in turns):
@@ -138,6 +144,10 @@ def recall_dialogue(
     index: int, sample: WorldSample, rng: np.random.Generator, phase: RecallPhase
 ) -> Dialogue:
     """`recall_turns` about a short scene of `sample`, the scene in words in the image's place."""
+    if "format" in phase.kinds:
+        raise ValueError(
+            "a recall phase on short scenes cannot ask the format turn (it is about whole scenes)"
+        )
     short = short_scene(sample, int(rng.integers(phase.objects[0], phase.objects[1] + 1)), rng)
     return Dialogue(index, recall_turns(short, rng, phase), context=scene_text(short))
 

@@ -1,0 +1,60 @@
+"""Commit built stages of the stack to the repository's `checkpoints/` (a maintainer's step after rebuilding
+them): each folder is copied under its key and recorded in `checkpoints/MANIFEST.json` with the sha256 of
+every file and the command that reproduces it (`segcompass pretrain --reproduce <key>`).
+
+    python scripts/commit_checkpoint.py --stage text vision instruct --threads 1 --note "built on 2 cores"
+
+`--stage` names stages of `StackConfig()` (the defaults `segcompass pretrain` builds); the folders must be
+built in the cache. `--threads` records the thread count they were built with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from segcompass.committed import commit_stage
+from segcompass.pretrain.config import StackConfig
+from segcompass.pretrain.stack import ALIGN, INSTRUCT, TEXT, VISION
+from segcompass.stages import is_built
+
+ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stage", nargs="+", choices=("text", "vision", "align", "instruct"), required=True)
+    parser.add_argument("--threads", type=int, required=True, help="torch threads the stages were built with")
+    parser.add_argument("--note", default="", help="free text kept in the manifest (machine, wall time)")
+    parser.add_argument("--cache-dir", default=None, help="cache root (default: the usual one)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    config = StackConfig()
+    stages = {
+        "text": (TEXT, config.text_stage()),
+        "vision": (VISION, config.vision_stage()),
+        "align": (ALIGN, config.align_stage()),
+        "instruct": (INSTRUCT, config.instruct_stage()),
+    }
+    for name in args.stage:
+        stage, stage_config = stages[name]
+        folder = stage.path(stage_config, args.cache_dir)
+        if not is_built(folder):
+            raise SystemExit(f"{name}: {folder} is not built; build it with `segcompass pretrain` first")
+        key = folder.name
+        entry = commit_stage(
+            folder,
+            stage.subdir,
+            f"segcompass pretrain --reproduce {key}",
+            args.threads,
+            ROOT,
+            {"note": args.note} if args.note else None,
+        )
+        logging.info("committed %s (%d files) to %s", entry.key, len(entry.files), entry.folder(ROOT))
+
+
+if __name__ == "__main__":
+    main()

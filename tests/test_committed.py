@@ -1,0 +1,172 @@
+"""Stage folders committed with the code (`segcompass.committed`): copied into the cache on first use after
+a check against the manifest, never over a changed file, and reproducible by the command the manifest names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from segcompass.cli import main
+from segcompass.committed import (
+    MANIFEST_FILE,
+    CommittedCheckpointError,
+    commit_stage,
+    compare_weights,
+    read_manifest,
+    verify,
+)
+from segcompass.pretrain.config import StackConfig
+from segcompass.pretrain.reproduce import STACK_STAGES, committed_stack_stage
+from segcompass.pretrain.stack import TEXT
+from segcompass.stages import Stage, StageMissing, build_stage, find_stage, stage_folder
+
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def _demo(built: list[int]) -> Stage[dict]:
+    def build(config: dict, folder: Path) -> None:
+        built.append(config["n"])
+        save_file({"w": torch.full((3,), float(config["n"]))}, str(folder / "model.safetensors"))
+
+    return Stage("demo", 1, build, "segcompass demo --n N", subdir="demo")
+
+
+def _committed_demo(tmp_path: Path, monkeypatch, n: int = 3) -> tuple[Stage[dict], list[int], Path, Path]:
+    """A demo stage built in one cache and committed to a checkpoints root that the env var points at."""
+    built: list[int] = []
+    stage = _demo(built)
+    folder = build_stage(stage, {"n": n}, tmp_path / "maintainer-cache")
+    root = tmp_path / "checkpoints"
+    commit_stage(folder, stage.subdir, f"reproduce {folder.name}", threads=1, root=root)
+    monkeypatch.setenv("SEGCOMPASS_CHECKPOINTS", str(root))
+    built.clear()
+    return stage, built, root, folder
+
+
+def test_a_committed_stage_is_copied_into_the_cache_instead_of_built(tmp_path, monkeypatch):
+    stage, built, root, _ = _committed_demo(tmp_path, monkeypatch)
+    user = tmp_path / "user-cache"
+    path = stage_folder(stage, {"n": 3}, user)  # loading never builds, and here it need not
+    assert path.parent.parent == user and built == []
+    assert load_file(str(path / "model.safetensors"))["w"].tolist() == [3.0, 3.0, 3.0]
+    assert json.loads((path / "stage.json").read_text())["key"] == path.name
+    assert find_stage(stage, {"n": 3}, tmp_path / "other") and build_stage(stage, {"n": 3}, user) == path
+    assert built == []
+    with pytest.raises(StageMissing):  # another config is not committed
+        stage_folder(stage, {"n": 4}, user)
+    build_stage(stage, {"n": 3}, tmp_path / "forced", force=True)  # `force` builds anyway
+    assert built == [3]
+    entry = read_manifest(root)[path.name]
+    assert (entry.subdir, entry.threads, entry.reproduce) == ("demo", 1, f"reproduce {path.name}")
+    assert set(entry.files) == {"model.safetensors", "stage.json"}
+
+
+def test_a_changed_committed_file_is_refused_and_the_cache_is_left_alone(tmp_path, monkeypatch):
+    stage, built, root, _ = _committed_demo(tmp_path, monkeypatch)
+    key = stage.key({"n": 3})
+    weights = root / "demo" / key / "model.safetensors"
+    save_file({"w": torch.zeros(3)}, str(weights))  # a valid file, but not the committed one
+    user = tmp_path / "user-cache"
+    with pytest.raises(CommittedCheckpointError, match=r"model\.safetensors does not match its sha256"):
+        stage_folder(stage, {"n": 3}, user)
+    assert not (user / "demo" / key).exists() and built == []
+    weights.unlink()
+    with pytest.raises(CommittedCheckpointError, match=r"model\.safetensors is missing"):
+        stage_folder(stage, {"n": 3}, user)
+    (root / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(CommittedCheckpointError, match="not a valid manifest"):
+        stage_folder(stage, {"n": 3}, user)
+
+
+def test_no_committed_root_means_the_stage_is_missing(tmp_path, monkeypatch):
+    stage, _, _, _ = _committed_demo(tmp_path, monkeypatch)
+    monkeypatch.setenv("SEGCOMPASS_CHECKPOINTS", "")
+    with pytest.raises(StageMissing, match="segcompass demo"):
+        stage_folder(stage, {"n": 3}, tmp_path / "user-cache")
+
+
+def test_compare_weights_finds_the_tensor_that_differs(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    save_file({"x": torch.ones(2), "y": torch.zeros(2)}, str(a / "model.safetensors"))
+    save_file({"x": torch.ones(2), "y": torch.tensor([0.0, 0.25])}, str(b / "model.safetensors"))
+    result = compare_weights(a, b)
+    assert (result.identical, result.tensors, result.differing, result.max_abs_diff) == (
+        False,
+        2,
+        ("model.safetensors:y",),
+        0.25,
+    )
+    assert compare_weights(a, a).identical
+    save_file({"x": torch.ones(2)}, str(b / "model.safetensors"))  # a tensor missing on one side
+    assert compare_weights(a, b).max_abs_diff == float("inf")
+
+
+@pytest.mark.slow
+def test_the_reproduce_command_rebuilds_a_committed_stage_bit_for_bit(tmp_path, monkeypatch, capsys):
+    from test_pretrain_stack import toy
+
+    config = toy(seed=3).text_stage()
+    folder = build_stage(TEXT, config, tmp_path / "maintainer-cache")
+    root = tmp_path / "checkpoints"
+    commit_stage(folder, TEXT.subdir, f"segcompass pretrain --reproduce {folder.name}", 1, root)
+    monkeypatch.setenv("SEGCOMPASS_CHECKPOINTS", str(root))
+    assert main(["pretrain", "--reproduce", folder.name]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["key"], report["reproduced"], report["differing"], report["threads"]) == (
+        folder.name,
+        True,
+        [],
+        1,
+    )
+    assert report["tensors"] == len(load_file(str(folder / "model.safetensors")))
+
+    # A committed copy that the build does not give (one weight nudged, the manifest updated to match it):
+    # the command says which tensor differs and exits with 1.
+    tampered = tmp_path / "tampered" / folder.name
+    shutil.copytree(folder, tampered)
+    weights = load_file(str(tampered / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, str(tampered / "model.safetensors"))
+    commit_stage(tampered, TEXT.subdir, "…", 1, root)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--reproduce", folder.name])
+    assert exit_info.value.code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["reproduced"] is False and report["differing"] == [f"model.safetensors:{name}"]
+    assert report["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_reproducing_a_key_that_is_not_committed_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGCOMPASS_CHECKPOINTS", str(tmp_path))
+    assert main(["pretrain", "--reproduce", "vlm-text-0000000000000000"]) == 2
+    assert "'vlm-text-0000000000000000' is not a committed stage" in capsys.readouterr().err
+
+
+def test_the_repositorys_committed_stages_are_intact_and_are_the_defaults():
+    """Every committed folder matches its manifest, its stage.json gives its key under this code's stage
+    version (else it was built by other code), and it is the stage `segcompass pretrain` builds by default."""
+    entries = read_manifest(REPO_CHECKPOINTS)
+    if not entries:
+        pytest.skip("no committed stages in checkpoints/")
+    config = StackConfig()
+    defaults = {
+        stage.key(stage_config): name
+        for name, (stage, stage_config) in {
+            "vlm-text": (STACK_STAGES["vlm-text"], config.text_stage()),
+            "vlm-vision": (STACK_STAGES["vlm-vision"], config.vision_stage()),
+            "vlm-align": (STACK_STAGES["vlm-align"], config.align_stage()),
+            "vlm-instruct": (STACK_STAGES["vlm-instruct"], config.instruct_stage()),
+        }.items()
+    }
+    for key, entry in entries.items():
+        verify(entry, REPO_CHECKPOINTS)
+        stage, _, _ = committed_stack_stage(key, REPO_CHECKPOINTS)
+        assert defaults.get(key) == stage.name, f"{key} is not what `segcompass pretrain` builds by default"
+        assert entry.reproduce == f"segcompass pretrain --reproduce {key}"
