@@ -4,6 +4,8 @@ at and below the chosen ones and nothing above. And the measure of whether answe
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,14 @@ import torch
 from segcompass.backbones import build_tiny
 from segcompass.backbones.family import TinySpec
 from segcompass.pretrain import evaluate
-from segcompass.pretrain.dialogue import Dialogue, Turn, qa_dialogue
+from segcompass.pretrain.dialogue import (
+    Dialogue,
+    Turn,
+    format_turn,
+    grounded_format_turn,
+    qa_dialogue,
+    reasoning_mentions,
+)
 from segcompass.pretrain.evaluate import named_object_sensitivity, swap_pairs
 from segcompass.pretrain.grounding import (
     Grounding,
@@ -26,6 +35,7 @@ from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.pool import build_pool
 from segcompass.pretrain.stack import ProcessorGrid
 from segcompass.world import WorldConfig
+from segcompass.world.language import object_phrase
 
 SPEC = TinySpec(
     hidden_size=64,
@@ -213,3 +223,47 @@ def test_training_with_grounding_raises_the_attention_on_the_named_object():
     grounding = [p["grounding"] for p in record.parts]
     assert np.mean(grounding[-5:]) < 0.7 * np.mean(grounding[:5])
     assert all(np.isfinite(p["lm"]) for p in record.parts)
+
+
+def test_a_reasonings_object_phrases_are_grounded_token_by_token_on_their_objects(setup):
+    backbone, pool, _, _ = setup
+    scene = next(
+        i for i, s in enumerate(pool.scenes) if len(reasoning_mentions(s.sample.reasoning, s.sample))
+    )
+    sample = pool[scene].sample
+    turn = grounded_format_turn(sample, 2)
+    assert turn.answer == format_turn(sample, 2).answer and turn.target is None
+    objects, (width, height) = sample.scene.objects, (sample.scene.width, sample.scene.height)
+    for first, end, index in turn.mentions:  # each span is the named object's own phrase, minus "the "
+        assert "the " + turn.answer[first:end] == object_phrase(objects[index], width, height)
+    dialogue = Dialogue(scene, (Turn("count", "How many?", "2", ("1", "2")), turn))
+    batch = encode_dialogues(backbone, pool, [dialogue])
+    targets = grounding_targets(backbone, pool, [dialogue], batch.inputs["input_ids"], batch.labels)
+    owner = covering_object(pool[scene].coverage)
+    image_positions = torch.nonzero(batch.inputs["input_ids"][0] == backbone.image_token_id).squeeze(-1)
+    ids = batch.inputs["input_ids"][0]
+    predicted = "".join(backbone.tokenizer.decode([int(ids[p + 1])]) for p in targets.positions)
+    cells = [i for _, _, i in turn.mentions if (owner == i).any()]
+    # The positions predict exactly the tokens of the mentions whose objects own a cell, in order …
+    expected = "".join(" " + turn.answer[a:e] for a, e, i in turn.mentions if (owner == i).any())
+    assert predicted.replace(" ", "") == expected.replace(" ", "") and cells
+    # … and each attends to its object's cells.
+    by_token = [
+        i for a, e, i in turn.mentions if (owner == i).any() for _ in range(_tokens(backbone, a, e, turn))
+    ]
+    for mask, index in zip(targets.token_mask, by_token, strict=True):
+        assert torch.equal(torch.nonzero(mask).squeeze(-1), image_positions[torch.from_numpy(owner == index)])
+
+
+def _tokens(backbone, first: int, end: int, turn: Turn) -> int:
+    offsets = backbone.tokenizer(turn.answer, add_special_tokens=False, return_offsets_mapping=True)
+    return sum(a < end and b > first for a, b in offsets["offset_mapping"])
+
+
+def test_a_phrase_that_names_two_objects_is_not_a_mention(setup):
+    _, pool, _, _ = setup
+    sample = next(s.sample for s in pool.scenes if reasoning_mentions(s.sample.reasoning, s.sample))
+    *_, index = reasoning_mentions(sample.reasoning, sample)[0]
+    twin = dataclasses.replace(sample.scene, objects=[*sample.scene.objects, sample.scene.objects[index]])
+    doubled = dataclasses.replace(sample, scene=twin)
+    assert all(i != index for _, _, i in reasoning_mentions(sample.reasoning, doubled))

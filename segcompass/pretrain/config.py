@@ -15,7 +15,7 @@ from segcompass.world.config import WorldConfig
 from .grounding import Grounding
 from .object_phase import ObjectPhase
 from .optim import Schedule
-from .text import LOOKUP_KINDS, RecallPhase
+from .text import FORMAT_KINDS, LOOKUP_KINDS, RecallPhase
 from .vision import VisionObjective
 
 IMAGE_PIXELS = (280 * 280, 288 * 288)
@@ -144,7 +144,7 @@ class StackConfig:
             self.grounding = Grounding(**self.grounding)
         if isinstance(self.vision_objective, dict):
             self.vision_objective = VisionObjective(**self.vision_objective)
-        if "format" in self.recall.kinds:
+        if set(FORMAT_KINDS) & set(self.recall.kinds):
             raise ValueError('the recall phase asks about short scenes: its kinds cannot include "format"')
         if self.align_trains not in ALIGN_TRAINS:
             raise ValueError(f"align_trains must be one of {ALIGN_TRAINS}, got {self.align_trains!r}")

@@ -18,21 +18,27 @@ language model brings — reading a named object's attributes out of its context
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from segcompass.backbones import Backbone
-from segcompass.warmup.tasks import DESCRIBE_PROMPT, format_response, question_example
-from segcompass.world.language import describe_objects
+from segcompass.warmup.tasks import DESCRIBE_PROMPT, POSITIONS, format_response, question_example
+from segcompass.world.language import describe_objects, location_words
 from segcompass.world.scene import WorldSample
-from segcompass.world.vocab import SIZES
+from segcompass.world.vocab import COLOURS, SHAPES, SIZES
 
 IGNORE_INDEX = -100
 QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position", "count")
 """Kinds of question turn."""
 SIZE_ANSWERS: tuple[str, ...] = tuple(SIZES)
+_OBJECT_PHRASE = re.compile(
+    rf"the ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the "
+    rf"({'|'.join(sorted(POSITIONS, key=len, reverse=True))})"
+)
+"""`world.language.object_phrase`'s words: size, colour, shape, 3 × 3 position (longest position first)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class Turn:
     target: int | None = None
     """For a question about one named object: its index in the scene's objects (what the grounding
     objective asks the answer to attend to); None otherwise."""
+    mentions: tuple[tuple[int, int, int], ...] = ()
+    """Objects the answer names, as (first char, end char, object index) in `answer`: the grounding objective
+    asks every token of the span to be predicted attending to that object (`grounded_format_turn`)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,32 @@ def question_turn(
 def format_turn(sample: WorldSample, num_slots: int) -> Turn:
     """The scene's instruction → its reasoning in think tags + `num_slots` concentration tokens."""
     return Turn("format", sample.instruction, format_response(sample.reasoning, num_slots))
+
+
+def reasoning_mentions(answer: str, sample: WorldSample) -> tuple[tuple[int, int, int], ...]:
+    """Every "the {size} {colour} {shape} at the {position}" phrase of `answer` that names exactly one object of
+    the scene, as (char start of the size word, end of the phrase, object index)."""
+    scene = sample.scene
+    found = []
+    for match in _OBJECT_PHRASE.finditer(answer):
+        size, colour, shape, where = match.groups()
+        named = [
+            i
+            for i, o in enumerate(scene.objects)
+            if (o.size_name, o.colour, o.shape) == (size, colour, shape)
+            and location_words(o, scene.width, scene.height) == where
+        ]
+        if len(named) == 1:
+            found.append((match.start(1), match.end(), named[0]))
+    return tuple(found)
+
+
+def grounded_format_turn(sample: WorldSample, num_slots: int) -> Turn:
+    """`format_turn` whose reasoning's object phrases are grounded (`Turn.mentions`): writing "the large
+    orange diamond at the centre" attends to that object's image tokens — the tiny model's stand-in for the
+    grounded captions real MLLMs train on (phrases paired with their boxes)."""
+    turn = format_turn(sample, num_slots)
+    return Turn(turn.kind, turn.question, turn.answer, mentions=reasoning_mentions(turn.answer, sample))
 
 
 def describe_turn(sample: WorldSample) -> Turn:

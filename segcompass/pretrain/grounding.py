@@ -5,9 +5,12 @@ Real MLLMs learn where a phrase's referent is from grounding data (boxes, points
 tiny language model, trained from scratch on answers alone, does not learn the look-up "find the tokens of
 the red star, read them": its answers do not follow the named object, even on oracle image tokens
 (results/warmup.md). This objective supervises the look-up itself: at the position that predicts a
-question's answer, the attention mass on the named object's image tokens, −log of it for the best head of
-each chosen layer. Measured: the attention learns it (best head's mass ≈ 0.55 after 500 steps), the answers
-do not change — the model lacks in-context recall, not attention targets — so it is off by default.
+question's answer, the attention mass on the named object's image tokens, −log of it for the best head (or
+every head) of each chosen layer. Alone, on stage 3's data, the attention learned it and the answers did not
+change; with the object-vector phases of stage 0, where the look-up forms, it is on (every head of layers 2–3,
+there and in stage 3). An answer that names objects in passing (the format turn's reasoning, "the large orange
+diamond at the centre") can carry them as `Turn.mentions`: every token of such a phrase is then predicted
+attending to its object, as grounded captions pair a phrase with its box.
 
 The attention probabilities are recomputed from each chosen layer's own query/key projections of its input
 (captured by a forward pre-hook) at the answer positions only, so the model keeps its fast attention kernel;
@@ -26,7 +29,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 
 from segcompass.backbones import Backbone
 
-from .dialogue import Dialogue
+from .dialogue import Dialogue, Turn
 from .labels import covering_object
 from .pool import ScenePool
 
@@ -68,7 +71,8 @@ def grounding_targets(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
 ) -> GroundingTargets:
-    """Targets of every turn with a named object (`Turn.target`) whose object covers at least one cell.
+    """Targets of every turn with a named object (`Turn.target`: the position that predicts the answer) and of
+    every token of each object an answer names (`Turn.mentions`), whose object covers at least one cell.
 
     Assistant turns are the labelled spans of `labels` [B, T], in the order of the dialogue's turns; image
     tokens are taken in raster order, as the processor lays them out."""
@@ -84,17 +88,38 @@ def grounding_targets(
         if len(owner) != len(image_positions):
             raise ValueError(f"row {b}: {len(image_positions)} image tokens for a {len(owner)}-cell grid")
         for turn, start in zip(dialogue.turns, starts, strict=True):
-            if turn.target is None or not (owner == turn.target).any():
-                continue
-            mask = torch.zeros(input_ids.shape[1], dtype=torch.bool)
-            mask[image_positions[torch.from_numpy(owner == turn.target)]] = True
-            rows.append(b)
-            positions.append(int(start) - 1)
-            masks.append(mask)
+            grounded = [(int(start) - 1, turn.target)] if turn.target is not None else []
+            if turn.mentions:
+                grounded += _mention_positions(backbone, turn, input_ids[b], int(start))
+            for position, target in grounded:
+                if not (owner == target).any():  # an object too small to own a cell: nothing to attend to
+                    continue
+                mask = torch.zeros(input_ids.shape[1], dtype=torch.bool)
+                mask[image_positions[torch.from_numpy(owner == target)]] = True
+                rows.append(b)
+                positions.append(position)
+                masks.append(mask)
     if not rows:
         empty = torch.zeros(0, dtype=torch.long)
         return GroundingTargets(empty, empty, torch.zeros(0, input_ids.shape[1], dtype=torch.bool))
     return GroundingTargets(torch.tensor(rows), torch.tensor(positions), torch.stack(masks))
+
+
+def _mention_positions(
+    backbone: Backbone, turn: Turn, row_ids: torch.Tensor, start: int
+) -> list[tuple[int, int]]:
+    """(position, object) for every token of each of the turn's mentions: the position whose logits predict
+    the token (the answer starts at `start` of `row_ids`)."""
+    encoded = backbone.tokenizer(turn.answer, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    if row_ids[start : start + len(ids)].tolist() != ids:
+        raise ValueError(f"the answer {turn.answer[:40]!r}… is tokenised differently inside its dialogue")
+    out = []
+    for first, end, target in turn.mentions:
+        for j, (a, b) in enumerate(encoded["offset_mapping"]):
+            if a < end and b > first:  # the token overlaps the mention
+                out.append((start + j - 1, target))
+    return out
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from .language import train_dialogues
 from .object_vectors import ObjectScene, ObjectVectorCache
 from .optim import LoopRecord
 from .pool import ScenePool
-from .text import RecallPhase, recall_turns, short_scene
+from .text import FORMAT_KINDS, RecallPhase, recall_turns, short_scene
 
 LAYOUTS: tuple[str, ...] = ("objects", "image")
 """Where an object phase puts the object vectors: one token each (1 × n), or on the image's token grid."""
@@ -61,7 +61,7 @@ class ObjectPhase(RecallPhase):
             self.grounding = Grounding(**self.grounding)
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.layout == "objects" and "format" in self.kinds:
+        if self.layout == "objects" and set(FORMAT_KINDS) & set(self.kinds):
             raise ValueError(
                 'the "objects" layout asks about short scenes: the "format" turn needs the "image" layout'
             )

@@ -30,17 +30,29 @@ from segcompass.world.generate import generate_sample
 from segcompass.world.language import describe_objects
 from segcompass.world.scene import WorldSample
 
-from .dialogue import QUESTION_KINDS, Dialogue, Turn, format_turn, qa_dialogue, question_turn, scene_text
+from .dialogue import (
+    QUESTION_KINDS,
+    Dialogue,
+    Turn,
+    format_turn,
+    grounded_format_turn,
+    qa_dialogue,
+    question_turn,
+    scene_text,
+)
 from .language import answer_loss, encode_dialogues
 from .optim import LoopRecord, Schedule, run_loop, train_only
 
 LOOKUP_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position")
 """Question kinds that read an attribute of a named object (the look-up the recall phase is for)."""
-RECALL_KINDS: tuple[str, ...] = (*QUESTION_KINDS, "describe", "format")
+RECALL_KINDS: tuple[str, ...] = (*QUESTION_KINDS, "describe", "format", "grounded_format")
 """Turn kinds the recall phase can draw: the questions, "describe" (the short scene's objects said again in
 the description's words: a copy of the context, the task that forms induction-style heads), and "format"
 (the scene's instruction → its reasoning + the `<REF_POS>` tokens; whole scenes only: a short scene's
-objects are not the ones its instruction and reasoning name)."""
+objects are not the ones its instruction and reasoning name), and "grounded_format" (the same, with the
+reasoning's object phrases grounded on their objects, `dialogue.grounded_format_turn`)."""
+FORMAT_KINDS: tuple[str, ...] = ("format", "grounded_format")
+"""The kinds that ask the format turn (whole scenes only)."""
 
 
 @dataclass
@@ -131,6 +143,8 @@ def recall_turns(
             turn = describe_again(short)
         elif kind == "format":
             turn = format_turn(short, num_slots)
+        elif kind == "grounded_format":
+            turn = grounded_format_turn(short, num_slots)
         else:
             turn = question_turn(short, kind, rng, with_size=phase.name_with_size)
         if turn is not None and all(t.question != turn.question for t in turns):
@@ -144,7 +158,7 @@ def recall_dialogue(
     index: int, sample: WorldSample, rng: np.random.Generator, phase: RecallPhase
 ) -> Dialogue:
     """`recall_turns` about a short scene of `sample`, the scene in words in the image's place."""
-    if "format" in phase.kinds:
+    if set(FORMAT_KINDS) & set(phase.kinds):
         raise ValueError(
             "a recall phase on short scenes cannot ask the format turn (it is about whole scenes)"
         )
