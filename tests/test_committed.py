@@ -107,8 +107,18 @@ def test_compare_weights_finds_the_tensor_that_differs(tmp_path):
     assert compare_weights(a, b).max_abs_diff == float("inf")
 
 
+@pytest.fixture
+def keep_threads():
+    """The reproduce command sets torch's thread count to the manifest's; put it back afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_the_reproduce_command_rebuilds_a_committed_stage_bit_for_bit(tmp_path, monkeypatch, capsys):
+def test_the_reproduce_command_rebuilds_a_committed_stage_bit_for_bit(
+    tmp_path, monkeypatch, capsys, keep_threads
+):
     from test_pretrain_stack import toy
 
     config = toy(seed=3).text_stage()
