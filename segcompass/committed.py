@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ class CommittedStage:
     torch: str
     """torch version it was built with."""
     notes: dict[str, str] = field(default_factory=dict)
-    """Free-form facts (wall time, machine)."""
+    """Free-form facts: the CPU it was built on (`cpu`), wall time. Bit-for-bit reproduction is only
+    expected on the same kind of CPU: other vector units round sums differently."""
 
     def folder(self, root: Path) -> Path:
         return root / self.subdir / self.key
@@ -154,7 +156,7 @@ def commit_stage(
         reproduce=reproduce,
         threads=threads,
         torch=torch.__version__.split("+")[0],
-        notes=dict(notes or {}),
+        notes={"cpu": cpu_name(), **(notes or {})},
     )
     target = entry.folder(root)
     shutil.rmtree(target, ignore_errors=True)
@@ -165,6 +167,22 @@ def commit_stage(
     manifest[entry.key] = _fields(entry)
     atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return entry
+
+
+def cpu_name() -> str:
+    """The CPU's model name and widest vector extension (from /proc/cpuinfo; `platform` elsewhere)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), ""
+    )
+    flags = set(
+        next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    )
+    vector = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
+    return " ".join(x for x in (model or platform.machine(), vector) if x)
 
 
 def _fields(entry: CommittedStage) -> dict:

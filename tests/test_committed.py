@@ -17,6 +17,7 @@ from segcompass.committed import (
     CommittedCheckpointError,
     commit_stage,
     compare_weights,
+    cpu_name,
     read_manifest,
     verify,
 )
@@ -64,6 +65,7 @@ def test_a_committed_stage_is_copied_into_the_cache_instead_of_built(tmp_path, m
     entry = read_manifest(root)[path.name]
     assert (entry.subdir, entry.threads, entry.reproduce) == ("demo", 1, f"reproduce {path.name}")
     assert set(entry.files) == {"model.safetensors", "stage.json"}
+    assert entry.notes["cpu"] == cpu_name() and entry.torch == torch.__version__.split("+")[0]
 
 
 def test_a_changed_committed_file_is_refused_and_the_cache_is_left_alone(tmp_path, monkeypatch):
@@ -135,6 +137,7 @@ def test_the_reproduce_command_rebuilds_a_committed_stage_bit_for_bit(
         1,
     )
     assert report["tensors"] == len(load_file(str(folder / "model.safetensors")))
+    assert report["built_on"] == report["cpu"] == cpu_name()
 
     # A committed copy that the build does not give (one weight nudged, the manifest updated to match it):
     # the command says which tensor differs and exits with 1.

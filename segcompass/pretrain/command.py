@@ -155,6 +155,8 @@ def _reproduce(cfg: PretrainCommandConfig) -> None:
                 "differing": list(weights.differing),
                 "max_abs_diff": weights.max_abs_diff if math.isfinite(weights.max_abs_diff) else None,
                 "threads": result.threads,
+                "built_on": result.built_on,
+                "cpu": result.cpu,
                 "wall_s": round(result.wall_s, 1),
             },
             indent=2,

@@ -19,6 +19,7 @@ from segcompass.committed import (
     committed_root,
     committed_stage,
     compare_weights,
+    cpu_name,
     verify,
 )
 from segcompass.stages import Stage, build_stage
@@ -43,6 +44,10 @@ class Reproduction:
     """Seconds the rebuild took (stages it starts from included, unless committed)."""
     weights: WeightComparison
     """Tensor by tensor against the committed folder; `weights.identical` is the verdict."""
+    built_on: str
+    """The CPU the committed stage was built on (the manifest's note; "" when unrecorded)."""
+    cpu: str
+    """The CPU of this rebuild (bit-for-bit agreement is expected on the same kind only)."""
 
 
 def committed_stack_stage(key: str, root: Path | None = None) -> tuple[Stage, dict, Path]:
@@ -72,11 +77,13 @@ def reproduce_committed(key: str, threads: int = 0, work_dir: str | Path | None 
     committed copies, or built there) with `threads` torch threads (0: as it was built), and compare."""
     root = committed_root()
     stage, config, committed = committed_stack_stage(key, root)
-    threads = threads or committed_stage(key, root).threads
+    entry = committed_stage(key, root)
+    threads = threads or entry.threads
     torch.set_num_threads(threads)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="segcompass-reproduce-", dir=work_dir) as cache:
         logger.info("reproducing %s with %d threads in %s", key, threads, cache)
         built = build_stage(stage, config, cache, force=True)
         weights = compare_weights(built, committed)
-    return Reproduction(key, threads, time.perf_counter() - start, weights)
+    wall = time.perf_counter() - start
+    return Reproduction(key, threads, wall, weights, entry.notes.get("cpu", ""), cpu_name())
