@@ -38,7 +38,7 @@ class PretrainCommandConfig:
     questions with attention grounding on layers 2–3; 0: none). Measured: 2000 (results/warmup.md)."""
     object_image_steps: int = _DEFAULT.object_image.schedule.steps
     """Stage 0's second phase, steps of 32 (whole scenes as oracle image tokens on the image grid; 0: none).
-    Measured: 1200 + 2000 after the first phase (results/warmup.md)."""
+    Measured: 3200 after the first phase reads oracle tokens at colour 0.98, shape 0.95 (results/warmup.md)."""
     recall_steps: int = _DEFAULT.recall.schedule.steps
     """Stage 0's recall-phase steps (short scenes in words, look-up questions, large batches; 0: none)."""
     recall_name_with_size: bool = _DEFAULT.recall.name_with_size
