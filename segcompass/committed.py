@@ -15,7 +15,6 @@ rebuilds the stage from the config in its `stage.json` and compares every tensor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from sae.files.atomic import atomic_write_text, staged_folder
+from sae.store.format import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +92,6 @@ def committed_stage(key: str, root: Path | None = None) -> CommittedStage | None
     """The manifest entry of `key`, or None when it is not committed (or there is no committed root)."""
     root = root if root is not None else committed_root()
     return None if root is None else read_manifest(root).get(key)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify(entry: CommittedStage, root: Path) -> Path:

@@ -180,16 +180,14 @@ def reasoning_accuracy(
 ) -> list[dict]:
     """Referent named by the greedy reasoning (single-target instructions), and the format rate.
     `image_tokens`: the model reads these (e.g. the scenes' oracle tokens) in place of its tower's."""
-    single = [i for i, s in enumerate(pool.scenes) if len(s.sample.target_ids) == 1]
-    examples = [Example(pool[i].sample.image, pool[i].sample.instruction, "", "format") for i in single]
+    indices = [i for i, s in enumerate(pool.scenes) if len(s.sample.target_ids) == 1]
+    single = [pool[i] for i in indices]
+    examples = [Example(s.sample.image, s.sample.instruction, "", "format") for s in single]
     texts: list[str] = []
-    for start in range(0, len(single), _GENERATE_BATCH):
-        chunk = single[start : start + _GENERATE_BATCH]
-        with tokens_in_place_of_the_tower(backbone, image_tokens, chunk):
-            texts += generate_responses(
-                backbone, examples[start : start + _GENERATE_BATCH], max_new_tokens, _GENERATE_BATCH
-            )
-    single = [pool[i] for i in single]
+    for start in range(0, len(indices), _GENERATE_BATCH):
+        chunk = slice(start, start + _GENERATE_BATCH)
+        with tokens_in_place_of_the_tower(backbone, image_tokens, indices[chunk]):
+            texts += generate_responses(backbone, examples[chunk], max_new_tokens, _GENERATE_BATCH)
     hits, hidden_hits, formats = [], [], []
     for s, text in zip(single, texts, strict=True):
         target = s.sample.scene.objects[s.sample.target_ids[0]]
