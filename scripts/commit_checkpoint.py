@@ -5,7 +5,8 @@ every file and the command that reproduces it (`segcompass pretrain --reproduce 
     python scripts/commit_checkpoint.py --stage text vision instruct --threads 1 --note "built on 2 cores"
 
 `--stage` names stages of `StackConfig()` (the defaults `segcompass pretrain` builds); the folders must be
-built in the cache. `--threads` records the thread count they were built with.
+built in the cache. `--threads` records the thread count they were built with. `--drop KEY …` first removes
+committed stages the defaults no longer build (their manifest entries and folders).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from segcompass.committed import commit_stage
+from segcompass.committed import commit_stage, drop_stage
 from segcompass.pretrain.config import StackConfig
 from segcompass.pretrain.stack import ALIGN, INSTRUCT, TEXT, VISION
 from segcompass.stages import is_built
@@ -26,12 +27,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--stage", nargs="+", choices=("text", "vision", "align", "instruct"), required=True)
-    parser.add_argument("--threads", type=int, required=True, help="torch threads the stages were built with")
+    parser.add_argument("--stage", nargs="*", choices=("text", "vision", "align", "instruct"), default=[])
+    parser.add_argument("--drop", nargs="*", default=[], help="committed keys to remove first")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads the stages were built with")
     parser.add_argument("--note", default="", help="free text kept in the manifest (machine, wall time)")
     parser.add_argument("--cache-dir", default=None, help="cache root (default: the usual one)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.stage and args.threads < 1:
+        parser.error("--stage needs --threads (the thread count the stages were built with)")
+    for key in args.drop:
+        drop_stage(key, ROOT)
+        logging.info("dropped %s", key)
     config = StackConfig()
     stages = {
         "text": (TEXT, config.text_stage()),

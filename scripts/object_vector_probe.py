@@ -19,7 +19,8 @@ saved backbone instead of the first phase (`--steps 0`).
 
 `--reasoning` adds the greedy reasoning read off the oracle tokens (`evaluate.reasoning_accuracy`), and
 `--image-kinds colour shape size position count format` puts the format turn (the scene's instruction → its
-reasoning) among the phase's turns.
+reasoning) among the phase's turns (a kind listed twice is drawn twice as often); `--image-lr` and
+`--image-questions` change the phase's learning rate and turns per sequence.
 
 Measured in results/warmup.md, sessions of 2026-12-06 (4) and (5).
 """
@@ -124,6 +125,11 @@ def main() -> None:
         default=None,
         help="turn kinds of the oracle-token phase (default: the stack's; add `format` for the reasoning turn)",
     )
+    parser.add_argument("--image-lr", type=float, default=None, help="its lr (default: the stack's)")
+    parser.add_argument(
+        "--image-questions", type=int, default=None, help="turns a sequence (default: the stack's)"
+    )
+    parser.add_argument("--skip-start", action="store_true", help="no held-out figures before the phase")
     parser.add_argument(
         "--reasoning",
         action="store_true",
@@ -207,14 +213,17 @@ def image_phase(backbone, args: argparse.Namespace) -> None:
         if step == 0:
             print(json.dumps({"majority": majority}), flush=True)
 
-    report(0)
+    if not args.skip_start:
+        report(0)
     done = 0
     while done < args.image_steps:
         steps = min(args.image_every, args.image_steps - done)
+        schedule = config.object_image.schedule
         phase = dataclasses.replace(
             config.object_image,
-            schedule=dataclasses.replace(config.object_image.schedule, steps=steps),
+            schedule=dataclasses.replace(schedule, steps=steps, lr=args.image_lr or schedule.lr),
             kinds=tuple(args.image_kinds or config.object_image.kinds),
+            questions=args.image_questions or config.object_image.questions,
         )
         train_object_phase(backbone, phase, args.seed + done, images=train, num_slots=config.num_slots)
         done += steps

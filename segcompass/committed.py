@@ -161,6 +161,17 @@ def commit_stage(
     return entry
 
 
+def drop_stage(key: str, root: Path) -> None:
+    """Remove a committed stage: its manifest entry first (atomically), then its folder — a stage the
+    defaults no longer build, replaced by a rebuilt one. A key that is not committed is an error."""
+    entries = read_manifest(root)
+    if key not in entries:
+        raise CommittedCheckpointError(f"{key} is not committed under {root}: nothing to drop")
+    manifest = {k: _fields(v) for k, v in entries.items() if k != key}
+    atomic_write_text(root / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(entries[key].folder(root), ignore_errors=True)
+
+
 def cpu_name() -> str:
     """The CPU's model name and widest vector extension (from /proc/cpuinfo; `platform` elsewhere)."""
     try:

@@ -30,3 +30,14 @@ def toy_vlm_spec():
         hook_layer=1,
         extra={"vision_config": {"fullatt_block_indexes": [0, 1]}},
     )
+
+
+@pytest.fixture(scope="session")
+def toy_vlm_pool(toy_vlm_spec):
+    """Four train scenes of the default world labelled for the toy VLM's image grid (read-only)."""
+    from segcompass.backbones import build_tiny
+    from segcompass.pretrain.pool import ProcessorGrid, build_pool
+    from segcompass.world import WorldConfig
+
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+    return build_pool(WorldConfig(), "train", 4, ProcessorGrid.of(backbone.processor.image_processor))

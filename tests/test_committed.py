@@ -18,6 +18,7 @@ from segcompass.committed import (
     commit_stage,
     compare_weights,
     cpu_name,
+    drop_stage,
     read_manifest,
     verify,
 )
@@ -90,6 +91,22 @@ def test_no_committed_root_means_the_stage_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGCOMPASS_CHECKPOINTS", "")
     with pytest.raises(StageMissing, match="segcompass demo"):
         stage_folder(stage, {"n": 3}, tmp_path / "user-cache")
+
+
+def test_a_dropped_stage_leaves_the_manifest_and_the_other_stages_as_they_were(tmp_path, monkeypatch):
+    stage, _, root, _ = _committed_demo(tmp_path, monkeypatch)
+    kept = build_stage(stage, {"n": 5}, tmp_path / "maintainer-cache")
+    commit_stage(kept, stage.subdir, "reproduce 5", threads=1, root=root)
+    dropped = stage.key({"n": 3})
+    drop_stage(dropped, root)
+    assert set(read_manifest(root)) == {kept.name} and not (root / "demo" / dropped).exists()
+    verify(read_manifest(root)[kept.name], root)  # the other stage is intact
+    user = tmp_path / "user-cache"
+    assert stage_folder(stage, {"n": 5}, user).name == kept.name
+    with pytest.raises(StageMissing):  # no longer committed: it would have to be built
+        stage_folder(stage, {"n": 3}, user)
+    with pytest.raises(CommittedCheckpointError, match="nothing to drop"):
+        drop_stage(dropped, root)
 
 
 def test_compare_weights_finds_the_tensor_that_differs(tmp_path):

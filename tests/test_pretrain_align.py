@@ -10,14 +10,12 @@ from segcompass.backbones import build_tiny
 from segcompass.pretrain.align import fit_merger_readout, merger_hidden
 from segcompass.pretrain.language import FeatureCache
 from segcompass.pretrain.object_vectors import ObjectVectorCache
-from segcompass.pretrain.pool import ProcessorGrid, ScenePool, build_pool
-from segcompass.world import WorldConfig
+from segcompass.pretrain.pool import ScenePool
 
 
 @pytest.fixture(scope="module")
-def pool(toy_vlm_spec):
-    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
-    return build_pool(WorldConfig(), "train", 4, ProcessorGrid.of(backbone.processor.image_processor))
+def pool(toy_vlm_pool):
+    return toy_vlm_pool
 
 
 def test_the_fitted_merger_solves_the_ridge_normal_equations(pool, toy_vlm_spec):

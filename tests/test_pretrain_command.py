@@ -36,6 +36,10 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert phases.object_recall.layout == "objects" and phases.object_image.layout == "image"
     assert phases.object_image.schedule.batch_size == default.object_image.schedule.batch_size
     assert phases.text_stage()["object_image"]["schedule"]["steps"] == 12
+    tuned = stack_config(PretrainCommandConfig(tower_tuning_steps=13, tower_tuning_oracle_weight=0.5))
+    assert (tuned.tower_tuning.schedule.steps, tuned.tower_tuning.oracle_weight) == (13, 0.5)
+    assert tuned.tower_tuning.schedule.lr == default.tower_tuning.schedule.lr
+    assert tuned.align_stage() != default.align_stage() and tuned.text_stage() == default.text_stage()
     last = stack_config(PretrainCommandConfig(format_first=0.0))
     assert last.format_first == 0.0 and last.instruct_stage() != default.instruct_stage()
     assert last.align_stage() == default.align_stage()

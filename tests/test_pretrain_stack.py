@@ -25,6 +25,7 @@ from segcompass.pretrain.stack import (
     stack_folder,
 )
 from segcompass.pretrain.text import RecallPhase
+from segcompass.pretrain.tower_tuning import TowerTuning
 from segcompass.stages import StageMissing, build_stage
 
 pytestmark = pytest.mark.slow
@@ -143,6 +144,27 @@ def test_an_oracle_alignment_fits_the_mergers_last_layer_and_nothing_else(tmp_pa
     metrics = json.loads((ALIGN.path(config.align_stage(), tmp_path) / "metrics.json").read_text())
     fit = metrics["merger_readout"]
     assert fit["relative_error"] < fit["relative_error_before"] and fit["tokens"] > 0
+
+
+def test_tower_tuning_after_the_fit_moves_the_tower_and_merger_and_not_the_language_model(tmp_path):
+    tuning = TowerTuning(
+        Schedule(steps=3, batch_size=2, lr=3e-3), questions=2, grounding=Grounding(weight=1.0, layers=(1,))
+    )
+    config = toy(align_trains="oracle", tower_tuning=tuning)
+    fitted_only = toy(align_trains="oracle")
+    assert "tower_tuning" not in fitted_only.align_stage()  # off: the key stage 2 had before the field
+    assert ALIGN.key(config.align_stage()) != ALIGN.key(fitted_only.align_stage())
+    assert StackConfig.from_stage(config.instruct_stage()) == replace(config, val_scenes=300)
+    folder = build_stage(ALIGN, config.align_stage(), tmp_path)
+    a, fit = _weights(folder), _weights(build_stage(ALIGN, fitted_only.align_stage(), tmp_path))
+    t = _weights(TEXT.path(config.text_stage(), tmp_path))
+    assert all(torch.equal(a[k], t[k]) for k in t if not k.startswith("visual."))
+    moved = {k for k in a if k.startswith("visual.") and not torch.equal(a[k], fit[k])}
+    assert any(k.startswith("visual.blocks.") for k in moved) and "visual.merger.mlp.0.weight" in moved
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert {"lm", "grounding", "oracle"} == set(metrics["tower_tuning"]["final_loss_parts"])
+    with pytest.raises(ValueError, match='align_trains="oracle"'):
+        toy(align_trains="language", tower_tuning=tuning)
 
 
 def test_stack_is_deterministic_for_a_seed(tmp_path):

@@ -54,6 +54,12 @@ class PretrainCommandConfig:
     """What stage 2 trains: "language" (the language model), "merger" (the merger alone, language model
     frozen, as LLaVA's first stage) or "oracle" (the merger's last layer fitted in closed form to the oracle
     tokens of stage 0's object phases)."""
+    tower_tuning_steps: int = _DEFAULT.tower_tuning.schedule.steps
+    """Stage 2 after the fit (--align-trains oracle): steps of 32 tuning the tower and merger through the
+    frozen language model on questions about named objects, with grounding (0: the fit alone). Measured:
+    1000 steps lift the answers before stage 3 but not after it (results/warmup.md, session (8))."""
+    tower_tuning_oracle_weight: float = _DEFAULT.tower_tuning.oracle_weight
+    """Weight of the tuning's regression of the image tokens to the oracle tokens (0: the questions alone)."""
     instruct_steps: int = _DEFAULT.instruct.steps
     """Stage 3 optimiser steps (multi-turn questions + output format)."""
     format_first: float = _DEFAULT.format_first
@@ -99,6 +105,11 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         vision=replace(d.vision, steps=cfg.vision_steps),
         align=replace(d.align, steps=cfg.align_steps),
         align_trains=cfg.align_trains,
+        tower_tuning=replace(
+            d.tower_tuning,
+            schedule=replace(d.tower_tuning.schedule, steps=cfg.tower_tuning_steps),
+            oracle_weight=cfg.tower_tuning_oracle_weight,
+        ),
         instruct=replace(d.instruct, steps=cfg.instruct_steps),
         format_first=cfg.format_first,
         grounding=replace(d.grounding, weight=cfg.grounding_weight),

@@ -34,6 +34,7 @@ from .object_vectors import ObjectVectorCache
 from .pool import ProcessorGrid, ScenePool, scene_pool, set_image_pixels
 from .probe import merged_tokens, token_probes
 from .text import text_samples, train_text
+from .tower_tuning import tune_tower_on_questions
 from .vision import train_tower
 
 __all__ = [
@@ -152,10 +153,14 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
     set_image_pixels(backbone, *IMAGE_PIXELS)
     train = scene_pool(config, "train", IMAGE_PIXELS)
     trains = config.align_trains if which == "align" else "language"
-    if trains == "oracle":  # a closed-form fit, no steps
+    if trains == "oracle":  # a closed-form fit, then (optionally) the tower tuned through the reader
         start = time.perf_counter()
-        fit = fit_merger_readout(backbone, train)
-        _save(backbone, folder, {"wall_s": time.perf_counter() - start, "merger_readout": fit._asdict()})
+        metrics: dict[str, Any] = {"merger_readout": fit_merger_readout(backbone, train)._asdict()}
+        tuning = config.tower_tuning
+        if tuning.schedule.steps > 0:
+            record = tune_tower_on_questions(backbone, train, tuning, config.seed * 7919 + 3)
+            metrics["tower_tuning"] = {"wall_s": record.wall_s, "final_loss_parts": record.parts[-1]}
+        _save(backbone, folder, {"wall_s": time.perf_counter() - start, **metrics})
         return
     cache = FeatureCache(backbone, train, live_merger=trains == "merger")
     if which == "align":
@@ -191,7 +196,9 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
 
 
 def build_align(stage_config: dict[str, Any], folder: Path) -> None:
-    """Stage 2: the language model learns to read the frozen image tokens on scene descriptions."""
+    """Stage 2: the image tokens made readable for stage 0's language model — the merger's last layer
+    fitted to the oracle tokens, then optionally the tower and merger tuned through the frozen language
+    model (`align_trains="oracle"`); or the language model (or the merger) trained on scene descriptions."""
     config = StackConfig.from_stage(stage_config)
     _train_language(config, build_stage(VISION, stage_config["previous"]), folder, "align")
 
