@@ -17,7 +17,12 @@ from segcompass.pretrain.object_vectors import ObjectVectorCache
 from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.pool import set_image_pixels
 from segcompass.pretrain.text import recall_turns
-from segcompass.pretrain.tower_tuning import TowerFeatures, relative_token_error, tune_tower
+from segcompass.pretrain.tower_tuning import (
+    TowerFeatures,
+    TowerTuning,
+    relative_token_error,
+    tune_tower,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +83,14 @@ def test_relative_token_error_on_a_hand_case():
     oracle = [torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0], [2.0, 0.0]])]
     # residual² = 1 + 0 + 4 = 5; ‖oracle‖² = 2 + 0 + 4 = 6
     assert float(relative_token_error(tokens, oracle)) == pytest.approx(5 / 6)
+
+
+def test_tuning_asks_questions_only_and_a_negative_oracle_weight_is_refused():
+    with pytest.raises(ValueError, match="questions only"):
+        TowerTuning(kinds=("colour", "grounded_format"))
+    with pytest.raises(ValueError, match="oracle_weight"):
+        TowerTuning(oracle_weight=-1.0)
+    assert TowerTuning().turns().kinds == ("colour", "shape", "size", "position", "count")
 
 
 def test_a_pool_at_another_image_size_is_refused(pool, toy_vlm_spec):
