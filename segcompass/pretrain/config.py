@@ -12,7 +12,7 @@ from typing import Any
 from segcompass.backbones.family import TinySpec
 from segcompass.world.config import WorldConfig
 
-from .grounding import Grounding
+from .grounding import Grounding, every_head_of_layers_2_3
 from .object_phase import ObjectPhase
 from .optim import Schedule
 from .text import FORMAT_KINDS, LOOKUP_KINDS, RecallPhase
@@ -54,14 +54,6 @@ def _object_image_phase() -> ObjectPhase:
         questions=3,
         kinds=(*LOOKUP_KINDS, "count"),
     )
-
-
-def _default_tower_tuning() -> TowerTuning:
-    # Off by default. From the fit, 600 steps take the held-out answers on images from colour 0.52 / shape
-    # 0.32 / position 0.28 to 0.73 / 0.40 / 0.43 with the language model frozen; but with stage 3 after it
-    # (1000 steps, 39 min) the stack ends where it ends without (colour 0.70 vs 0.69, shape 0.53 vs 0.55,
-    # hook-layer shape probe 0.49 vs 0.54): the two capture the same gain (results/warmup.md, session (8)).
-    return TowerTuning(schedule=Schedule(steps=0, batch_size=32, lr=5e-4), oracle_weight=1.0)
 
 
 @dataclass
@@ -114,10 +106,13 @@ class StackConfig:
     model frozen — LLaVA's first stage: the image tokens learn to look like what stage 0's model reads), or
     "oracle" (no steps: the merger's last layer is fitted by ridge regression so that the image tokens equal
     the oracle tokens stage 0's object phases trained on — `align.py`)."""
-    tower_tuning: TowerTuning = field(default_factory=_default_tower_tuning)
+    tower_tuning: TowerTuning = field(default_factory=TowerTuning)
     """Stage 2, after the merger fit (`align_trains="oracle"` only): the tower and merger tuned through the
     frozen language model on questions about the train scenes, with a regression to the oracle tokens
-    (`tower_tuning.py`; 0 steps: the fit alone)."""
+    (`tower_tuning.py`; 0 steps: the fit alone). Off: from the fit, 600 steps take the held-out answers on
+    images from colour 0.52 / shape 0.32 / position 0.28 to 0.73 / 0.40 / 0.43, but with stage 3 after 1000
+    steps of it (39 min) the stack ends where it ends without (colour 0.70 vs 0.69, shape 0.53 vs 0.55,
+    hook-layer shape probe 0.49 vs 0.54): the two close the same gap (results/warmup.md, session (8))."""
     instruct: Schedule = field(default_factory=lambda: Schedule(steps=1000, batch_size=32, lr=5e-4))
     """Stage 3 optimiser (language model on multi-turn questions + the output format; vision frozen). A low
     learning rate: at 1e-3 on weak tokens the answers stopped following the named object (results/warmup.md,
@@ -131,7 +126,7 @@ class StackConfig:
     as the first prompt with the image, as segmentation asks it) rather than the last. With the format only
     last, a stage 0 without its phase in words never wrote the format as a first answer (format 0.025,
     results/warmup.md)."""
-    grounding: Grounding = field(default_factory=lambda: Grounding(weight=1.0, layers=(2, 3), heads="all"))
+    grounding: Grounding = field(default_factory=every_head_of_layers_2_3)
     """Stage 3 attention grounding: answers about a named object attend to its image tokens (every head of
     layers 2–3, as in stage 0's object phases)."""
 
@@ -244,7 +239,7 @@ class StackConfig:
             flat.update({k: v for k, v in node.items() if k not in _NESTED})
             nodes += [node[k] for k in _NESTED if k in node]
         if "align_trains" in flat and "tower_tuning" not in flat:  # stage 2's config: its tuning is off
-            tuning = _default_tower_tuning()
+            tuning = TowerTuning()
             flat["tower_tuning"] = replace(tuning, schedule=replace(tuning.schedule, steps=0))
         config = cls(**flat)
         if "text_scenes" in flat:  # stage 0's config is in this one

@@ -52,6 +52,12 @@ class Grounding:
             raise ValueError(f"need weight >= 0, at least one layer and heads 'best' or 'all'; got {self}")
 
 
+def every_head_of_layers_2_3() -> Grounding:
+    """The stack's grounding: weight 1 on every head of decoder layers 2–3 (stage 0's object phases,
+    stage 2's tower tuning, stage 3)."""
+    return Grounding(weight=1.0, layers=(2, 3), heads="all")
+
+
 @dataclass
 class GroundingTargets:
     """Where each grounded answer is predicted and which image tokens it should read."""

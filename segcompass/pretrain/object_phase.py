@@ -28,7 +28,7 @@ from segcompass.backbones import Backbone
 from segcompass.world.scene import WorldSample
 
 from .dialogue import Dialogue
-from .grounding import Grounding
+from .grounding import Grounding, every_head_of_layers_2_3
 from .language import train_dialogues
 from .object_vectors import ObjectScene, ObjectVectorCache
 from .optim import LoopRecord
@@ -39,10 +39,6 @@ LAYOUTS: tuple[str, ...] = ("objects", "image")
 """Where an object phase puts the object vectors: one token each (1 × n), or on the image's token grid."""
 
 
-def _grounding_on_layers_2_3() -> Grounding:
-    return Grounding(weight=1.0, layers=(2, 3), heads="all")
-
-
 @dataclass
 class ObjectPhase(RecallPhase):
     """A stage-0 phase on scenes given as object vectors (the turn fields are `RecallPhase`'s; `objects`
@@ -50,7 +46,7 @@ class ObjectPhase(RecallPhase):
 
     layout: str = "objects"
     """"objects": short scenes, one token per object; "image": whole scenes on their image's token grid."""
-    grounding: Grounding = field(default_factory=_grounding_on_layers_2_3)
+    grounding: Grounding = field(default_factory=every_head_of_layers_2_3)
     """The answers to questions about a named object attend to its tokens (weight 0: off)."""
     short_scenes: int = 65536
     """Layout "objects": short scenes drawn once from the text scenes (the phase's pool)."""

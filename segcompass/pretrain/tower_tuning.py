@@ -24,16 +24,18 @@ import torch
 from segcompass.backbones import Backbone
 
 from .dialogue import Dialogue
-from .grounding import Grounding, capture_attention_inputs, grounding_loss, grounding_targets
+from .grounding import (
+    Grounding,
+    capture_attention_inputs,
+    every_head_of_layers_2_3,
+    grounding_loss,
+    grounding_targets,
+)
 from .language import answer_loss, encode_dialogues
 from .object_vectors import ObjectVectorCache
 from .optim import LoopRecord, Schedule, run_loop, train_only
 from .pool import ScenePool
 from .text import LOOKUP_KINDS, RecallPhase, recall_turns
-
-
-def _grounding_on_layers_2_3() -> Grounding:
-    return Grounding(weight=1.0, layers=(2, 3), heads="all")
 
 
 @dataclass
@@ -47,7 +49,7 @@ class TowerTuning:
     """Question turns per sequence (whole train scenes, stage 0's image-layout questions)."""
     kinds: tuple[str, ...] = (*LOOKUP_KINDS, "count")
     """Question kinds, drawn uniformly (`text.QUESTION_KINDS`: no "describe" or format turns)."""
-    grounding: Grounding = field(default_factory=_grounding_on_layers_2_3)
+    grounding: Grounding = field(default_factory=every_head_of_layers_2_3)
     """The answers about a named object attend to its tokens; the gradient reaches the tokens as keys."""
     oracle_weight: float = 1.0
     """Weight of the regression of the image tokens to the oracle tokens (`relative_token_error`)."""
@@ -73,8 +75,6 @@ class TowerTuning:
 class TowerFeatures:
     """`FeatureCache`'s interface with the tower run live: `get(indices)` → one [cells_i, D] tensor per scene,
     the merged image tokens with their gradient (nothing is cached: the tower is training)."""
-
-    live_merger = True
 
     def __init__(self, backbone: Backbone, pool: ScenePool) -> None:
         self.backbone, self.pool = backbone, pool
@@ -169,8 +169,6 @@ def tune_tower_on_questions(
 
 class _Fixed:
     """A batch's already computed image tokens behind `FeatureCache.get` (in the batch's image order)."""
-
-    live_merger = True
 
     def __init__(self, tokens: list[torch.Tensor]) -> None:
         self.tokens = tokens
