@@ -20,7 +20,10 @@ saved backbone instead of the first phase (`--steps 0`).
 `--reasoning` adds the greedy reasoning read off the oracle tokens (`evaluate.reasoning_accuracy`), and
 `--image-kinds colour shape size position count format` puts the format turn (the scene's instruction → its
 reasoning) among the phase's turns (a kind listed twice is drawn twice as often); `--image-lr` and
-`--image-questions` change the phase's learning rate and turns per sequence.
+`--image-questions` change the phase's learning rate and turns per sequence; `--image-loss-per turn` weighs
+every turn the same (the long reasoning no more than a one-word answer); `--texts DIR` keeps each report's
+greedy responses as CSV; `--text-steps N` first runs stage 0's phase in words (the scene in words, then the
+format turn) to see whether the reasoning's words carry over to the image layout.
 
 Measured in results/warmup.md, sessions of 2026-12-06 (4) and (5).
 """
@@ -32,6 +35,7 @@ import dataclasses
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,14 +43,19 @@ import torch
 from segcompass.backbones import build_tiny, load_backbone
 from segcompass.pretrain.config import IMAGE_PIXELS, StackConfig
 from segcompass.pretrain.dialogue import Dialogue, question_turn
-from segcompass.pretrain.evaluate import named_object_sensitivity, question_accuracy, reasoning_accuracy
+from segcompass.pretrain.evaluate import (
+    named_object_sensitivity,
+    question_accuracy,
+    reasoning_accuracy,
+    reasoning_outputs,
+)
 from segcompass.pretrain.grounding import capture_attention_inputs, grounding_loss, grounding_targets
 from segcompass.pretrain.language import answer_loss, encode_dialogues, score_candidates
 from segcompass.pretrain.object_phase import train_object_phase
 from segcompass.pretrain.object_vectors import ObjectScene, ObjectVectorCache
 from segcompass.pretrain.optim import Schedule, run_loop, train_only
 from segcompass.pretrain.pool import ScenePool, scene_pool, set_image_pixels
-from segcompass.pretrain.text import RecallPhase, recall_turns, short_scene, text_samples
+from segcompass.pretrain.text import RecallPhase, recall_turns, short_scene, text_samples, train_text
 from segcompass.world.config import WorldConfig
 from segcompass.world.language import location_words
 from segcompass.world.scene import WorldSample
@@ -129,6 +138,23 @@ def main() -> None:
     parser.add_argument(
         "--image-questions", type=int, default=None, help="turns a sequence (default: the stack's)"
     )
+    parser.add_argument(
+        "--image-loss-per",
+        default=None,
+        choices=["token", "turn"],
+        help="the phase's loss average (`ObjectPhase.loss_per`; default: the stack's)",
+    )
+    parser.add_argument(
+        "--texts", default="", help="folder for the greedy responses of each report (`--reasoning`), as CSV"
+    )
+    parser.add_argument(
+        "--text-steps",
+        type=int,
+        default=0,
+        help="steps of 32 of stage 0's phase in words (the scene in words, 2 questions, then the format turn "
+        "with probability --text-format) before the oracle-token phase",
+    )
+    parser.add_argument("--text-format", type=float, default=1.0, help="its format-turn probability")
     parser.add_argument("--skip-start", action="store_true", help="no held-out figures before the phase")
     parser.add_argument(
         "--reasoning",
@@ -186,6 +212,10 @@ def main() -> None:
     if args.steps:
         run_loop(language, schedule, step_loss, args.seed, "object vectors", True)
         report(args.steps)
+    if args.text_steps:
+        config = StackConfig()
+        text = dataclasses.replace(config.text, steps=args.text_steps)
+        train_text(backbone, samples, text, 2, args.text_format, config.num_slots, args.seed + 5)
     if args.image_steps:
         image_phase(backbone, args)
     if args.save:
@@ -206,7 +236,11 @@ def image_phase(backbone, args: argparse.Namespace) -> None:
         rows = question_accuracy(backbone, val, "oracle", cache)
         rows += named_object_sensitivity(backbone, val, "oracle", cache)
         if args.reasoning:
-            rows += reasoning_accuracy(backbone, val, "oracle", config.num_slots, image_tokens=cache)
+            outputs = reasoning_outputs(backbone, val, config.num_slots, image_tokens=cache)
+            rows += reasoning_accuracy(backbone, val, "oracle", config.num_slots, outputs=outputs)
+            if args.texts:
+                Path(args.texts).mkdir(parents=True, exist_ok=True)
+                outputs.to_csv(Path(args.texts) / f"reasoning_step{step}.csv", index=False)
         figures = {r["measure"]: round(r["accuracy"], 3) for r in rows}
         majority = {r["measure"]: round(r["majority"], 3) for r in rows if r["majority"] == r["majority"]}
         print(json.dumps({"image_step": step, "s": round(time.time() - start), **figures}), flush=True)
@@ -224,6 +258,7 @@ def image_phase(backbone, args: argparse.Namespace) -> None:
             schedule=dataclasses.replace(schedule, steps=steps, lr=args.image_lr or schedule.lr),
             kinds=tuple(args.image_kinds or config.object_image.kinds),
             questions=args.image_questions or config.object_image.questions,
+            loss_per=args.image_loss_per or config.object_image.loss_per,
         )
         train_object_phase(backbone, phase, args.seed + done, images=train, num_slots=config.num_slots)
         done += steps

@@ -143,3 +143,47 @@ def test_named_referent_is_the_last_object_phrase():
     assert named_referent(text) == named_referent("the blue diamond")
     assert named_referent(text).colour == "blue" and named_referent(text).shape == "diamond"
     assert named_referent("nothing here").colour is None
+
+
+def test_the_reasoning_table_scores_canned_responses_by_hand(setup, monkeypatch):
+    """`reasoning_outputs` on canned greedy responses: one names the referent in the format, one names
+    another object, one breaks the format; `reasoning_accuracy` aggregates that table."""
+    from segcompass.pretrain import evaluate
+    from segcompass.pretrain.pool import ScenePool
+
+    backbone, _ = setup
+    pool = build_pool(WorldConfig(), "val", 12, ProcessorGrid.of(backbone.processor.image_processor))
+    single = [i for i, s in enumerate(pool.scenes) if len(s.sample.target_ids) == 1][:3]
+    assert len(single) == 3
+    pool = ScenePool("val", [pool.scenes[i] for i in single])
+    targets = [s.sample.scene.objects[s.sample.target_ids[0]] for s in pool.scenes]
+    other_shape = next(sh for sh in ("circle", "square", "star") if sh != targets[1].shape)
+    opening = evaluate.reasoning_opening(pool.scenes[0].sample.reasoning)
+    assert opening and ":" not in opening and pool.scenes[0].sample.reasoning.startswith(opening + ":")
+    canned = [
+        f"<think>{opening}: so the target is the {targets[0].colour} {targets[0].shape}.</think>"
+        "<REF_POS><REF_POS>",
+        f"<think>So the target is the {targets[1].colour} {other_shape}.</think><REF_POS><REF_POS>",
+        f"<think>the {targets[2].colour} {targets[2].shape}</think><REF_POS>",
+    ]
+    asked = []
+
+    def generate(backbone, examples, max_new_tokens, batch_size):
+        asked.extend(e.prompt for e in examples)
+        return canned[len(asked) - len(examples) : len(asked)]
+
+    monkeypatch.setattr(evaluate, "generate_responses", generate)
+    table = evaluate.reasoning_outputs(backbone, pool, num_slots=2)
+    assert asked == [s.sample.instruction for s in pool.scenes]
+    assert table.columns.tolist() == list(evaluate.REASONING_COLUMNS)
+    assert table.referent.tolist() == [True, False, True] and table.format.tolist() == [True, True, False]
+    assert table.output.tolist() == canned and table.scene.tolist() == [0, 1, 2]
+    assert table.opening.tolist()[0] and not table.opening.tolist()[1]
+    rows = {r["measure"]: r for r in evaluate.reasoning_accuracy(backbone, pool, "m", 2, outputs=table)}
+    assert rows["reasoning_referent"]["accuracy"] == pytest.approx(2 / 3)
+    assert rows["format"]["accuracy"] == pytest.approx(2 / 3)
+    assert rows["reasoning_opening"]["accuracy"] == pytest.approx(table.opening.mean())
+    unstated = table[~table.states_both]
+    assert rows["reasoning_referent_unstated"]["n"] == len(unstated)
+    if len(unstated):
+        assert rows["reasoning_referent_unstated"]["accuracy"] == pytest.approx(unstated.referent.mean())

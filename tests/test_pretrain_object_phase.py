@@ -42,7 +42,14 @@ def spy(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "bad", [{"layout": "grid"}, {"short_scenes": 0}, {"grounding": {"weight": -1.0}}, {"objects": (0, 3)}]
+    "bad",
+    [
+        {"layout": "grid"},
+        {"short_scenes": 0},
+        {"grounding": {"weight": -1.0}},
+        {"objects": (0, 3)},
+        {"loss_per": "sequence"},
+    ],
 )
 def test_a_bad_object_phase_is_refused(bad):
     with pytest.raises(ValueError):
@@ -77,6 +84,16 @@ def test_the_phases_enter_stage_0s_key_only_with_steps_and_survive_a_round_trip(
     assert (back.object_recall, back.object_image) == (on.object_recall, on.object_image)
     assert back.object_image.grounding == Grounding(1.0, (2, 3), "all")
     assert "count" in back.object_image.kinds and back.object_recall.objects == (2, 7)
+
+
+def test_the_per_turn_loss_enters_stage_0s_key_only_when_asked_and_survives_a_round_trip():
+    default = StackConfig()
+    assert "loss_per" not in default.text_stage()["object_image"]  # the committed stage 0's key
+    per_turn = replace(default, object_image=replace(default.object_image, loss_per="turn"))
+    assert per_turn.text_stage()["object_image"]["loss_per"] == "turn"
+    assert TEXT.key(per_turn.text_stage()) != TEXT.key(default.text_stage())
+    back = StackConfig.from_stage(json.loads(json.dumps(per_turn.text_stage())))
+    assert back.object_image.loss_per == "turn" and back.object_recall.loss_per == "token"
 
 
 def test_short_scenes_keep_a_drawn_number_of_a_scenes_objects():
@@ -138,6 +155,24 @@ def test_the_image_layout_asks_about_whole_scenes_and_grounding_moves_the_attent
     assert grounding[-10:].mean() < 0.7 * grounding[:5].mean()
     with pytest.raises(ValueError, match="labelled for the image grid"):
         train_object_phase(backbone, phase, 0)
+
+
+def test_a_per_turn_phase_trains_on_the_per_turn_loss(toy_vlm_spec, monkeypatch):
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+    pool = build_pool(WorldConfig(), "train", 2, ProcessorGrid.of(backbone.processor.image_processor))
+    averages, real = [], language.answer_loss
+
+    def answer_loss(backbone, batch, cache, per="token"):
+        averages.append(per)
+        return real(backbone, batch, cache, per)
+
+    monkeypatch.setattr(language, "answer_loss", answer_loss)
+    for per in ("turn", "token"):
+        phase = ObjectPhase(
+            Schedule(steps=2, batch_size=2), layout="image", questions=2, grounding=LAST_LAYER, loss_per=per
+        )
+        train_object_phase(backbone, phase, 0, images=pool, progress=False)
+    assert averages == ["turn", "turn", "token", "token"]
 
 
 def test_the_image_layout_can_ask_the_format_turn_and_only_it_can(toy_vlm_spec, spy):

@@ -161,6 +161,42 @@ def test_the_answer_loss_equals_the_loss_on_every_positions_logits_with_its_grad
         answer_loss(backbone, dataclasses.replace(none, labels=torch.full_like(none.labels, -100)), cache)
 
 
+def test_the_per_turn_loss_averages_each_turn_then_the_turns(setup):
+    """`answer_loss(per="turn")` against the per-position cross-entropy of the full logits, grouped by hand
+    into each sequence's assistant turns; turns of unequal length make it differ from the token mean."""
+    backbone, pool = setup
+    dialogues = [
+        Dialogue(0, (Turn("colour", "What colour is it?", "red"), Turn("describe", "Describe.", "a " * 20))),
+        Dialogue(1, (Turn("shape", "Which shape?", "star"),)),
+    ]
+    cache = FeatureCache(backbone, pool)
+    batch = encode_dialogues(backbone, pool, dialogues)
+    out = label_logits(backbone, batch, cache)
+    assert out.turns.tolist() == sorted(out.turns.tolist()) and int(out.turns.max()) + 1 == 3
+    assert out.rows[out.turns == 2].unique().tolist() == [1]  # the second sequence's one turn
+    with torch.no_grad():
+        logp = torch.log_softmax(lm_logits(backbone, batch, cache)[:, :-1].float(), -1)
+        turn_means = []
+        for row in range(2):
+            target = batch.labels[row, 1:]
+            positions = (target != -100).nonzero()[:, 0].tolist()
+            runs: list[list[int]] = []
+            for p in positions:
+                if runs and p == runs[-1][-1] + 1:
+                    runs[-1].append(p)
+                else:
+                    runs.append([p])
+            for run in runs:
+                turn_means.append(float(-logp[row, run].gather(-1, target[run, None]).mean()))
+        per_turn = answer_loss(backbone, batch, cache, per="turn")
+        per_token = answer_loss(backbone, batch, cache)
+    assert len(turn_means) == 3
+    assert float(per_turn) == pytest.approx(np.mean(turn_means), rel=1e-5)
+    assert abs(float(per_turn) - float(per_token)) > 1e-3
+    with pytest.raises(ValueError, match="per must be one of"):
+        answer_loss(backbone, batch, cache, per="sequence")
+
+
 def test_text_samples_keep_the_scene_and_drop_the_pixels():
     samples = text_samples(WorldConfig(), "train", 3)
     full = generate_sample(WorldConfig(), "train", 1)

@@ -184,7 +184,7 @@ class StackConfig:
         # A phase with 0 steps stays out of the key: stage 0 keeps the key it had before the phase existed.
         for name in _STAGE_0_PHASES:
             if getattr(self, name).schedule.steps > 0:
-                stage[name] = _plain(getattr(self, name))
+                stage[name] = _phase_key(getattr(self, name))
         if "object_image" in stage:  # the image layout asks about the train scenes (their oracle tokens)
             stage["train_scenes"] = self.train_scenes
         return stage
@@ -257,6 +257,15 @@ _STAGE_0_PHASES = ("object_recall", "object_image", "recall")
 
 _NESTED = ("previous", "language")
 """Keys of a stage config that hold the config of a stage it starts from."""
+
+
+def _phase_key(phase: Any) -> dict[str, Any]:
+    """A stage-0 phase's part of the key: its fields, less `loss_per` at its default "token" (the key
+    the phase had before the field existed)."""
+    fields = asdict(phase)
+    if fields.get("loss_per") == "token":
+        del fields["loss_per"]
+    return fields
 
 
 def _plain(value: Any) -> Any:

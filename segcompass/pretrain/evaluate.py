@@ -170,16 +170,36 @@ def _states_both(instruction: str, colour: str, shape: str) -> bool:
     return re.search(rf"\b{colour}\b", text) is not None and re.search(rf"\b{shape}", text) is not None
 
 
-def reasoning_accuracy(
+REASONING_COLUMNS = (
+    "scene",
+    "instruction",
+    "reasoning",
+    "output",
+    "referent",
+    "states_both",
+    "opening",
+    "format",
+)
+
+
+def reasoning_opening(text: str) -> str:
+    """A reasoning's first step up to its first colon — the instruction's descriptor restated ("Orange
+    diamonds", "First find the medium square"), which the instruction alone decides."""
+    return text.replace("<think>", "", 1).split(":", 1)[0].strip()
+
+
+def reasoning_outputs(
     backbone: Backbone,
     pool: ScenePool,
-    label: str,
     num_slots: int,
     max_new_tokens: int = 200,
     image_tokens: ObjectVectorCache | None = None,
-) -> list[dict]:
-    """Referent named by the greedy reasoning (single-target instructions), and the format rate.
-    `image_tokens`: the model reads these (e.g. the scenes' oracle tokens) in place of its tower's."""
+) -> pd.DataFrame:
+    """The greedy response to every single-target instruction of `pool`, one row each (`REASONING_COLUMNS`):
+    the pool index, the instruction, the world's reasoning, the model's output, whether the reasoning names
+    the referent's colour and shape (`named_referent`), whether the instruction states both, whether it opens
+    as the world's reasoning does (`reasoning_opening`), and whether the output has the format. `image_tokens`: the model reads these (e.g. the scenes' oracle tokens) in place of
+    its tower's."""
     indices = [i for i, s in enumerate(pool.scenes) if len(s.sample.target_ids) == 1]
     single = [pool[i] for i in indices]
     examples = [Example(s.sample.image, s.sample.instruction, "", "format") for s in single]
@@ -188,20 +208,44 @@ def reasoning_accuracy(
         chunk = slice(start, start + _GENERATE_BATCH)
         with tokens_in_place_of_the_tower(backbone, image_tokens, indices[chunk]):
             texts += generate_responses(backbone, examples[chunk], max_new_tokens, _GENERATE_BATCH)
-    hits, hidden_hits, formats = [], [], []
-    for s, text in zip(single, texts, strict=True):
+    rows = []
+    for index, s, text in zip(indices, single, texts, strict=True):
         target = s.sample.scene.objects[s.sample.target_ids[0]]
         named = named_referent(text.split("</think>")[0])
-        ok = named.colour == target.colour and named.shape == target.shape
-        hits.append(ok)
-        if not _states_both(s.sample.instruction, target.colour, target.shape):
-            hidden_hits.append(ok)
-        formats.append(format_ok(text, num_slots))
-    unstated = float(np.mean(hidden_hits)) if hidden_hits else float("nan")
+        rows.append(
+            dict(
+                scene=index,
+                instruction=s.sample.instruction,
+                reasoning=s.sample.reasoning,
+                output=text,
+                referent=named.colour == target.colour and named.shape == target.shape,
+                states_both=_states_both(s.sample.instruction, target.colour, target.shape),
+                opening=reasoning_opening(text) == reasoning_opening(s.sample.reasoning),
+                format=format_ok(text, num_slots),
+            )
+        )
+    return pd.DataFrame(rows, columns=list(REASONING_COLUMNS))
+
+
+def reasoning_accuracy(
+    backbone: Backbone,
+    pool: ScenePool,
+    label: str,
+    num_slots: int,
+    max_new_tokens: int = 200,
+    image_tokens: ObjectVectorCache | None = None,
+    outputs: pd.DataFrame | None = None,
+) -> list[dict]:
+    """Referent named by the greedy reasoning (single-target instructions), its opening, and the format rate, from
+    `reasoning_outputs` (computed here unless `outputs` holds them)."""
+    if outputs is None:
+        outputs = reasoning_outputs(backbone, pool, num_slots, max_new_tokens, image_tokens)
+    unstated = outputs.referent[~outputs.states_both]
     return [
-        _row(label, "reasoning_referent", len(hits), float(np.mean(hits))),
-        _row(label, "reasoning_referent_unstated", len(hidden_hits), unstated),
-        _row(label, "format", len(formats), float(np.mean(formats))),  # over the single-target instructions
+        _row(label, "reasoning_referent", len(outputs), float(outputs.referent.mean())),
+        _row(label, "reasoning_referent_unstated", len(unstated), float(unstated.mean())),
+        _row(label, "reasoning_opening", len(outputs), float(outputs.opening.mean())),
+        _row(label, "format", len(outputs), float(outputs.format.mean())),  # over the single-target ones
     ]
 
 

@@ -186,6 +186,13 @@ class LabelLogits(NamedTuple):
     """int64 [N]: the label each row predicts (the input id at the next position)."""
     rows: torch.Tensor
     """int64 [N]: the sequence of each row."""
+    turns: torch.Tensor
+    """int64 [N]: the assistant turn of each row, numbered 0, 1, … over the batch (a turn is a run of
+    consecutive labelled positions of one sequence)."""
+
+
+LOSS_PER: tuple[str, ...] = ("token", "turn")
+"""How `answer_loss` averages: over every labelled token, or over each turn's tokens and then the turns."""
 
 
 def label_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None) -> LabelLogits:
@@ -198,14 +205,29 @@ def label_logits(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache |
     if not bool(labelled.any()):
         raise ValueError("the batch has no labelled position (no assistant answer to learn)")
     logits = backbone.model.lm_head(hidden[:, :-1][labelled])  # [N, V]
-    return LabelLogits(logits.float(), target[labelled], labelled.nonzero()[:, 0])
+    before = F.pad(labelled[:, :-1], (1, 0))  # [B, T − 1]: the position before is labelled
+    turns = torch.cumsum((labelled & ~before).flatten().long(), 0).view_as(labelled) - 1
+    return LabelLogits(logits.float(), target[labelled], labelled.nonzero()[:, 0], turns[labelled])
 
 
-def answer_loss(backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None) -> torch.Tensor:
-    """`next_token_loss(lm_logits(backbone, batch, cache), batch.labels)`, the head applied only where a
-    label is predicted (`label_logits`)."""
+def answer_loss(
+    backbone: Backbone, batch: DialogueBatch, cache: FeatureCache | None, per: str = "token"
+) -> torch.Tensor:
+    """The answers' cross-entropy, the head applied only where a label is predicted (`label_logits`).
+
+    `per="token"`: the mean over every labelled token (`next_token_loss(lm_logits(…), batch.labels)`);
+    `per="turn"`: each turn's mean, then the mean over turns, so a 60-token reasoning weighs as much as a
+    one-word answer rather than 30 times as much."""
+    if per not in LOSS_PER:
+        raise ValueError(f"per must be one of {LOSS_PER}, got {per!r}")
     out = label_logits(backbone, batch, cache)
-    return F.cross_entropy(out.logits, out.targets)
+    if per == "token":
+        return F.cross_entropy(out.logits, out.targets)
+    losses = F.cross_entropy(out.logits, out.targets, reduction="none")  # [N]
+    count = int(out.turns[-1]) + 1
+    sums = losses.new_zeros(count).index_add_(0, out.turns, losses)  # [turns]
+    sizes = torch.bincount(out.turns, minlength=count).to(losses.dtype)
+    return (sums / sizes).mean()
 
 
 def train_dialogues(
@@ -219,16 +241,19 @@ def train_dialogues(
     progress: bool = True,
     grounding: Grounding | None = None,
     trains: str = "language",
+    loss_per: str = "token",
 ) -> LoopRecord:
     """Train on dialogues drawn by `make_dialogue(scene, rng)` either the language model (embeddings,
     blocks, head; `trains="language"`, the vision tower and merger frozen) or the merger alone
     (`trains="merger"`, everything else frozen; `cache` must have `live_merger`). With `grounding`, the
     answers to questions about a named object are also trained to attend to its image tokens
-    (`grounding.py`)."""
+    (`grounding.py`). `loss_per`: `answer_loss`'s average ("token" or "turn")."""
     model = backbone.model
     visual = model.model.visual
     if trains not in ("language", "merger"):
         raise ValueError(f"trains must be 'language' or 'merger', got {trains!r}")
+    if loss_per not in LOSS_PER:
+        raise ValueError(f"loss_per must be one of {LOSS_PER}, got {loss_per!r}")
     if trains == "merger" and not cache.live_merger:
         raise ValueError("training the merger needs a FeatureCache with live_merger=True")
     trained = [model.model.language_model, model.lm_head] if trains == "language" else [visual.merger]
@@ -239,11 +264,11 @@ def train_dialogues(
         dialogues = [make_dialogue(int(i), rng) for i in picks]
         batch = encode_dialogues(backbone, pool, dialogues)
         if grounding is None or grounding.weight == 0:
-            loss = answer_loss(backbone, batch, cache)
+            loss = answer_loss(backbone, batch, cache, loss_per)
             return loss, {"lm": float(loss.detach())}
         targets = grounding_targets(backbone, pool, dialogues, batch.inputs["input_ids"], batch.labels)
         with capture_attention_inputs(backbone, grounding.layers) as captured:
-            lm = answer_loss(backbone, batch, cache)
+            lm = answer_loss(backbone, batch, cache, loss_per)
         ground = grounding_loss(backbone, captured, batch.inputs["attention_mask"], targets, grounding.heads)
         return lm + grounding.weight * ground, {"lm": float(lm.detach()), "grounding": float(ground.detach())}
 

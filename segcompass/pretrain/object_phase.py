@@ -29,7 +29,7 @@ from segcompass.world.scene import WorldSample
 
 from .dialogue import Dialogue
 from .grounding import Grounding, every_head_of_layers_2_3
-from .language import train_dialogues
+from .language import LOSS_PER, train_dialogues
 from .object_vectors import ObjectScene, ObjectVectorCache
 from .optim import LoopRecord
 from .pool import ScenePool
@@ -50,6 +50,10 @@ class ObjectPhase(RecallPhase):
     """The answers to questions about a named object attend to its tokens (weight 0: off)."""
     short_scenes: int = 65536
     """Layout "objects": short scenes drawn once from the text scenes (the phase's pool)."""
+    loss_per: str = "token"
+    """How the answers' cross-entropy is averaged (`language.answer_loss`): "token", every labelled token
+    alike, so a format turn's ≈ 60-token reasoning outweighs the one-word answers beside it; or "turn",
+    each turn's mean and then the turns', so every turn weighs the same."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +65,8 @@ class ObjectPhase(RecallPhase):
             raise ValueError(
                 'the "objects" layout asks about short scenes: the "format" turn needs the "image" layout'
             )
+        if self.loss_per not in LOSS_PER:
+            raise ValueError(f"loss_per must be one of {LOSS_PER}, got {self.loss_per!r}")
         if self.short_scenes < 1:
             raise ValueError(f"short_scenes must be >= 1, got {self.short_scenes}")
 
@@ -109,4 +115,5 @@ def train_object_phase(
         f"stage 0: object vectors ({phase.layout})",
         progress,
         grounding=phase.grounding,
+        loss_per=phase.loss_per,
     )
