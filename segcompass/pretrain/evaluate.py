@@ -197,9 +197,9 @@ def reasoning_outputs(
 ) -> pd.DataFrame:
     """The greedy response to every single-target instruction of `pool`, one row each (`REASONING_COLUMNS`):
     the pool index, the instruction, the world's reasoning, the model's output, whether the reasoning names
-    the referent's colour and shape (`named_referent`), whether the instruction states both, whether it opens
-    as the world's reasoning does (`reasoning_opening`), and whether the output has the format. `image_tokens`: the model reads these (e.g. the scenes' oracle tokens) in place of
-    its tower's."""
+    the referent's colour and shape (`named_referent`), whether the instruction states both, whether it
+    opens as the world's reasoning does (`reasoning_opening`), and whether the output has the format.
+    `image_tokens`: the model reads these (e.g. the scenes' oracle tokens) in place of its tower's."""
     indices = [i for i, s in enumerate(pool.scenes) if len(s.sample.target_ids) == 1]
     single = [pool[i] for i in indices]
     examples = [Example(s.sample.image, s.sample.instruction, "", "format") for s in single]
@@ -236,8 +236,8 @@ def reasoning_accuracy(
     image_tokens: ObjectVectorCache | None = None,
     outputs: pd.DataFrame | None = None,
 ) -> list[dict]:
-    """Referent named by the greedy reasoning (single-target instructions), its opening, and the format rate, from
-    `reasoning_outputs` (computed here unless `outputs` holds them)."""
+    """Referent named by the greedy reasoning (single-target instructions), its opening, and the format
+    rate, from `reasoning_outputs` (computed here unless `outputs` holds them)."""
     if outputs is None:
         outputs = reasoning_outputs(backbone, pool, num_slots, max_new_tokens, image_tokens)
     unstated = outputs.referent[~outputs.states_both]
