@@ -23,7 +23,8 @@ reasoning) among the phase's turns (a kind listed twice is drawn twice as often)
 `--image-questions` change the phase's learning rate and turns per sequence; `--image-loss-per turn` weighs
 every turn the same (the long reasoning no more than a one-word answer); `--texts DIR` keeps each report's
 greedy responses as CSV; `--text-steps N` first runs stage 0's phase in words (the scene in words, then the
-format turn) to see whether the reasoning's words carry over to the image layout.
+format turn) to see whether the reasoning's words carry over to the image layout, and `--image-words S`
+mixes such sequences into the oracle-token phase (a share S of them).
 
 Measured in results/warmup.md, sessions of 2026-12-06 (4) and (5).
 """
@@ -145,6 +146,12 @@ def main() -> None:
         help="the phase's loss average (`ObjectPhase.loss_per`; default: the stack's)",
     )
     parser.add_argument(
+        "--image-words",
+        type=float,
+        default=None,
+        help="share of the phase's sequences with the scene in words and the format turn (`ObjectPhase.words`)",
+    )
+    parser.add_argument(
         "--texts", default="", help="folder for the greedy responses of each report (`--reasoning`), as CSV"
     )
     parser.add_argument(
@@ -259,6 +266,7 @@ def image_phase(backbone, args: argparse.Namespace) -> None:
             kinds=tuple(args.image_kinds or config.object_image.kinds),
             questions=args.image_questions or config.object_image.questions,
             loss_per=args.image_loss_per or config.object_image.loss_per,
+            words=config.object_image.words if args.image_words is None else args.image_words,
         )
         train_object_phase(backbone, phase, args.seed + done, images=train, num_slots=config.num_slots)
         done += steps

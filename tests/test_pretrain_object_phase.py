@@ -49,6 +49,8 @@ def spy(monkeypatch):
         {"grounding": {"weight": -1.0}},
         {"objects": (0, 3)},
         {"loss_per": "sequence"},
+        {"words": 1.5},
+        {"words": 0.5, "layout": "objects"},
     ],
 )
 def test_a_bad_object_phase_is_refused(bad):
@@ -86,14 +88,20 @@ def test_the_phases_enter_stage_0s_key_only_with_steps_and_survive_a_round_trip(
     assert "count" in back.object_image.kinds and back.object_recall.objects == (2, 7)
 
 
-def test_the_per_turn_loss_enters_stage_0s_key_only_when_asked_and_survives_a_round_trip():
+def test_the_per_turn_loss_and_words_enter_stage_0s_key_only_when_asked_and_survive_a_round_trip():
     default = StackConfig()
-    assert "loss_per" not in default.text_stage()["object_image"]  # the committed stage 0's key
+    assert {"loss_per", "words"}.isdisjoint(default.text_stage()["object_image"])  # the committed key
     per_turn = replace(default, object_image=replace(default.object_image, loss_per="turn"))
     assert per_turn.text_stage()["object_image"]["loss_per"] == "turn"
     assert TEXT.key(per_turn.text_stage()) != TEXT.key(default.text_stage())
     back = StackConfig.from_stage(json.loads(json.dumps(per_turn.text_stage())))
     assert back.object_image.loss_per == "turn" and back.object_recall.loss_per == "token"
+    worded = replace(default, object_image=replace(default.object_image, words=0.25))
+    assert TEXT.key(worded.text_stage()) not in (
+        TEXT.key(default.text_stage()),
+        TEXT.key(per_turn.text_stage()),
+    )
+    assert StackConfig.from_stage(json.loads(json.dumps(worded.text_stage()))).object_image.words == 0.25
 
 
 def test_short_scenes_keep_a_drawn_number_of_a_scenes_objects():
@@ -173,6 +181,41 @@ def test_a_per_turn_phase_trains_on_the_per_turn_loss(toy_vlm_spec, monkeypatch)
         )
         train_object_phase(backbone, phase, 0, images=pool, progress=False)
     assert averages == ["turn", "turn", "token", "token"]
+
+
+def test_a_share_of_the_image_layouts_sequences_gives_the_scene_in_words(toy_vlm_spec, spy):
+    """`words`: those sequences carry the scene's text in the image's place, the phase's question count and
+    the format turn last; the rest are the image layout's, grounded as before (the words rows have no image
+    tokens to attend to)."""
+    from segcompass.pretrain.dialogue import scene_text
+
+    backbone = build_tiny("qwen2_5_vl", seed=0, spec=toy_vlm_spec)
+    pool = build_pool(WorldConfig(), "train", 3, ProcessorGrid.of(backbone.processor.image_processor))
+    phase = ObjectPhase(
+        Schedule(steps=6, batch_size=4), layout="image", questions=2, grounding=LAST_LAYER, words=0.5
+    )
+    record = train_object_phase(backbone, phase, 0, images=pool, progress=False, num_slots=2)
+    assert all("grounding" in p for p in record.parts)
+    in_words = [d for _, dialogues, _ in spy for d in dialogues if d.context is not None]
+    on_images = [d for _, dialogues, _ in spy for d in dialogues if d.context is None]
+    assert 4 <= len(in_words) <= 20 and on_images  # about half of 24
+    for d in in_words:
+        sample = pool[d.scene].sample
+        assert d.context == scene_text(sample) and len(d.turns) == 3
+        assert (d.turns[-1].kind, d.turns[-1].question) == ("format", sample.instruction)
+    for _, dialogues, ids in spy:
+        for row, d in enumerate(dialogues):
+            tokens = int((ids[row] == backbone.image_token_id).sum())
+            assert tokens == (0 if d.context is not None else np.prod(pool[d.scene].grid))
+    # words=0 draws nothing extra: the batches equal a phase without the field.
+    spy.clear()
+    train_object_phase(backbone, replace(phase, words=0.0), 0, images=pool, progress=False, num_slots=2)
+    first = [d for _, dialogues, _ in spy for d in dialogues]
+    spy.clear()
+    train_object_phase(backbone, replace(phase, words=0.0), 0, images=pool, progress=False, num_slots=2)
+    assert [d for _, dialogues, _ in spy for d in dialogues] == first and all(
+        d.context is None for d in first
+    )
 
 
 def test_the_image_layout_can_ask_the_format_turn_and_only_it_can(toy_vlm_spec, spy):

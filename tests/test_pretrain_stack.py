@@ -18,6 +18,7 @@ from segcompass.pretrain.optim import Schedule
 from segcompass.pretrain.stack import (
     ALIGN,
     INSTRUCT,
+    REASON,
     TEXT,
     VISION,
     StackConfig,
@@ -144,6 +145,43 @@ def test_an_oracle_alignment_fits_the_mergers_last_layer_and_nothing_else(tmp_pa
     metrics = json.loads((ALIGN.path(config.align_stage(), tmp_path) / "metrics.json").read_text())
     fit = metrics["merger_readout"]
     assert fit["relative_error"] < fit["relative_error_before"] and fit["tokens"] > 0
+
+
+def test_stage_0b_trains_stage_0s_language_model_on_the_reasoning_and_stage_2_adopts_it(tmp_path):
+    reasoning = ObjectPhase(
+        Schedule(steps=2, batch_size=2),
+        layout="image",
+        questions=2,
+        kinds=("colour", "grounded_format"),
+        grounding=Grounding(weight=1.0, layers=(1,)),
+        words=0.5,
+    )
+    config = toy(reasoning=reasoning, align=Schedule(steps=0, batch_size=2))
+    without = toy(align=Schedule(steps=0, batch_size=2))
+    # Off (the default): stage 2 starts from stage 0, with the key it had before stage 0b existed.
+    assert without.language_stage() == ("vlm-text", without.text_stage())
+    assert without.align_stage()["language"] == without.text_stage()
+    assert config.language_stage() == ("vlm-reason", config.reasoning_stage())
+    assert config.reasoning_stage()["previous"] == config.text_stage() == without.text_stage()
+    assert VISION.key(config.vision_stage()) == VISION.key(without.vision_stage())
+    assert ALIGN.key(config.align_stage()) != ALIGN.key(without.align_stage())
+    assert StackConfig.from_stage(json.loads(json.dumps(config.instruct_stage()))) == replace(
+        config, val_scenes=300
+    )
+    assert StackConfig.from_stage(without.instruct_stage()).reasoning.schedule.steps == 0
+
+    a = _weights(build_stage(ALIGN, config.align_stage(), tmp_path))
+    folder = REASON.path(config.reasoning_stage(), tmp_path)
+    r, t = _weights(folder), _weights(TEXT.path(config.text_stage(), tmp_path))
+    language = [k for k in t if not k.startswith("visual.")]
+    assert all(torch.equal(a[k], r[k]) for k in language), "stage 2 adopts stage 0b's language model"
+    assert any(not torch.equal(r[k], t[k]) for k in language), "stage 0b trains the language model"
+    assert all(torch.equal(r[k], t[k]) for k in t if k.startswith("visual.")), "and not the tower"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    measures = {(row["model"], row["measure"]) for row in metrics["oracle_tokens"]}
+    assert {("trained", "reasoning_opening"), ("trained", "colour"), ("stage_0", "format")} <= measures
+    with pytest.raises(ValueError, match="reasoning must have layout 'image'"):
+        toy(reasoning=ObjectPhase(layout="objects"))
 
 
 def test_tower_tuning_after_the_fit_moves_the_tower_and_merger_and_not_the_language_model(tmp_path):

@@ -39,6 +39,13 @@ class PretrainCommandConfig:
     object_image_steps: int = _DEFAULT.object_image.schedule.steps
     """Stage 0's second phase, steps of 32 (whole scenes as oracle image tokens on the image grid; 0: none).
     Measured: 3200 after the first phase reads oracle tokens at colour 0.98, shape 0.95 (results/warmup.md)."""
+    reasoning_steps: int = _DEFAULT.reasoning.schedule.steps
+    """Stage 0b, steps of 32 after stage 0 (oracle image tokens, the grounded format turn among the look-up
+    turns; 0: none, stage 2 starts from stage 0). Measured on oracle tokens: 1600 steps take the reasoning to
+    0.43 with the look-up kept (results/warmup.md, session (9))."""
+    reasoning_words: float = _DEFAULT.reasoning.words
+    """Stage 0b: the share of its sequences with the scene in words and the format turn (words teach the
+    reasoning's opening, which restates the instruction)."""
     recall_steps: int = _DEFAULT.recall.schedule.steps
     """Stage 0's recall-phase steps (short scenes in words, look-up questions, large batches; 0: none)."""
     recall_name_with_size: bool = _DEFAULT.recall.name_with_size
@@ -95,6 +102,11 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         ),
         object_image=replace(
             d.object_image, schedule=replace(d.object_image.schedule, steps=cfg.object_image_steps)
+        ),
+        reasoning=replace(
+            d.reasoning,
+            schedule=replace(d.reasoning.schedule, steps=cfg.reasoning_steps),
+            words=cfg.reasoning_words,
         ),
         recall=replace(
             d.recall,

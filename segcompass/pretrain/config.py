@@ -56,6 +56,15 @@ def _object_image_phase() -> ObjectPhase:
     )
 
 
+def _reasoning_phase() -> ObjectPhase:
+    return ObjectPhase(
+        schedule=Schedule(steps=0, batch_size=32, lr=1e-3),
+        layout="image",
+        questions=3,
+        kinds=(*LOOKUP_KINDS, "count", "grounded_format"),
+    )
+
+
 @dataclass
 class StackConfig:
     """Everything that decides the staged tiny VLM (`segcompass pretrain` builds the defaults)."""
@@ -88,6 +97,11 @@ class StackConfig:
     object's vector) on the image grid, look-up questions with attention grounding. 3200 steps of 32: after
     1200, 2000 more took the oracle-token answers from colour 0.80 / shape 0.77 to 0.99 / 0.94
     (results/warmup.md, session (6))."""
+    reasoning: ObjectPhase = field(default_factory=_reasoning_phase)
+    """Stage 0b, its own cached stage after stage 0 (0 steps: none, stage 2 starts from stage 0): the oracle
+    image tokens again, with the grounded format turn (the instruction → its reasoning) among the look-up
+    turns, and optionally a share of sequences in words (`ObjectPhase.words`). On oracle tokens, 1600 steps
+    of it take the reasoning to 0.43 with the look-up kept (results/warmup.md, session (9))."""
     recall: RecallPhase = field(default_factory=RecallPhase)
     """Stage 0's phase in words after the object phases: short scenes, look-up questions, large batches (0
     steps: none)."""
@@ -135,7 +149,7 @@ class StackConfig:
             self.text = Schedule(**self.text)
         if isinstance(self.recall, dict):
             self.recall = RecallPhase(**self.recall)
-        for name, layout in (("object_recall", "objects"), ("object_image", "image")):
+        for name, layout in (("object_recall", "objects"), ("object_image", "image"), ("reasoning", "image")):
             phase = getattr(self, name)
             if isinstance(phase, dict):
                 phase = ObjectPhase(**phase)
@@ -189,6 +203,20 @@ class StackConfig:
             stage["train_scenes"] = self.train_scenes
         return stage
 
+    def reasoning_stage(self) -> dict[str, Any]:
+        """Stage 0b: starts from stage 0's language model (only built when `reasoning` has steps)."""
+        return {
+            "previous": self.text_stage(),
+            "reasoning": _phase_key(self.reasoning),
+            "train_scenes": self.train_scenes,
+        }
+
+    def language_stage(self) -> tuple[str, dict[str, Any]]:
+        """(stage name, config) of the language model stage 2 adopts: stage 0b when it has steps, else 0."""
+        if self.reasoning.schedule.steps > 0:
+            return "vlm-reason", self.reasoning_stage()
+        return "vlm-text", self.text_stage()
+
     def vision_stage(self) -> dict[str, Any]:
         keys = (
             "family",
@@ -206,7 +234,7 @@ class StackConfig:
         """Starts from stage 1's vision tower and stage 0's language model."""
         stage = {
             "previous": self.vision_stage(),
-            "language": self.text_stage(),
+            "language": self.language_stage()[1],
             "align": asdict(self.align),
             "align_trains": self.align_trains,
         }
@@ -229,9 +257,9 @@ class StackConfig:
     def from_stage(cls, stage_config: dict[str, Any]) -> StackConfig:
         """The stack config a stage config was made from (fields no stage so far reads keep defaults).
 
-        A field that a stage's key leaves out when it is off (stage 0's phases with 0 steps, stage 2's
-        `tower_tuning` with 0 steps, stage 3's `format_first` at 0) is off again here, whatever its
-        default."""
+        A field that a stage's key leaves out when it is off (stage 0's phases with 0 steps, stage 0b's
+        `reasoning` with 0 steps, stage 2's `tower_tuning` with 0 steps, stage 3's `format_first` at 0) is off
+        again here, whatever its default."""
         flat: dict[str, Any] = {}
         nodes = [stage_config]
         while nodes:
@@ -247,6 +275,8 @@ class StackConfig:
                 if name not in flat:
                     phase = getattr(config, name)
                     setattr(config, name, replace(phase, schedule=replace(phase.schedule, steps=0)))
+        if "text_scenes" in flat and "reasoning" not in flat:  # no stage 0b in this chain
+            config.reasoning = replace(config.reasoning, schedule=replace(config.reasoning.schedule, steps=0))
         if "instruct" in flat and "format_first" not in flat:
             config.format_first = 0.0
         return config
@@ -259,13 +289,16 @@ _NESTED = ("previous", "language")
 """Keys of a stage config that hold the config of a stage it starts from."""
 
 
+_PHASE_FIELDS_OFF = {"loss_per": "token", "words": 0.0}
+"""Object-phase fields added after stage 0 was committed, at the values that keep its key."""
+
+
 def _phase_key(phase: Any) -> dict[str, Any]:
-    """A stage-0 phase's part of the key: its fields, less `loss_per` at its default "token" (the key
-    the phase had before the field existed)."""
-    fields = asdict(phase)
-    if fields.get("loss_per") == "token":
-        del fields["loss_per"]
-    return fields
+    """A stage-0 phase's part of the key: its fields, less those of `_PHASE_FIELDS_OFF` at their off value
+    (the key the phase had before the fields existed)."""
+    return {
+        k: v for k, v in asdict(phase).items() if not (k in _PHASE_FIELDS_OFF and v == _PHASE_FIELDS_OFF[k])
+    }
 
 
 def _plain(value: Any) -> Any:

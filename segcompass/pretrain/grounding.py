@@ -81,7 +81,8 @@ def grounding_targets(
     every token of each object an answer names (`Turn.mentions`), whose object covers at least one cell.
 
     Assistant turns are the labelled spans of `labels` [B, T], in the order of the dialogue's turns; image
-    tokens are taken in raster order, as the processor lays them out."""
+    tokens are taken in raster order, as the processor lays them out. A dialogue with the scene in words
+    (`Dialogue.context`) has none."""
     image_id = backbone.image_token_id
     rows, positions, masks = [], [], []
     for b, dialogue in enumerate(dialogues):
@@ -89,6 +90,8 @@ def grounding_targets(
         starts = np.flatnonzero(labelled & ~np.concatenate([[False], labelled[:-1]]))
         if len(starts) != len(dialogue.turns):
             raise ValueError(f"row {b}: {len(starts)} labelled spans for {len(dialogue.turns)} turns")
+        if dialogue.context is not None:  # the scene in words: no image tokens to attend to
+            continue
         image_positions = torch.nonzero(input_ids[b] == image_id).squeeze(-1)  # [cells]
         owner = covering_object(pool[dialogue.scene].coverage)  # [cells]
         if len(owner) != len(image_positions):

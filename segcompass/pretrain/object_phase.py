@@ -33,7 +33,7 @@ from .language import LOSS_PER, train_dialogues
 from .object_vectors import ObjectScene, ObjectVectorCache
 from .optim import LoopRecord
 from .pool import ScenePool
-from .text import FORMAT_KINDS, RecallPhase, recall_turns, short_scene
+from .text import FORMAT_KINDS, RecallPhase, recall_turns, short_scene, text_dialogue
 
 LAYOUTS: tuple[str, ...] = ("objects", "image")
 """Where an object phase puts the object vectors: one token each (1 × n), or on the image's token grid."""
@@ -50,6 +50,11 @@ class ObjectPhase(RecallPhase):
     """The answers to questions about a named object attend to its tokens (weight 0: off)."""
     short_scenes: int = 65536
     """Layout "objects": short scenes drawn once from the text scenes (the phase's pool)."""
+    words: float = 0.0
+    """Layout "image": the share of sequences that give the scene in words instead (the text in the image's
+    place, `text.text_dialogue`: `questions` questions, then the format turn). Words teach the reasoning's
+    opening, which restates the instruction; alone, they wipe the image look-up (results/warmup.md,
+    session (9))."""
     loss_per: str = "token"
     """How the answers' cross-entropy is averaged (`language.answer_loss`): "token", every labelled token
     alike, so a format turn's ≈ 60-token reasoning outweighs the one-word answers beside it; or "turn",
@@ -65,6 +70,10 @@ class ObjectPhase(RecallPhase):
             raise ValueError(
                 'the "objects" layout asks about short scenes: the "format" turn needs the "image" layout'
             )
+        if not 0.0 <= self.words <= 1.0:
+            raise ValueError(f"words must be in [0, 1], got {self.words}")
+        if self.words > 0 and self.layout != "image":
+            raise ValueError('words replace the image of whole scenes: they need the "image" layout')
         if self.loss_per not in LOSS_PER:
             raise ValueError(f"loss_per must be one of {LOSS_PER}, got {self.loss_per!r}")
         if self.short_scenes < 1:
@@ -103,6 +112,9 @@ def train_object_phase(
         pool = images
 
     def make(scene: int, rng: np.random.Generator) -> Dialogue:
+        # The draw happens only when it can matter: `words=0` keeps the batches as before the field.
+        if phase.words > 0 and rng.random() < phase.words:
+            return text_dialogue(scene, pool[scene].sample, rng, phase.questions, 1.0, num_slots)
         return Dialogue(scene, recall_turns(pool[scene].sample, rng, phase, num_slots))
 
     return train_dialogues(

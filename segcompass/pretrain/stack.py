@@ -1,5 +1,6 @@
-"""The staged tiny VLM, each stage cached: text pretraining of the language model (0) and vision
-pretraining of the tower (1), then alignment (2, from both) and instruction tuning (3).
+"""The staged tiny VLM, each stage cached: text pretraining of the language model (0, optionally followed
+by its reasoning phase, 0b) and vision pretraining of the tower (1), then alignment (2, from both) and
+instruction tuning (3).
 
 Every stage writes a full backbone folder (`Backbone.save`), so each one loads through `load_backbone`
 like a real checkpoint, plus `metrics.json` with its held-out figures. A stage's config nests the configs
@@ -27,7 +28,7 @@ from segcompass.world.config import WorldConfig
 from .align import fit_merger_readout
 from .config import IMAGE_PIXELS, StackConfig
 from .dialogue import Dialogue, describe_turn, qa_dialogue
-from .evaluate import named_object_sensitivity, question_accuracy
+from .evaluate import named_object_sensitivity, question_accuracy, reasoning_accuracy
 from .language import FeatureCache, adopt_language_model, train_dialogues
 from .object_phase import train_object_phase
 from .object_vectors import ObjectVectorCache
@@ -41,6 +42,7 @@ __all__ = [
     "ALIGN",
     "IMAGE_PIXELS",
     "INSTRUCT",
+    "REASON",
     "TEXT",
     "VISION",
     "ProcessorGrid",
@@ -113,6 +115,36 @@ def build_text(stage_config: dict[str, Any], folder: Path) -> None:
     _save(backbone, folder, metrics)
 
 
+# ---- stage 0b ----------------------------------------------------------------------------------------
+def build_reasoning(stage_config: dict[str, Any], folder: Path) -> None:
+    """Stage 0b: stage 0's language model trained on the reasoning phase (`StackConfig.reasoning`: oracle
+    image tokens, the grounded format turn among the look-up turns); held-out figures on the val scenes'
+    oracle tokens — the look-up and the greedy reasoning — before and after."""
+    config = StackConfig.from_stage(stage_config)
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(build_stage(TEXT, stage_config["previous"]))
+    set_image_pixels(backbone, *IMAGE_PIXELS)
+    val = scene_pool(config, "val", IMAGE_PIXELS)
+
+    def figures(label: str) -> list[dict]:
+        oracle = ObjectVectorCache(backbone, val)
+        rows = question_accuracy(backbone, val, label, oracle)
+        rows += named_object_sensitivity(backbone, val, label, oracle)
+        return rows + reasoning_accuracy(backbone, val, label, config.num_slots, image_tokens=oracle)
+
+    before = figures("stage_0")
+    train = scene_pool(config, "train", IMAGE_PIXELS)
+    record = train_object_phase(
+        backbone, config.reasoning, config.seed * 7919 + 4, images=train, num_slots=config.num_slots
+    )
+    metrics = {
+        "wall_s": record.wall_s,
+        "final_loss_parts": record.parts[-1] if record.parts else {},
+        "oracle_tokens": figures("trained") + before,
+    }
+    _save(backbone, folder, metrics)
+
+
 # ---- stage 1 -----------------------------------------------------------------------------------------
 def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
     """Stage 1: train the tower + merger on the vision objectives at `vision_pixels`; probe the merged
@@ -148,8 +180,9 @@ def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
 # ---- stages 2 and 3 ------------------------------------------------------------------------------------
 def _train_language(config: StackConfig, previous: Path, folder: Path, which: str) -> None:
     backbone = load_backbone(previous)
-    if which == "align":  # stage 1's tower under stage 0's language model
-        adopt_language_model(backbone, load_backbone(build_stage(TEXT, config.text_stage())))
+    if which == "align":  # stage 1's tower under stage 0's (or 0b's) language model
+        name, language = config.language_stage()
+        adopt_language_model(backbone, load_backbone(build_stage(LANGUAGE_STAGES[name], language)))
     set_image_pixels(backbone, *IMAGE_PIXELS)
     train = scene_pool(config, "train", IMAGE_PIXELS)
     trains = config.align_trains if which == "align" else "language"
@@ -212,9 +245,14 @@ def build_instruct(stage_config: dict[str, Any], folder: Path) -> None:
 # Versions: text 2, align 4, instruct 3 — the language-model loss applies the head at the answers only
 # (`answer_loss`; the same loss, summed in another order, so a rebuilt stage differs in rounding).
 TEXT: Stage[dict[str, Any]] = Stage("vlm-text", 2, build_text, BUILD_COMMAND)
+REASON: Stage[dict[str, Any]] = Stage("vlm-reason", 1, build_reasoning, BUILD_COMMAND)
 VISION: Stage[dict[str, Any]] = Stage("vlm-vision", 1, build_vision, BUILD_COMMAND)
 ALIGN: Stage[dict[str, Any]] = Stage("vlm-align", 4, build_align, BUILD_COMMAND)
 INSTRUCT: Stage[dict[str, Any]] = Stage("vlm-instruct", 3, build_instruct, BUILD_COMMAND)
+
+
+LANGUAGE_STAGES: dict[str, Stage[dict[str, Any]]] = {TEXT.name: TEXT, REASON.name: REASON}
+"""The stages whose language model stage 2 can adopt, by the name `StackConfig.language_stage` gives."""
 
 
 def build_stack(config: StackConfig | None = None, cache_root: str | os.PathLike | None = None) -> Path:
