@@ -52,9 +52,9 @@ class ObjectPhase(RecallPhase):
     """Layout "objects": short scenes drawn once from the text scenes (the phase's pool)."""
     words: float = 0.0
     """Layout "image": the share of sequences that give the scene in words instead (the text in the image's
-    place, `text.text_dialogue`: `questions` questions, then the format turn). Words teach the reasoning's
-    opening, which restates the instruction; alone, they wipe the image look-up (results/warmup.md,
-    session (9))."""
+    place, `text.text_dialogue`: `questions` questions, then the format turn). Words before the image phase
+    taught the reasoning's opening, which restates the instruction, but wiped the image look-up; mixed in
+    at 0.25 or 0.5 they lowered both (results/warmup.md, session (9))."""
     loss_per: str = "token"
     """How the answers' cross-entropy is averaged (`language.answer_loss`): "token", every labelled token
     alike, so a format turn's ≈ 60-token reasoning outweighs the one-word answers beside it; or "turn",
