@@ -231,7 +231,7 @@ class StackConfig:
         return {k: _plain(getattr(self, k)) for k in keys}
 
     def align_stage(self) -> dict[str, Any]:
-        """Starts from stage 1's vision tower and stage 0's language model."""
+        """Starts from stage 1's vision tower and stage 0's language model (stage 0b's when it has steps)."""
         stage = {
             "previous": self.vision_stage(),
             "language": self.language_stage()[1],

@@ -229,7 +229,7 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
 
 
 def build_align(stage_config: dict[str, Any], folder: Path) -> None:
-    """Stage 2: the image tokens made readable for stage 0's language model — the merger's last layer
+    """Stage 2: the image tokens made readable for stage 0's (or 0b's) language model — the merger's last layer
     fitted to the oracle tokens, then optionally the tower and merger tuned through the frozen language
     model (`align_trains="oracle"`); or the language model (or the merger) trained on scene descriptions."""
     config = StackConfig.from_stage(stage_config)
