@@ -41,7 +41,7 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert tuned.tower_tuning.schedule.lr == default.tower_tuning.schedule.lr
     reasoned = stack_config(PretrainCommandConfig(reasoning_steps=7, reasoning_words=0.25))
     assert (reasoned.reasoning.schedule.steps, reasoned.reasoning.words) == (7, 0.25)
-    assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 0
+    assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 1600
     assert tuned.align_stage() != default.align_stage() and tuned.text_stage() == default.text_stage()
     last = stack_config(PretrainCommandConfig(format_first=0.0))
     assert last.format_first == 0.0 and last.instruct_stage() != default.instruct_stage()
