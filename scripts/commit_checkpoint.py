@@ -17,7 +17,7 @@ from pathlib import Path
 
 from segcompass.committed import commit_stage, drop_stage
 from segcompass.pretrain.config import StackConfig
-from segcompass.pretrain.stack import ALIGN, INSTRUCT, REASON, TEXT, VISION
+from segcompass.pretrain.stack import ALIGN, INSTRUCT, REASON, TEXT, VISION, VISION_FINAL
 from segcompass.stages import is_built
 
 ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -28,7 +28,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--stage", nargs="*", choices=("text", "reason", "vision", "align", "instruct"), default=[]
+        "--stage",
+        nargs="*",
+        choices=("text", "reason", "vision", "vision-final", "align", "instruct"),
+        default=[],
     )
     parser.add_argument("--drop", nargs="*", default=[], help="committed keys to remove first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads the stages were built with")
@@ -46,6 +49,7 @@ def main() -> None:
         "text": (TEXT, config.text_stage()),
         "reason": (REASON, config.reasoning_stage()),
         "vision": (VISION, config.vision_stage()),
+        "vision-final": (VISION_FINAL, config.vision_final_stage()),
         "align": (ALIGN, config.align_stage()),
         "instruct": (INSTRUCT, config.instruct_stage()),
     }

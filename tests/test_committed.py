@@ -192,6 +192,7 @@ def test_the_repositorys_committed_stages_are_intact_and_are_the_defaults():
             "vlm-text": (STACK_STAGES["vlm-text"], config.text_stage()),
             "vlm-reason": (STACK_STAGES["vlm-reason"], config.reasoning_stage()),
             "vlm-vision": (STACK_STAGES["vlm-vision"], config.vision_stage()),
+            "vlm-vision-final": (STACK_STAGES["vlm-vision-final"], config.vision_final_stage()),
             "vlm-align": (STACK_STAGES["vlm-align"], config.align_stage()),
             "vlm-instruct": (STACK_STAGES["vlm-instruct"], config.instruct_stage()),
         }.items()

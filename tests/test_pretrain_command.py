@@ -39,6 +39,9 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     tuned = stack_config(PretrainCommandConfig(tower_tuning_steps=13, tower_tuning_oracle_weight=0.5))
     assert (tuned.tower_tuning.schedule.steps, tuned.tower_tuning.oracle_weight) == (13, 0.5)
     assert tuned.tower_tuning.schedule.lr == default.tower_tuning.schedule.lr
+    final = stack_config(PretrainCommandConfig(vision_final_steps=9))
+    assert final.vision_final.steps == 9 and final.vision_final.lr == default.vision_final.lr
+    assert final.vision_stage() == default.vision_stage() and final.align_stage() != default.align_stage()
     reasoned = stack_config(PretrainCommandConfig(reasoning_steps=7, reasoning_words=0.25))
     assert (reasoned.reasoning.schedule.steps, reasoned.reasoning.words) == (7, 0.25)
     assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 1600

@@ -21,6 +21,7 @@ from segcompass.pretrain.stack import (
     REASON,
     TEXT,
     VISION,
+    VISION_FINAL,
     StackConfig,
     build_stack,
     stack_folder,
@@ -131,6 +132,49 @@ def test_alignment_starts_from_stage_0s_language_model_and_stage_1s_tower(tmp_pa
     assert all(torch.equal(a[k], v[k]) for k in tower)
     assert all(torch.equal(a[k], t[k]) for k in language)
     assert any(not torch.equal(t[k], v[k]) for k in tower), "stage 0 leaves the tower at random init"
+
+
+def test_stage_1b_trains_stage_1s_tower_at_the_final_size_and_stage_2_starts_from_it(tmp_path):
+    final = Schedule(steps=2, batch_size=2, lr=3e-3)
+    config = toy(vision_final=final, align=Schedule(steps=0, batch_size=2))
+    without = toy(align=Schedule(steps=0, batch_size=2))
+    # Off (the default): stage 2 starts from stage 1, with the key it had before stage 1b existed.
+    assert without.tower_stage() == ("vlm-vision", without.vision_stage())
+    assert without.align_stage()["previous"] == without.vision_stage()
+    assert config.tower_stage() == ("vlm-vision-final", config.vision_final_stage())
+    assert config.vision_final_stage()["previous"] == config.vision_stage() == without.vision_stage()
+    assert TEXT.key(config.text_stage()) == TEXT.key(without.text_stage())
+    assert ALIGN.key(config.align_stage()) != ALIGN.key(without.align_stage())
+    assert StackConfig.from_stage(json.loads(json.dumps(config.instruct_stage()))) == replace(
+        config, val_scenes=300
+    )
+    assert StackConfig.from_stage(without.instruct_stage()).vision_final.steps == 0
+
+    a = _weights(build_stage(ALIGN, config.align_stage(), tmp_path))
+    folder = VISION_FINAL.path(config.vision_final_stage(), tmp_path)
+    f, v = _weights(folder), _weights(VISION.path(config.vision_stage(), tmp_path))
+    tower = [k for k in v if k.startswith("visual.")]
+    assert all(torch.equal(a[k], f[k]) for k in tower), "stage 2 starts from stage 1b's tower"
+    assert any(not torch.equal(f[k], v[k]) for k in tower if k.startswith("visual.blocks."))
+    assert any(not torch.equal(f[k], v[k]) for k in tower if k.startswith("visual.merger."))
+    assert all(torch.equal(f[k], v[k]) for k in v if not k.startswith("visual.")), "not the language model"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (
+        set(metrics["merged_token_probes"])
+        == set(metrics["merged_token_probes_stage_1"])
+        == {
+            "colour",
+            "shape",
+            "object",
+        }
+    )
+    assert metrics["merged_token_probes"] != metrics["merged_token_probes_stage_1"]
+    assert {"token", "token_object", "outline"} <= set(metrics["final_loss_parts"])
+    # The probes are at the final size: the toy's val scenes have ≈ 10 × 10 tokens, not stage 1's 8 × 8.
+    n_object_tokens = metrics["merged_token_probes"]["object"]["n_test"]
+    assert n_object_tokens == metrics["merged_token_probes_stage_1"]["object"]["n_test"]
+    stage_1 = json.loads((VISION.path(config.vision_stage(), tmp_path) / "metrics.json").read_text())
+    assert n_object_tokens > stage_1["merged_token_probes"]["object"]["n_test"]
 
 
 def test_an_oracle_alignment_fits_the_mergers_last_layer_and_nothing_else(tmp_path):

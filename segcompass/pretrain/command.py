@@ -55,6 +55,10 @@ class PretrainCommandConfig:
     """Stage 0 optimiser steps (language model on the scenes in words + questions)."""
     vision_steps: int = _DEFAULT.vision.steps
     """Stage 1 optimiser steps (vision tower + merger)."""
+    vision_final_steps: int = _DEFAULT.vision_final.steps
+    """Stage 1b, steps of 16 after stage 1: the tower + merger on stage 1's objective again at the final
+    image size (0: none, stage 2 starts from stage 1). Stage 1's tokens carry their object's shape at 0.64
+    at that size (results/warmup.md, session (10))."""
     align_steps: int = _DEFAULT.align.steps
     """Stage 2 optimiser steps (descriptions)."""
     align_trains: str = _DEFAULT.align_trains
@@ -115,6 +119,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         ),
         text=replace(d.text, steps=cfg.text_steps),
         vision=replace(d.vision, steps=cfg.vision_steps),
+        vision_final=replace(d.vision_final, steps=cfg.vision_final_steps),
         align=replace(d.align, steps=cfg.align_steps),
         align_trains=cfg.align_trains,
         tower_tuning=replace(

@@ -24,11 +24,11 @@ from segcompass.committed import (
 )
 from segcompass.stages import Stage, build_stage
 
-from .stack import ALIGN, INSTRUCT, REASON, TEXT, VISION
+from .stack import ALIGN, INSTRUCT, REASON, TEXT, VISION, VISION_FINAL
 
 logger = logging.getLogger(__name__)
 
-STACK_STAGES: dict[str, Stage] = {s.name: s for s in (TEXT, REASON, VISION, ALIGN, INSTRUCT)}
+STACK_STAGES: dict[str, Stage] = {s.name: s for s in (TEXT, REASON, VISION, VISION_FINAL, ALIGN, INSTRUCT)}
 """The stack's stages by name (what a committed `stage.json` names)."""
 
 

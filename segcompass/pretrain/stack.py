@@ -1,6 +1,6 @@
 """The staged tiny VLM, each stage cached: text pretraining of the language model (0, optionally followed
-by its reasoning phase, 0b) and vision pretraining of the tower (1), then alignment (2, from both) and
-instruction tuning (3).
+by its reasoning phase, 0b) and vision pretraining of the tower (1, optionally followed by a phase at the
+final size, 1b), then alignment (2, from both) and instruction tuning (3).
 
 Every stage writes a full backbone folder (`Backbone.save`), so each one loads through `load_backbone`
 like a real checkpoint, plus `metrics.json` with its held-out figures. A stage's config nests the configs
@@ -45,6 +45,7 @@ __all__ = [
     "REASON",
     "TEXT",
     "VISION",
+    "VISION_FINAL",
     "ProcessorGrid",
     "StackConfig",
     "build_stack",
@@ -177,6 +178,41 @@ def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
     _save(backbone, folder, metrics)
 
 
+# ---- stage 1b ----------------------------------------------------------------------------------------
+def build_vision_final(stage_config: dict[str, Any], folder: Path) -> None:
+    """Stage 1b: stage 1's tower + merger trained on stage 1's objective again, at the final size
+    (`IMAGE_PIXELS`); the merged-token probes at that size before (stage 1 as built) and after."""
+    config = StackConfig.from_stage(stage_config)
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(build_stage(VISION, stage_config["previous"]))
+    set_image_pixels(backbone, *IMAGE_PIXELS)
+    train, val = scene_pool(config, "train", IMAGE_PIXELS), scene_pool(config, "val", IMAGE_PIXELS)
+    probe_train = ScenePool("train", train.scenes[:500])
+
+    def probes() -> dict[str, Any]:
+        backbone.model.eval()
+        features = merged_tokens(backbone, probe_train), merged_tokens(backbone, val)
+        results = token_probes(features[0], probe_train, features[1], val)
+        return {k: asdict(v) for k, v in results.items()}
+
+    before = probes()
+    record = train_tower(
+        backbone,
+        train,
+        config.vision_final,
+        config.vision_objective,
+        config.seed * 7919 + 5,
+        "stage 1b: vision at the final size",
+    )
+    metrics = {
+        "wall_s": record.wall_s,
+        "final_loss_parts": record.parts[-1] if record.parts else {},
+        "merged_token_probes": probes(),
+        "merged_token_probes_stage_1": before,
+    }
+    _save(backbone, folder, metrics)
+
+
 # ---- stages 2 and 3 ------------------------------------------------------------------------------------
 def _train_language(config: StackConfig, previous: Path, folder: Path, which: str) -> None:
     backbone = load_backbone(previous)
@@ -233,7 +269,8 @@ def build_align(stage_config: dict[str, Any], folder: Path) -> None:
     fitted to the oracle tokens, then optionally the tower and merger tuned through the frozen language
     model (`align_trains="oracle"`); or the language model (or the merger) trained on scene descriptions."""
     config = StackConfig.from_stage(stage_config)
-    _train_language(config, build_stage(VISION, stage_config["previous"]), folder, "align")
+    tower = TOWER_STAGES[config.tower_stage()[0]]
+    _train_language(config, build_stage(tower, stage_config["previous"]), folder, "align")
 
 
 def build_instruct(stage_config: dict[str, Any], folder: Path) -> None:
@@ -247,12 +284,16 @@ def build_instruct(stage_config: dict[str, Any], folder: Path) -> None:
 TEXT: Stage[dict[str, Any]] = Stage("vlm-text", 2, build_text, BUILD_COMMAND)
 REASON: Stage[dict[str, Any]] = Stage("vlm-reason", 1, build_reasoning, BUILD_COMMAND)
 VISION: Stage[dict[str, Any]] = Stage("vlm-vision", 1, build_vision, BUILD_COMMAND)
+VISION_FINAL: Stage[dict[str, Any]] = Stage("vlm-vision-final", 1, build_vision_final, BUILD_COMMAND)
 ALIGN: Stage[dict[str, Any]] = Stage("vlm-align", 4, build_align, BUILD_COMMAND)
 INSTRUCT: Stage[dict[str, Any]] = Stage("vlm-instruct", 3, build_instruct, BUILD_COMMAND)
 
 
 LANGUAGE_STAGES: dict[str, Stage[dict[str, Any]]] = {TEXT.name: TEXT, REASON.name: REASON}
 """The stages whose language model stage 2 can adopt, by the name `StackConfig.language_stage` gives."""
+
+TOWER_STAGES: dict[str, Stage[dict[str, Any]]] = {VISION.name: VISION, VISION_FINAL.name: VISION_FINAL}
+"""The stages whose tower stage 2 can start from, by the name `StackConfig.tower_stage` gives."""
 
 
 def build_stack(config: StackConfig | None = None, cache_root: str | os.PathLike | None = None) -> Path:
