@@ -60,11 +60,12 @@ def toy(**overrides) -> StackConfig:
         align=Schedule(steps=1, batch_size=2),
         instruct=Schedule(steps=2, batch_size=2),
         questions_per_dialogue=2,
-        # The toy keeps the stack's earlier chain unless a test asks for more: no object phases, no stage
-        # 0b, stage 2 trained on descriptions, stage 3 without grounding (the default grounds layers 2–3).
+        # The toy keeps the stack's earlier chain unless a test asks for more: no object phases, no stages
+        # 0b or 1b, stage 2 trained on descriptions, stage 3 without grounding (the default: layers 2–3).
         object_recall=_off(StackConfig().object_recall),
         object_image=_off(StackConfig().object_image),
         reasoning=_off(StackConfig().reasoning),
+        vision_final=replace(StackConfig().vision_final, steps=0),
         align_trains="language",
         grounding=Grounding(),
     )
