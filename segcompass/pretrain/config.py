@@ -282,8 +282,8 @@ class StackConfig:
         """The stack config a stage config was made from (fields no stage so far reads keep defaults).
 
         A field that a stage's key leaves out when it is off (stage 0's phases with 0 steps, stage 0b's
-        `reasoning` and stage 1b's `vision_final` with 0 steps, stage 2's `tower_tuning` with 0 steps, stage 3's `format_first` at 0) is off
-        again here, whatever its default."""
+        `reasoning` and stage 1b's `vision_final` with 0 steps, stage 2's `tower_tuning` with 0 steps, stage
+        3's `format_first` at 0) is off again here, whatever its default."""
         flat: dict[str, Any] = {}
         nodes = [stage_config]
         while nodes:
