@@ -58,7 +58,7 @@ class PretrainCommandConfig:
     vision_final_steps: int = _DEFAULT.vision_final.steps
     """Stage 1b, steps of 16 after stage 1: the tower + merger on stage 1's objective again at the final
     image size (0: none, stage 2 starts from stage 1). Measured: 2000 take each token's shape probe 0.64 →
-    0.77 and the answers on images colour 0.72 → 0.79, shape 0.56 → 0.64 (results/warmup.md, session (10))."""
+    0.77; on images the gain is within stage 3's seed spread (results/warmup.md, session (10))."""
     align_steps: int = _DEFAULT.align.steps
     """Stage 2 optimiser steps (descriptions)."""
     align_trains: str = _DEFAULT.align_trains
