@@ -139,7 +139,7 @@ def test_stage_1b_trains_stage_1s_tower_at_the_final_size_and_stage_2_starts_fro
     final = Schedule(steps=2, batch_size=2, lr=3e-3)
     config = toy(vision_final=final, align=Schedule(steps=0, batch_size=2))
     without = toy(align=Schedule(steps=0, batch_size=2))
-    # Off (the default): stage 2 starts from stage 1, with the key it had before stage 1b existed.
+    # Off (0 steps, as in the toy): stage 2 starts from stage 1, with the key it had before stage 1b.
     assert without.tower_stage() == ("vlm-vision", without.vision_stage())
     assert without.align_stage()["previous"] == without.vision_stage()
     assert config.tower_stage() == ("vlm-vision-final", config.vision_final_stage())
@@ -160,15 +160,8 @@ def test_stage_1b_trains_stage_1s_tower_at_the_final_size_and_stage_2_starts_fro
     assert any(not torch.equal(f[k], v[k]) for k in tower if k.startswith("visual.merger."))
     assert all(torch.equal(f[k], v[k]) for k in v if not k.startswith("visual.")), "not the language model"
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert (
-        set(metrics["merged_token_probes"])
-        == set(metrics["merged_token_probes_stage_1"])
-        == {
-            "colour",
-            "shape",
-            "object",
-        }
-    )
+    probes = {"colour", "shape", "object"}
+    assert set(metrics["merged_token_probes"]) == set(metrics["merged_token_probes_stage_1"]) == probes
     assert metrics["merged_token_probes"] != metrics["merged_token_probes_stage_1"]
     assert {"token", "token_object", "outline"} <= set(metrics["final_loss_parts"])
     # The probes are at the final size: the toy's val scenes have ≈ 10 × 10 tokens, not stage 1's 8 × 8.
@@ -204,7 +197,7 @@ def test_stage_0b_trains_stage_0s_language_model_on_the_reasoning_and_stage_2_ad
     )
     config = toy(reasoning=reasoning, align=Schedule(steps=0, batch_size=2))
     without = toy(align=Schedule(steps=0, batch_size=2))
-    # Off (the default): stage 2 starts from stage 0, with the key it had before stage 0b existed.
+    # Off (0 steps, as in the toy): stage 2 starts from stage 0, with the key it had before stage 0b.
     assert without.language_stage() == ("vlm-text", without.text_stage())
     assert without.align_stage()["language"] == without.text_stage()
     assert config.language_stage() == ("vlm-reason", config.reasoning_stage())

@@ -147,6 +147,12 @@ def build_reasoning(stage_config: dict[str, Any], folder: Path) -> None:
 
 
 # ---- stage 1 -----------------------------------------------------------------------------------------
+def _tower_probes(backbone: Backbone, probe_train: ScenePool, val: ScenePool) -> dict[str, dict]:
+    """The merged-token probes (`probe.token_probes`) fitted on `probe_train`, scored on `val`."""
+    train_tokens, val_tokens = merged_tokens(backbone, probe_train), merged_tokens(backbone, val)
+    return {k: asdict(v) for k, v in token_probes(train_tokens, probe_train, val_tokens, val).items()}
+
+
 def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
     """Stage 1: train the tower + merger on the vision objectives at `vision_pixels`; probe the merged
     tokens of held-out scenes (and of the same tower at random init)."""
@@ -159,21 +165,17 @@ def build_vision(stage_config: dict[str, Any], folder: Path) -> None:
         scene_pool(config, "val", vision_pixel_range(config)),
     )
     probe_train = ScenePool("train", train.scenes[:500])
-    control = token_probes(
-        merged_tokens(backbone, probe_train), probe_train, merged_tokens(backbone, val), val
-    )
+    control = _tower_probes(backbone, probe_train, val)
     record = train_tower(
         backbone, train, config.vision, config.vision_objective, config.seed, "stage 1: vision"
     )
-    trained = token_probes(
-        merged_tokens(backbone, probe_train), probe_train, merged_tokens(backbone, val), val
-    )
+    trained = _tower_probes(backbone, probe_train, val)
     set_image_pixels(backbone, *IMAGE_PIXELS)
     metrics = {
         "wall_s": record.wall_s,
         "final_loss_parts": record.parts[-1] if record.parts else {},
-        "merged_token_probes": {k: asdict(v) for k, v in trained.items()},
-        "merged_token_probes_random_init": {k: asdict(v) for k, v in control.items()},
+        "merged_token_probes": trained,
+        "merged_token_probes_random_init": control,
     }
     _save(backbone, folder, metrics)
 
@@ -188,14 +190,7 @@ def build_vision_final(stage_config: dict[str, Any], folder: Path) -> None:
     set_image_pixels(backbone, *IMAGE_PIXELS)
     train, val = scene_pool(config, "train", IMAGE_PIXELS), scene_pool(config, "val", IMAGE_PIXELS)
     probe_train = ScenePool("train", train.scenes[:500])
-
-    def probes() -> dict[str, Any]:
-        backbone.model.eval()
-        features = merged_tokens(backbone, probe_train), merged_tokens(backbone, val)
-        results = token_probes(features[0], probe_train, features[1], val)
-        return {k: asdict(v) for k, v in results.items()}
-
-    before = probes()
+    before = _tower_probes(backbone, probe_train, val)
     record = train_tower(
         backbone,
         train,
@@ -207,7 +202,7 @@ def build_vision_final(stage_config: dict[str, Any], folder: Path) -> None:
     metrics = {
         "wall_s": record.wall_s,
         "final_loss_parts": record.parts[-1] if record.parts else {},
-        "merged_token_probes": probes(),
+        "merged_token_probes": _tower_probes(backbone, probe_train, val),
         "merged_token_probes_stage_1": before,
     }
     _save(backbone, folder, metrics)
