@@ -1,6 +1,6 @@
 """The default pipeline on the built-in world (what `./dev.sh run` runs):
 
-    synthetic corpus → warmed-up tiny backbone → capture → SAE training → coverage + sparsity reports
+    synthetic corpus → the staged tiny VLM (`stack:qwen2_5_vl`) → capture → SAE training → coverage + sparsity reports
 
 with the docs/design.md §9 controls beside every number: the random-token baseline (inside the coverage
 analysis) and the same capture → SAE → analysis on a random-init backbone. Every stage caches its output
@@ -33,7 +33,7 @@ from segcompass.artifacts import (
     world_corpus,
 )
 from segcompass.artifacts.legacy import pipeline_folders
-from segcompass.backbones import Backbone, resolve_backbone
+from segcompass.backbones import DEFAULT_BACKBONE, DEFAULT_CONTROL, Backbone, resolve_backbone
 from segcompass.warmup import ensure_warm_backbone
 from segcompass.world import WorldConfig
 
@@ -47,11 +47,13 @@ class PipelineConfig:
 
     out: str = "runs/default"
     """Folder for every stage's output; a re-run reuses what is cached there."""
-    backbone: str = "warm:qwen2_5_vl"
-    """`warm:<family>` (tiny backbone warmed up on the world, trained once and cached), `tiny:<family>`
-    (random weights), a local checkpoint folder or a hub id."""
-    control_backbone: str = "tiny:qwen2_5_vl"
-    """The random-init control run through the same stages; empty to skip it."""
+    backbone: str = DEFAULT_BACKBONE
+    """`stack:<family>` (the staged tiny VLM pretrained on the world, committed with the code), `warm:<family>`
+    (the earlier warm-up, trained once and cached), `tiny:<family>` (random weights), a local checkpoint
+    folder or a hub id."""
+    control_backbone: str = DEFAULT_CONTROL
+    """The random-init control run through the same stages (`stack-init:<family>`: the stack's architecture
+    and image size at random init); empty to skip it."""
     sae_documents: int = 400
     """Synthetic image–text documents (train split, scene descriptions) the SAEs are trained on."""
     analysis_documents: int = 150

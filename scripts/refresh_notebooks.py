@@ -7,7 +7,7 @@
 Each notebook runs in `notebooks/` (its run folders there are ignored by git) on this interpreter, offline.
 Its metadata gets `segcompass.outputs_made_by`: a sha256 over its code cells, the package version and the
 identity of the backbones its parameters cell names (`segcompass.backbones.backbone_identity`: the
-warm-up's stage key for `warm:` specs). `tests/test_notebooks.py` recomputes it and fails when the stored
+release key of the stack for `stack:` specs, the warm-up's stage key for `warm:` ones). `tests/test_notebooks.py` recomputes it and fails when the stored
 outputs were made by other code cells, another package version or another default stack.
 
 Figures are stored once, as HTML that loads plotly.js from its CDN (rendered by nbviewer, VS Code, and

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from _analysis_common import CELL, GEOMETRY, N_TEXT, exact_sae, make_store, random_sae, write_corpus
 
@@ -15,6 +16,7 @@ from analysis.common.stats import bootstrap_mean_ci, bootstrap_ratio_ci
 from analysis.sparsity.core import (
     GROUPS,
     SparsityConfig,
+    box_statistics,
     image_token_groups,
     sparsity_by_token_type,
     sparsity_figure,
@@ -79,6 +81,29 @@ def test_reservoir_bounds_samples_and_controls(store_and_index, tmp_path: Path) 
     assert (control_rows["mean_l0"] <= control_rows["l0_ci_high"]).all()
     fig = sparsity_figure(result)
     assert {t.name for t in fig.data} >= {"trained", "control"}
+    boxes = [t for t in fig.data if t.type == "box"]
+    assert boxes and all(t.y is None for t in boxes)  # statistics, not every sampled token
+
+
+def test_box_statistics_are_the_quartiles_and_tukey_whiskers() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 100.0]  # q1 2, median 3, q3 4: 100 lies beyond 4 + 1.5 × 2
+    samples = pd.DataFrame({"group": ["a"] * 5 + ["b"] * 2, "l0": [*values, 7.0, 9.0]})
+    box = box_statistics(samples, "l0", ["b", "a", "missing"])
+    assert list(box.index) == ["b", "a"]
+    assert box.loc["a"].to_dict() == {
+        "q1": 2.0,
+        "median": 3.0,
+        "q3": 4.0,
+        "lowerfence": 1.0,
+        "upperfence": 4.0,
+    }
+    assert box.loc["b"].to_dict() == {
+        "q1": 7.5,
+        "median": 8.0,
+        "q3": 8.5,
+        "lowerfence": 7.0,
+        "upperfence": 9.0,
+    }
 
 
 def test_image_token_groups_by_fraction_of_cell() -> None:

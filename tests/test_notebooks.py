@@ -1,9 +1,9 @@
 """The notebooks run end to end (nbclient) on small injected parameters, and compute what they claim to.
 
 Each notebook is executed in a fresh working directory with its papermill-style "parameters" cell followed
-by an injected cell (as papermill does) that shrinks the run: `tiny:qwen2_5_vl` instead of the warmed-up
-backbone (whose first build takes minutes; the warm-up cache is pointed at an empty folder, which must stay
-empty), a few dozen documents, a short SAE and head fit. Any cell error fails the test; the notebook's final
+by an injected cell (as papermill does) that shrinks the run: `tiny:qwen2_5_vl` instead of the default stack
+(`stack:qwen2_5_vl`, larger images; the stage cache is pointed at an empty folder, which must stay empty), a
+few dozen documents, a short SAE and head fit. Any cell error fails the test; the notebook's final
 cell writes its headline tables to a JSON file that the test checks. The notebooks are stored with the outputs
 of a full run on the default stack (`scripts/refresh_notebooks.py`), and a recorded hash fails the tests when
 those were made by other code cells, another package version or another default stack. The kernel runs this interpreter
@@ -115,7 +115,7 @@ def test_notebook_is_stored_with_its_outputs(name: str) -> None:
 @pytest.mark.parametrize("name", ["quick_tour.ipynb", "coverage.ipynb"])
 def test_notebook_outputs_were_made_by_this_code_and_default_stack(name: str) -> None:
     """The stored outputs record a hash of the code cells, the package version and the backbones the
-    parameters cell names (the warm-up's stage key for `warm:`); any change makes them stale."""
+    parameters cell names (the stack's release key for `stack:`); any change makes them stale."""
     tool = _refresh_tool()
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     why = tool["stale_reason"](nb)
@@ -130,14 +130,14 @@ def test_the_notebook_record_follows_code_version_and_stack(monkeypatch) -> None
     nb = nbformat.read(NOTEBOOKS / "coverage.ipynb", as_version=4)
     nb.metadata["segcompass"] = tool["record"](nb)
     assert tool["stale_reason"](nb) is None
-    assert nb.metadata["segcompass"]["stack"]["BACKBONE"].startswith("backbone-warmup-")
+    assert nb.metadata["segcompass"]["stack"]["BACKBONE"].startswith("vlm-instruct-")  # the stack's release
     edited = nbformat.from_dict(json.loads(json.dumps(nb)))
     next(
         c for c in edited.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
     ).source += "\n"
     assert "code cells changed" in tool["stale_reason"](edited)
     params = next(c for c in edited.cells if "parameters" in c.metadata.get("tags", []))
-    params.source = params.source.replace('"warm:qwen2_5_vl"', '"warm:llava"', 1)
+    params.source = params.source.replace('"stack:qwen2_5_vl"', '"warm:qwen2_5_vl"', 1)
     assert "default stack" in tool["stale_reason"](edited)
     monkeypatch.setitem(tool["record"].__globals__, "backbone_identity", lambda spec, seed: f"new-{spec}")
     assert "default stack" in tool["stale_reason"](nb)  # same cells, the spec resolves to another stage
@@ -165,7 +165,9 @@ def test_quick_tour_runs(tmp_path, kernel_env) -> None:
     }
     wall = run_notebook("quick_tour.ipynb", params, tmp_path / "work")
     res = json.loads(out.read_text())
-    assert not kernel_env.exists() or not any(kernel_env.iterdir()), "the notebook built a warm backbone"
+    assert not kernel_env.exists() or not any(kernel_env.iterdir()), (
+        "the notebook built or copied a cached stage"
+    )
 
     auc = _auc_rows(res["coverage_auc"])
     for model in ("trained", "control"):
@@ -203,7 +205,9 @@ def test_coverage_notebook_runs(tmp_path, kernel_env) -> None:
     }
     wall = run_notebook("coverage.ipynb", params, tmp_path / "work")
     res = json.loads(out.read_text())
-    assert not kernel_env.exists() or not any(kernel_env.iterdir()), "the notebook built a warm backbone"
+    assert not kernel_env.exists() or not any(kernel_env.iterdir()), (
+        "the notebook built or copied a cached stage"
+    )
 
     assert res["models"] == ["trained", "control"]
     assert "small pipeline run" in res["source"]

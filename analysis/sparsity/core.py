@@ -292,8 +292,27 @@ def sparsity_with_controls(
     )
 
 
+def box_statistics(samples: pd.DataFrame, value: str, order: list[str]) -> pd.DataFrame:
+    """Per group of `order` (rows, in that order; groups without samples dropped): the quartiles of `value`
+    (linear interpolation, as pandas) and Tukey's whiskers, the most extreme values within 1.5 IQR of the box.
+    A box plot drawn from these carries a few numbers per group instead of every sampled token."""
+    rows = {}
+    for group, values in samples.groupby("group")[value]:
+        q1, median, q3 = values.quantile([0.25, 0.5, 0.75]).to_numpy()
+        inside = values[(values >= q1 - 1.5 * (q3 - q1)) & (values <= q3 + 1.5 * (q3 - q1))]
+        rows[group] = {
+            "q1": q1,
+            "median": median,
+            "q3": q3,
+            "lowerfence": inside.min(),
+            "upperfence": inside.max(),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").reindex([g for g in order if g in rows])
+
+
 def sparsity_figure(result: SparsityResult, title: str = "SAE sparsity by token type") -> go.Figure:
-    """Box plots of L0 and activation mass per group (sampled tokens), and mean L0 with its CI."""
+    """Box plots of L0 and activation mass per group (quartiles and whiskers of the sampled tokens, drawn
+    from `box_statistics`), and mean L0 with its CI."""
     fig = make_subplots(
         rows=1,
         cols=3,
@@ -305,15 +324,15 @@ def sparsity_figure(result: SparsityResult, title: str = "SAE sparsity by token 
         s = result.samples[result.samples["model"] == m]
         colour = palette.get(m, "#2ca02c")
         for col, key in ((1, "l0"), (2, "mass")):
+            box = box_statistics(s, key, order)
             fig.add_trace(
                 go.Box(
-                    x=s["group"],
-                    y=s[key],
+                    x=list(box.index),
+                    **{k: box[k].to_numpy() for k in box.columns},
                     name=m,
                     legendgroup=m,
                     showlegend=col == 1,
                     marker={"color": colour},
-                    boxpoints=False,
                 ),
                 row=1,
                 col=col,

@@ -15,15 +15,19 @@ from .family import BackboneFamily, KnownCheckpoint, PromptText, TinySpec
 from .registry import (
     backbone_identity,
     build_tiny,
+    emits_slots,
     family_for_model_type,
     get_family,
     list_families,
     load_backbone,
     resolve_backbone,
 )
+from .stacked import DEFAULT_BACKBONE, DEFAULT_CONTROL
 from .tokenizer import REASONING_TOKENS, build_tiny_tokenizer
 
 __all__ = [
+    "DEFAULT_BACKBONE",
+    "DEFAULT_CONTROL",
     "REASONING_TOKENS",
     "Backbone",
     "BackboneFamily",
@@ -36,6 +40,7 @@ __all__ = [
     "backbone_identity",
     "build_tiny",
     "build_tiny_tokenizer",
+    "emits_slots",
     "family_for_model_type",
     "get_family",
     "list_families",

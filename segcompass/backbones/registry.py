@@ -132,20 +132,33 @@ def _ensure_reasoning_tokens(model, processor) -> None:
 def resolve_backbone(spec: str, *, seed: int = 0, hook_layer: int | None = None, **load_kwargs) -> Backbone:
     """`tiny:<family>` builds a tiny random-weight preset (with `seed`); `warm:<family>` loads the preset
     warmed up on the synthetic world, a cached stage that loading never trains (`warm.py`: `StageMissing`
-    names `segcompass warmup`, which builds it); anything else is a folder or a hub id for `load_backbone`."""
+    names `segcompass warmup`, which builds it); `stack:<family>` loads the default staged tiny VLM and
+    `stack-init:<family>` its architecture at random init (`stacked.py`; committed with the code, built by
+    `segcompass pretrain`); anything else is a folder or a hub id for `load_backbone`."""
+    from .stacked import is_stack_spec, load_stack  # lazy: it loads through this module
+
     if spec.startswith("warm:"):
         from .warm import load_warm  # lazy: the warm-up's config pulls in the world's
 
         return load_warm(spec, seed=seed, hook_layer=hook_layer, **load_kwargs)
+    if is_stack_spec(spec):
+        return load_stack(spec, seed=seed, hook_layer=hook_layer, **load_kwargs)
     if spec.startswith("tiny:"):
         tiny = TinySpec() if hook_layer is None else TinySpec(hook_layer=hook_layer)
         return build_tiny(spec.removeprefix("tiny:"), seed=seed, spec=tiny)
     return load_backbone(spec, hook_layer=hook_layer, **load_kwargs)
 
 
+def emits_slots(spec: str) -> bool:
+    """Whether `spec` names a backbone this project taught to emit K `<REF_POS>` (`warm:`, `stack:`):
+    `resolve_backbone` then takes the policy's K as `num_slots` (and checks it, or picks that warm-up)."""
+    return spec.startswith(("warm:", "stack:"))
+
+
 def backbone_identity(spec: str, *, seed: int = 0) -> str:
     """What `resolve_backbone(spec, seed=seed)` would load, named without loading or building anything:
     `warm:<family>` → its warm-up's stage key (which changes with the warm-up's config and version);
+    `stack:<family>` → its last stage's key; `stack-init:<family>` → that key and the seed;
     `tiny:<family>` → the spec and seed (the weights are a pure function of the code and the seed);
     anything else → the spec itself. Records made from a backbone (e.g. the notebooks' stored outputs)
     keep it so that a new default is noticed."""
@@ -153,6 +166,10 @@ def backbone_identity(spec: str, *, seed: int = 0) -> str:
         from .warm import WARMUP_STAGE, warm_config  # lazy, as in `resolve_backbone`
 
         return WARMUP_STAGE.key(warm_config(spec, seed=seed))
+    from .stacked import is_stack_spec, stack_identity  # lazy, as in `resolve_backbone`
+
+    if is_stack_spec(spec):
+        return stack_identity(spec, seed=seed)
     if spec.startswith("tiny:"):
         return f"{spec}@seed{seed}"
     return spec

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from segcompass.backbones import resolve_backbone
+from segcompass.backbones import emits_slots, resolve_backbone
 from segcompass.head import HeadConfig, LossConfig, SamEncoderConfig, build_head
 from segcompass.policy import PolicyConfig
 from segcompass.sam_warmup import SamWarmupConfig, ensure_sam, resolve_sam
@@ -91,7 +91,7 @@ def build_model(
     from sae.saved import load_sae
 
     # K has one home, the policy: a warmed-up backbone is the one taught to emit K <REF_POS>
-    warm_k = {"num_slots": policy.num_slots} if backbone_spec.startswith("warm:") else {}
+    warm_k = {"num_slots": policy.num_slots} if emits_slots(backbone_spec) else {}
     backbone = resolve_backbone(backbone_spec, **warm_k)
     sae, _ = load_sae(sae_path)
     head_cfg, checkpoint = model_head_config(head, backbone.hidden_size, sae.cfg.d_sae, policy.num_slots, sam)

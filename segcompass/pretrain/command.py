@@ -78,6 +78,9 @@ class PretrainCommandConfig:
     the first prompt with the image) rather than after the questions."""
     grounding_weight: float = _DEFAULT.grounding.weight
     """Stage 3 attention-grounding weight: answers about a named object attend to its image tokens (0: off)."""
+    num_slots: int = _DEFAULT.num_slots
+    """K: the `<REF_POS>` tokens the format turns end with (the policy's K; part of every stage's key from
+    stage 0 on, so another K rebuilds the whole stack — `stack:qwen2_5_vl` is the one with the default)."""
     train_scenes: int = _DEFAULT.train_scenes
     """Training scenes shared by the stages."""
     val_scenes: int = _DEFAULT.val_scenes
@@ -99,6 +102,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
     d = _DEFAULT
     return StackConfig(
         seed=cfg.seed,
+        num_slots=cfg.num_slots,
         train_scenes=cfg.train_scenes,
         val_scenes=cfg.val_scenes,
         object_recall=replace(

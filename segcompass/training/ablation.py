@@ -19,7 +19,7 @@ import torch
 
 from segcompass.artifacts import activation_store, backbone_key, stage_key, trained_sae, world_corpus
 from segcompass.artifacts.legacy import ablation_folders
-from segcompass.backbones import resolve_backbone
+from segcompass.backbones import DEFAULT_BACKBONE, emits_slots, resolve_backbone
 from segcompass.evaluation import EvalConfig, calibrate_thresholds, evaluate
 from segcompass.evaluation.baselines import EmptyPredictor, UnionOfObjectsPredictor
 from segcompass.evaluation.datasets import open_dataset
@@ -66,8 +66,9 @@ class AblationConfig:
 
     out: str = "runs/ablation"
     """Folder for the data, the SAE, every run and the result tables."""
-    backbone: str = "warm:qwen2_5_vl"
-    """Policy backbone (`warm:<family>`: the warmed-up tiny backbone, cached)."""
+    backbone: str = DEFAULT_BACKBONE
+    """Policy backbone (`stack:<family>`: the staged tiny VLM, committed; `warm:<family>`: the earlier
+    warm-up, which results/training_ablation.md measured)."""
     sae: str = ""
     """A trained SAE folder for the backbone's hook layer; empty: capture the world corpus and train one."""
     sam: str = "warm"
@@ -212,7 +213,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     calib_set = open_dataset("grefcoco", data, "calib") if cfg.calibration_samples > 0 else None
     policy = cfg.train.policy  # K and the response budget: one home, the arms' training config
     build_missing_stages(cfg.backbone, cfg.sam, policy=policy)
-    warm_k = {"num_slots": policy.num_slots} if cfg.backbone.startswith("warm:") else {}
+    warm_k = {"num_slots": policy.num_slots} if emits_slots(cfg.backbone) else {}
     sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone, **warm_k))
     ev = EvalConfig(progress=False, img_size=256, convention="both")
     rows = []

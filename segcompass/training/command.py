@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from segcompass.artifacts import backbone_key, stage_key
+from segcompass.backbones import DEFAULT_BACKBONE
 from segcompass.model import build_missing_stages, build_model
 
 from .ablation import AblationConfig, run_ablation
@@ -28,8 +29,9 @@ class TrainCommandConfig(JointTrainConfig):
     """Folder of the data set in its usual layout (see `segcompass evaluate --help`)."""
     split: str = "train"
     """Split to train on."""
-    backbone: str = "warm:qwen2_5_vl"
-    """Policy backbone: `warm:<family>`, `tiny:<family>`, a local checkpoint folder or a hub id."""
+    backbone: str = DEFAULT_BACKBONE
+    """Policy backbone: `stack:<family>` (the staged tiny VLM, committed), `warm:<family>`, `tiny:<family>`, a
+    local checkpoint folder or a hub id."""
     sae: str = ""
     """Trained SAE folder (sae-lens format) for the backbone's hook layer."""
     head: str = "cpu"
