@@ -47,6 +47,8 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert (reasoned.reasoning.schedule.steps, reasoned.reasoning.words) == (7, 0.25)
     assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 1600
     assert tuned.align_stage() != default.align_stage() and tuned.text_stage() == default.text_stage()
+    slots = stack_config(PretrainCommandConfig(num_slots=3))
+    assert slots.num_slots == 3 and slots.text_stage() != default.text_stage()  # K is in the key from stage 0
     last = stack_config(PretrainCommandConfig(format_first=0.0))
     assert last.format_first == 0.0 and last.instruct_stage() != default.instruct_stage()
     assert last.align_stage() == default.align_stage()
