@@ -41,11 +41,11 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert tuned.tower_tuning.schedule.lr == default.tower_tuning.schedule.lr
     final = stack_config(PretrainCommandConfig(vision_final_steps=9))
     assert final.vision_final.steps == 9 and final.vision_final.lr == default.vision_final.lr
-    assert default.vision_final.steps == 2000
+    assert default.vision_final.steps == 4000
     assert final.vision_stage() == default.vision_stage() and final.align_stage() != default.align_stage()
     reasoned = stack_config(PretrainCommandConfig(reasoning_steps=7, reasoning_words=0.25))
     assert (reasoned.reasoning.schedule.steps, reasoned.reasoning.words) == (7, 0.25)
-    assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 1600
+    assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 3200
     assert tuned.align_stage() != default.align_stage() and tuned.text_stage() == default.text_stage()
     slots = stack_config(PretrainCommandConfig(num_slots=3))
     assert slots.num_slots == 3 and slots.text_stage() != default.text_stage()  # K is in the key from stage 0

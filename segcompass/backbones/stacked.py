@@ -33,7 +33,7 @@ DEFAULT_BACKBONE = "stack:qwen2_5_vl"
 DEFAULT_CONTROL = "stack-init:qwen2_5_vl"
 """Its random-init control."""
 
-STACK_RELEASES: dict[str, str] = {"qwen2_5_vl": "vlm-instruct-9e422b52dd0c50ba"}
+STACK_RELEASES: dict[str, str] = {"qwen2_5_vl": "vlm-instruct-1da70b7307b28806"}
 """Family → the stage key of the default stack's last stage (`INSTRUCT.key(StackConfig().instruct_stage())`)."""
 
 
@@ -62,7 +62,7 @@ def stack_folder(spec: str, cache_root: str | os.PathLike | None = None) -> Path
     if not is_built(path) and not install_committed(STACK_SUBDIR, path):
         raise StageMissing(
             f"the default stack ({key}) is neither built nor committed ({path}); build it with "
-            f"`{STACK_COMMAND}` (about 4 h on 2 cores)"
+            f"`{STACK_COMMAND}` (about 5 core-hours on a CPU)"
         )
     return path
 

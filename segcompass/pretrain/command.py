@@ -41,8 +41,9 @@ class PretrainCommandConfig:
     Measured: 3200 after the first phase reads oracle tokens at colour 0.98, shape 0.95 (results/warmup.md)."""
     reasoning_steps: int = _DEFAULT.reasoning.schedule.steps
     """Stage 0b, steps of 32 after stage 0 (oracle image tokens, the grounded format turn among the look-up
-    turns; 0: none, stage 2 starts from stage 0). Measured: 1600 lift the whole chain on images (reasoning
-    0.16 → 0.28, format 0.86 → 0.99, position 0.35 → 0.53; results/warmup.md, session (10))."""
+    turns; 0: none, stage 2 starts from stage 0). Measured: 3200 with --vision-final-steps 4000 lift the chain
+    on images over 1600 / 2000 on two stage-3 seeds each (reasoning 0.27 → 0.34, its opening 0.25 → 0.72,
+    shape 0.59 → 0.68, position 0.57 → 0.66; results/warmup.md, session (11))."""
     reasoning_words: float = _DEFAULT.reasoning.words
     """Stage 0b: the share of its sequences with the scene in words and the format turn instead of the
     oracle tokens. Measured: 0.25 and 0.5 lower both the reasoning and the look-up (results/warmup.md)."""
@@ -57,8 +58,8 @@ class PretrainCommandConfig:
     """Stage 1 optimiser steps (vision tower + merger)."""
     vision_final_steps: int = _DEFAULT.vision_final.steps
     """Stage 1b, steps of 16 after stage 1: the tower + merger on stage 1's objective again at the final
-    image size (0: none, stage 2 starts from stage 1). Measured: 2000 take each token's shape probe 0.64 →
-    0.77; on images the gain is within stage 3's seed spread (results/warmup.md, session (10))."""
+    image size (0: none, stage 2 starts from stage 1). Measured: each token's shape probe 0.64 → 0.77 (2000)
+    → 0.79 (4000; results/warmup.md, sessions (10)–(11))."""
     align_steps: int = _DEFAULT.align.steps
     """Stage 2 optimiser steps (descriptions)."""
     align_trains: str = _DEFAULT.align_trains

@@ -58,7 +58,7 @@ def _object_image_phase() -> ObjectPhase:
 
 def _reasoning_phase() -> ObjectPhase:
     return ObjectPhase(
-        schedule=Schedule(steps=1600, batch_size=32, lr=1e-3),
+        schedule=Schedule(steps=3200, batch_size=32, lr=1e-3),
         layout="image",
         questions=3,
         kinds=(*LOOKUP_KINDS, "count", "grounded_format"),
@@ -100,10 +100,9 @@ class StackConfig:
     reasoning: ObjectPhase = field(default_factory=_reasoning_phase)
     """Stage 0b, its own cached stage after stage 0 (0 steps: none, stage 2 starts from stage 0): the oracle
     image tokens again, with the grounded format turn (the instruction → its reasoning) among the look-up
-    turns, and optionally a share of sequences in words (`ObjectPhase.words`). 1600 steps of 32: on the
-    val scenes' oracle tokens the reasoning goes 0 → 0.35 with the look-up kept, and the whole chain on
-    images gains (reasoning 0.16 → 0.28, format 0.86 → 0.99, position 0.35 → 0.53; results/warmup.md,
-    session (10))."""
+    turns, and optionally a share of sequences in words (`ObjectPhase.words`). 3200 steps of 32: on the
+    val scenes' oracle tokens the reasoning goes 0 → 0.49 and its opening 0 → 0.67, with the look-up above
+    stage 0's (position 0.87 → 0.98); 1600 steps gave 0.35 and 0.18 (results/warmup.md, sessions (10)–(11))."""
     recall: RecallPhase = field(default_factory=RecallPhase)
     """Stage 0's phase in words after the object phases: short scenes, look-up questions, large batches (0
     steps: none)."""
@@ -116,15 +115,13 @@ class StackConfig:
     vision_objective: VisionObjective = field(default_factory=VisionObjective)
     """Stage 1 objective weights."""
     vision_final: Schedule = field(
-        default_factory=lambda: Schedule(steps=2000, batch_size=16, lr=1e-3, warmup_fraction=0.02)
+        default_factory=lambda: Schedule(steps=4000, batch_size=16, lr=1e-3, warmup_fraction=0.02)
     )
     """Stage 1b, its own cached stage after stage 1 (0 steps: none, stage 2 starts from stage 1): the tower
     + merger trained on stage 1's objective again at the final size (`IMAGE_PIXELS`, ≈ 10 × 10 tokens rather
     than stage 1's ≈ 8 × 8), as vision encoders end their pretraining with a short phase at the resolution
-    they will be used at. 2000 steps of 16: each merged token carries its object's shape at 0.77 (stage 1:
-    0.64 at the final size). On images the chain read colour 0.79 / shape 0.64 against 0.72 / 0.56 without
-    it, but stage 3 alone spreads as much by seed (another seed: 0.73 / 0.54; results/warmup.md, session
-    (10))."""
+    they will be used at. 4000 steps of 16: each merged token carries its object's shape at 0.79 (2000
+    steps: 0.77; stage 1: 0.64 at the final size; results/warmup.md, sessions (10)–(11))."""
     align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
     """Stage 2 optimiser (scene descriptions; the tower frozen)."""
     align_trains: str = "oracle"
