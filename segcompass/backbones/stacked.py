@@ -29,7 +29,7 @@ STACK_SUBDIR = "stages"
 STACK_COMMAND = "segcompass pretrain"
 
 DEFAULT_BACKBONE = "stack:qwen2_5_vl"
-"""The backbone the pipeline and the notebooks use by default."""
+"""The default backbone of the pipeline, `segcompass train`, `segcompass ablation` and the notebooks."""
 DEFAULT_CONTROL = "stack-init:qwen2_5_vl"
 """Its random-init control."""
 

@@ -90,9 +90,9 @@ def build_model(
     SAM weights per `sam`, the rest of the head initialised from `seed`."""
     from sae.saved import load_sae
 
-    # K has one home, the policy: a warmed-up backbone is the one taught to emit K <REF_POS>
-    warm_k = {"num_slots": policy.num_slots} if emits_slots(backbone_spec) else {}
-    backbone = resolve_backbone(backbone_spec, **warm_k)
+    # K has one home, the policy: a `warm:` / `stack:` backbone is one taught to emit K <REF_POS> (`emits_slots`)
+    taught_k = {"num_slots": policy.num_slots} if emits_slots(backbone_spec) else {}
+    backbone = resolve_backbone(backbone_spec, **taught_k)
     sae, _ = load_sae(sae_path)
     head_cfg, checkpoint = model_head_config(head, backbone.hidden_size, sae.cfg.d_sae, policy.num_slots, sam)
     torch.manual_seed(seed)

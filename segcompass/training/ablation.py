@@ -213,8 +213,8 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     calib_set = open_dataset("grefcoco", data, "calib") if cfg.calibration_samples > 0 else None
     policy = cfg.train.policy  # K and the response budget: one home, the arms' training config
     build_missing_stages(cfg.backbone, cfg.sam, policy=policy)
-    warm_k = {"num_slots": policy.num_slots} if emits_slots(cfg.backbone) else {}
-    sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone, **warm_k))
+    taught_k = {"num_slots": policy.num_slots} if emits_slots(cfg.backbone) else {}
+    sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone, **taught_k))
     ev = EvalConfig(progress=False, img_size=256, convention="both")
     rows = []
     for base in (EmptyPredictor(), UnionOfObjectsPredictor(val_set)):
