@@ -1,6 +1,6 @@
 """The whole SegCompass model: the policy (a backbone) and the head as one module, its builder, save and load.
 
-    model = build_model("warm:qwen2_5_vl", "runs/sae", seed=0, policy=PolicyConfig())   # backbone + SAE + head
+    model = build_model("stack:qwen2_5_vl", "runs/sae", seed=0, policy=PolicyConfig())   # backbone + SAE + head
     model.save("runs/model");  model = load_model("runs/model")
 
 Training (`segcompass.training`), evaluation (`segcompass.evaluation`) and analysis import it from here.
