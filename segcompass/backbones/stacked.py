@@ -68,16 +68,13 @@ def stack_folder(spec: str, cache_root: str | os.PathLike | None = None) -> Path
 
 
 def stack_settings(folder: Path) -> dict[str, Any]:
-    """What the stack in `folder` was built with: its stage config flattened over the stages it starts
-    from (`family`, `seed`, `tiny`, `num_slots`, …; the last stage's value wins)."""
+    """What the stack in `folder` was built with: `num_slots` (K) from its last stage's config, `family` and
+    `tiny` (the preset) from the first config up its `previous` chain that holds them (stage 1's)."""
     config = json.loads((folder / STAGE_FILE).read_text(encoding="utf-8"))["config"]
-    flat: dict[str, Any] = {}
-    nodes = [config]
-    while nodes:
-        node = nodes.pop()
-        flat = {**{k: v for k, v in node.items() if not isinstance(v, dict) or k == "tiny"}, **flat}
-        nodes += [v for k, v in node.items() if k in ("previous", "language")]
-    return flat
+    first = config
+    while "tiny" not in first:
+        first = first["previous"]
+    return {"num_slots": config["num_slots"], "family": first["family"], "tiny": first["tiny"]}
 
 
 def load_stack(
@@ -93,8 +90,8 @@ def load_stack(
     `num_slots` (the policy's K), when given, must be the K the stack was taught to emit."""
     folder = stack_folder(spec)
     if spec.startswith(STACK_PREFIX):
-        taught = int(stack_settings(folder)["num_slots"])
-        if num_slots is not None and num_slots != taught:
+        taught = None if num_slots is None else int(stack_settings(folder)["num_slots"])
+        if taught is not None and num_slots != taught:
             raise ValueError(
                 f"{spec} was taught to emit K = {taught} <REF_POS> tokens, but the policy asks for "
                 f"K = {num_slots}: use K = {taught}, or build a stack with `{STACK_COMMAND} --num-slots "
