@@ -87,6 +87,17 @@ def test_coverage_report_opens_with_the_verdict_its_tables_carry(reports: Path) 
     assert any(
         f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" in n for n in verdict.notes
     )
+    # the gain by instance size, from the size rows of the same table
+    sizes = auc.loc[("trained", "l0")]
+    sizes = sizes[sizes.index.str.startswith("size:")]
+    size_note = next(
+        n for n in verdict.notes if n.startswith("trained, l0, gain over random tokens by instance")
+    )
+    assert len(sizes) > 0 and all(
+        f"{g.removeprefix('size:')} {r['auc_gain']:+.3f} [{r['gain_ci_low']:+.3f}, {r['gain_ci_high']:+.3f}]"
+        in size_note
+        for g, r in sizes.iterrows()
+    )
     # verdict, then the curves, then the tables — each table once
     tables = page_tables(page)
     assert verdict.start < first_figure(page) < page.index(tables[0])

@@ -137,3 +137,23 @@ def test_rendered_verdict_carries_exact_figures_and_escapes_text() -> None:
     assert parsed.sentence == "a < b & c" and parsed.notes == ["note <1>"]
     assert "AUC &lt;referred&gt;" in page and f'<div class="value">{CONTROL_NOT_RUN}</div>' in page
     assert page.index('id="verdict"') < page.index('id="section-0"')  # before every section
+
+
+def test_coverage_verdict_notes_the_gain_by_instance_size_small_to_large() -> None:
+    """The size groups are read from the table (listed small → large whatever their row order), each with
+    its paired gain's CI and the direction it supports; the control gets its own line."""
+    auc, contrasts = _coverage_tables((0.05, 0.15), control=True)
+    sizes = []
+    for model, gains in (("trained", {"large": (0.04, 0.01, 0.07), "small": (-0.1, -0.12, -0.08)}),
+                         ("control", {"medium": (0.02, -0.01, 0.05)})):  # fmt: skip
+        for size, (g, lo, hi) in gains.items():
+            sizes.append({"model": model, "ranking": "l0", "group": f"size:{size}", "auc": 0.5 + g,
+                          "auc_ci_low": 0.4, "auc_ci_high": 0.6, "auc_gain": g, "gain_ci_low": lo,
+                          "gain_ci_high": hi})  # fmt: skip
+    v = coverage_verdict(pd.concat([auc, pd.DataFrame(sizes)], ignore_index=True), contrasts)
+    assert v.notes[:2] == (
+        "trained, l0, gain over random tokens by instance size: small -0.100 [-0.120, -0.080] (worse); "
+        "large +0.040 [+0.010, +0.070] (better).",
+        "control, l0, gain over random tokens by instance size: medium +0.020 [-0.010, +0.050] (no different).",
+    )
+    assert not any("instance size" in n for n in coverage_verdict(auc, contrasts).notes)

@@ -3,7 +3,8 @@
 Headline: the coverage AUC of the referred instances (all instances when the data has no referred ones) on
 the trained backbone, for the first ranking of the table (the order of `--rank-by`), beside the random
 tokens of the same documents and the random-init control. Whether it beats random tokens is read from the
-CI of its paired gain; the notes give the other rankings and referred − distractor.
+CI of its paired gain; the notes give the other rankings, the gain by instance size (trained backbone and
+control, first ranking) and referred − distractor.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 from analysis.report.verdict import Estimate, Verdict, direction
 
 _GROUP_NAME = {"referred": "referred instances", "instances": "instances"}
+_SIZES = ("small", "medium", "large")
 
 
 def _row(auc: pd.DataFrame, model: str, ranking: str, group: str) -> pd.Series | None:
@@ -43,6 +45,22 @@ def _control_clause(control: pd.Series | None) -> str:
         "none": "is indistinguishable from random tokens",
     }[direction(gain)]
     return f"The random-init control {how}: AUC {_auc(control).text()} (gain {gain.signed()})."
+
+
+def _size_note(auc: pd.DataFrame, model: str, ranking: str) -> str | None:
+    """One line with the gain over random tokens per instance-size group (`size:*`, small to large), or None
+    when the table has no size groups."""
+    rows = auc[(auc["model"] == model) & (auc["ranking"] == ranking) & auc["group"].str.startswith("size:")]
+    if rows.empty:
+        return None
+    order = {f"size:{s}": i for i, s in enumerate(_SIZES)}
+    rows = rows.sort_values("group", key=lambda g: g.map(lambda v: order.get(v, len(order))), kind="stable")
+    parts = []
+    for row in rows.itertuples():
+        gain = Estimate(float(row.auc_gain), float(row.gain_ci_low), float(row.gain_ci_high))
+        word = {"higher": "better", "lower": "worse", "none": "no different"}[direction(gain)]
+        parts.append(f"{row.group.removeprefix('size:')} {gain.signed()} ({word})")
+    return f"{model}, {ranking}, gain over random tokens by instance size: " + "; ".join(parts) + "."
 
 
 def coverage_verdict(auc: pd.DataFrame, contrasts: pd.DataFrame) -> Verdict:
@@ -77,6 +95,10 @@ def coverage_verdict(auc: pd.DataFrame, contrasts: pd.DataFrame) -> Verdict:
                 f"Ranking by {r}: AUC {_auc(other).text()}, gain over random tokens {_gain(other).signed()} "
                 f"({_against_random(other)} random)."
             )
+    for m in (model, "control") if model != "control" else (model,):
+        note = _size_note(auc, m, ranking)
+        if note is not None:
+            notes.append(note)
     for m in dict.fromkeys(contrasts["model"]) if len(contrasts) else []:
         c = contrasts[(contrasts["model"] == m) & (contrasts["ranking"] == ranking)]
         for row in c.itertuples():
