@@ -63,6 +63,12 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
     key = _start_key(cfg, model, data, sae, 0)
     longer = replace(cfg.train, steps=cfg.train.steps + 1)
     assert key == _start_key(replace(cfg, train=longer, results_md="x"), model, data, sae, 0)
+    hotter = replace(cfg.train, policy=replace(cfg.train.policy, temperature=0.7, top_p=0.9))
+    assert key == _start_key(replace(cfg, train=hotter), model, data, sae, 0)  # the warm start is greedy
+
+    def policy(**changes):
+        return replace(cfg, train=replace(cfg.train, policy=replace(cfg.train.policy, **changes)))
+
     other_backbone = SimpleNamespace(
         backbone=SimpleNamespace(name_or_path="/cache/backbones/qwen2_5_vl-0"), head=model.head
     )
@@ -73,13 +79,11 @@ def test_ablation_arms_are_keyed_by_their_starting_point(tmp_path: Path) -> None
         _start_key(replace(cfg, head_warmup_steps=10), model, data, sae, 0),
         _start_key(replace(cfg, head_warmup_lr=1e-3), model, data, sae, 0),
         _start_key(replace(cfg, head_warmup_steps=0), model, data, sae, 0),
-        _start_key(
-            replace(cfg, train=replace(cfg.train, policy=replace(cfg.train.policy, max_new_tokens=64))),
-            model,
-            data,
-            sae,
-            0,
-        ),
+        _start_key(policy(max_new_tokens=64), model, data, sae, 0),
+        # the states the head reads and the prompt they come from shape the warm start
+        _start_key(policy(concept_token_types=("INSTRUCTION", "COT")), model, data, sae, 0),
+        _start_key(policy(image_first=False), model, data, sae, 0),
+        _start_key(policy(prompt_template="Segment: {text}"), model, data, sae, 0),
         _start_key(cfg, other_backbone, data, sae, 0),
         _start_key(cfg, other_head, data, sae, 0),
         _start_key(cfg, model, tmp_path / "refs-2", sae, 0),

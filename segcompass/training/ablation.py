@@ -144,11 +144,18 @@ def _warm_config(cfg: AblationConfig, seed: int) -> HeadWarmupConfig:
     )
 
 
+_SAMPLING_ONLY = ("temperature", "top_p")
+"""Policy fields that only the sampled rollouts of the arms read, never the greedy warm start."""
+
+
 def _start_key(cfg: AblationConfig, model: SegCompassModel, data: Path, sae_path: Path, seed: int) -> str:
-    """Key of everything an arm starts from: backbone, SAE, SAM, head architecture, data, response budget,
-    head warm start. (The head's config is part of it: a cached warm start is loaded with strict=False, so
-    one of a different architecture would otherwise load silently with its new parts at random init.)"""
+    """Key of everything an arm starts from: backbone, SAE, SAM, head architecture, data, the policy's
+    prompt and response settings (template, image order, response budget, the token types whose states enter
+    the head, …), head warm start. (The head's config is part of it: a cached warm start is loaded with
+    strict=False, so one of a different architecture would otherwise load silently with its new parts at
+    random init.)"""
     warm = dataclasses.asdict(_warm_config(cfg, seed)) if cfg.head_warmup_steps > 0 else None
+    policy = {k: v for k, v in dataclasses.asdict(cfg.train.policy).items() if k not in _SAMPLING_ONLY}
     return stage_key(
         backbone_key(cfg.backbone, model.backbone),
         str(sae_path),
@@ -156,7 +163,7 @@ def _start_key(cfg: AblationConfig, model: SegCompassModel, data: Path, sae_path
         dataclasses.asdict(model.head.cfg),
         data.name,
         warm,
-        cfg.train.policy.max_new_tokens,
+        policy,
     )
 
 
