@@ -15,6 +15,7 @@ from analysis.report.verdict import Estimate, Verdict, direction
 
 _GROUP_NAME = {"referred": "referred instances", "instances": "instances"}
 _SIZES = ("small", "medium", "large")
+"""The coverage table's `size:*` groups (`analysis/coverage/core.py`), in the order the notes list them."""
 
 
 def _row(auc: pd.DataFrame, model: str, ranking: str, group: str) -> pd.Series | None:
@@ -50,16 +51,15 @@ def _control_clause(control: pd.Series | None) -> str:
 def _size_note(auc: pd.DataFrame, model: str, ranking: str) -> str | None:
     """One line with the gain over random tokens per instance-size group (`size:*`, small to large), or None
     when the table has no size groups."""
-    rows = auc[(auc["model"] == model) & (auc["ranking"] == ranking) & auc["group"].str.startswith("size:")]
-    if rows.empty:
-        return None
-    order = {f"size:{s}": i for i, s in enumerate(_SIZES)}
-    rows = rows.sort_values("group", key=lambda g: g.map(lambda v: order.get(v, len(order))), kind="stable")
+    rows = auc[(auc["model"] == model) & (auc["ranking"] == ranking)].set_index("group")
     parts = []
-    for row in rows.itertuples():
-        gain = Estimate(float(row.auc_gain), float(row.gain_ci_low), float(row.gain_ci_high))
+    for size in (s for s in _SIZES if f"size:{s}" in rows.index):
+        row = rows.loc[f"size:{size}"]
+        gain = Estimate(float(row["auc_gain"]), float(row["gain_ci_low"]), float(row["gain_ci_high"]))
         word = {"higher": "better", "lower": "worse", "none": "no different"}[direction(gain)]
-        parts.append(f"{row.group.removeprefix('size:')} {gain.signed()} ({word})")
+        parts.append(f"{size} {gain.signed()} ({word})")
+    if not parts:
+        return None
     return f"{model}, {ranking}, gain over random tokens by instance size: " + "; ".join(parts) + "."
 
 
@@ -95,7 +95,7 @@ def coverage_verdict(auc: pd.DataFrame, contrasts: pd.DataFrame) -> Verdict:
                 f"Ranking by {r}: AUC {_auc(other).text()}, gain over random tokens {_gain(other).signed()} "
                 f"({_against_random(other)} random)."
             )
-    for m in (model, "control") if model != "control" else (model,):
+    for m in dict.fromkeys((model, "control")):
         note = _size_note(auc, m, ranking)
         if note is not None:
             notes.append(note)
