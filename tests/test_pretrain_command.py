@@ -52,6 +52,12 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     last = stack_config(PretrainCommandConfig(format_first=0.0))
     assert last.format_first == 0.0 and last.instruct_stage() != default.instruct_stage()
     assert last.align_stage() == default.align_stage()
+    assert "slot_grounding" not in default.instruct_stage()  # off: the committed stage 3 keeps its key
+    slot_read = stack_config(PretrainCommandConfig(slot_grounding=True))
+    assert slot_read.slot_grounding and slot_read.instruct_stage() != default.instruct_stage()
+    assert slot_read.align_stage() == default.align_stage()
+    assert StackConfig.from_stage(slot_read.instruct_stage()).slot_grounding
+    assert not StackConfig.from_stage(default.instruct_stage()).slot_grounding
 
 
 def test_help_documents_every_flag(capsys):

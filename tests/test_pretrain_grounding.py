@@ -20,6 +20,7 @@ from segcompass.pretrain.dialogue import (
     grounded_format_turn,
     qa_dialogue,
     reasoning_mentions,
+    slot_grounded_format_turn,
 )
 from segcompass.pretrain.evaluate import named_object_sensitivity, swap_pairs
 from segcompass.pretrain.grounding import (
@@ -267,3 +268,57 @@ def test_a_phrase_that_names_two_objects_is_not_a_mention(setup):
     twin = dataclasses.replace(sample.scene, objects=[*sample.scene.objects, sample.scene.objects[index]])
     doubled = dataclasses.replace(sample, scene=twin)
     assert all(i != index for _, _, i in reasoning_mentions(sample.reasoning, doubled))
+
+
+def test_slot_reads_cover_each_ref_pos_and_cycle_through_the_targets(setup):
+    _, pool, _, _ = setup
+    samples = [s.sample for s in pool.scenes]
+    for sample in samples:
+        turn = slot_grounded_format_turn(sample, 3)
+        assert turn.answer == format_turn(sample, 3).answer and not turn.mentions
+        targets = sorted(sample.target_ids)
+        if not targets:
+            assert turn.slot_reads == ()
+            continue
+        assert [turn.answer[a:e] for a, e, _ in turn.slot_reads] == ["<REF_POS>"] * 3
+        assert [i for _, _, i in turn.slot_reads] == [targets[k % len(targets)] for k in range(3)]
+        assert turn.slot_reads[-1][1] == len(turn.answer)  # the last <REF_POS> ends the answer
+    no_target = dataclasses.replace(samples[0], target_ids=[])
+    assert slot_grounded_format_turn(no_target, 2).slot_reads == ()
+
+
+def test_slot_grounding_keeps_the_dialogues_draws(setup):
+    _, pool, _, _ = setup
+    for i in range(4):
+        plain = qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 4, 1.0, 2, 0.5)
+        grounded = qa_dialogue(i, pool[i].sample, np.random.default_rng(i), 4, 1.0, 2, 0.5, ground_slots=True)
+        assert [(t.kind, t.question, t.answer) for t in plain.turns] == [
+            (t.kind, t.question, t.answer) for t in grounded.turns
+        ]
+        fmt = next(t for t in grounded.turns if t.kind == "format")
+        assert fmt.slot_reads == slot_grounded_format_turn(pool[i].sample, 2).slot_reads
+
+
+def test_slot_reads_ground_the_states_at_the_ref_pos_tokens_on_their_targets(setup):
+    backbone, pool, _, _ = setup
+    owner_of = {i: covering_object(pool[i].coverage) for i in range(len(pool.scenes))}
+    scene = next(
+        i
+        for i, s in enumerate(pool.scenes)
+        if s.sample.target_ids and all((owner_of[i] == t).any() for t in s.sample.target_ids)
+    )
+    sample = pool[scene].sample
+    turn = slot_grounded_format_turn(sample, 2)
+    dialogue = Dialogue(scene, (turn, Turn("count", "How many?", "2", ("1", "2"))))
+    batch = encode_dialogues(backbone, pool, [dialogue])
+    ids = batch.inputs["input_ids"][0]
+    targets = grounding_targets(backbone, pool, [dialogue], batch.inputs["input_ids"], batch.labels)
+    ref_pos = backbone.tokenizer.convert_tokens_to_ids("<REF_POS>")
+    # The grounded positions are the two <REF_POS> tokens themselves (the states the head reads as e_k) …
+    assert targets.positions.tolist() == torch.nonzero(ids == ref_pos).squeeze(-1).tolist()
+    assert targets.rows.tolist() == [0, 0]
+    # … each reading its target's cells.
+    image_positions = torch.nonzero(ids == backbone.image_token_id).squeeze(-1)
+    owner = owner_of[scene]
+    for mask, (_, _, index) in zip(targets.token_mask, turn.slot_reads, strict=True):
+        assert torch.equal(torch.nonzero(mask).squeeze(-1), image_positions[torch.from_numpy(owner == index)])

@@ -24,11 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from segcompass.backbones import Backbone
+from segcompass.backbones import REASONING_TOKENS, Backbone
 from segcompass.warmup.tasks import DESCRIBE_PROMPT, POSITIONS, format_response, question_example
 from segcompass.world.language import describe_objects, location_words
 from segcompass.world.scene import WorldSample
 from segcompass.world.vocab import COLOURS, SHAPES, SIZES
+
+THINK_END, REF_POS = REASONING_TOKENS[1], REASONING_TOKENS[2]
+"""`</think>` and the concentration token `<REF_POS>` as they appear in a format answer."""
 
 IGNORE_INDEX = -100
 QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "size", "position", "count")
@@ -57,6 +60,10 @@ class Turn:
     mentions: tuple[tuple[int, int, int], ...] = ()
     """Objects the answer names, as (first char, end char, object index) in `answer`: the grounding objective
     asks every token of the span to be predicted attending to that object (`grounded_format_turn`)."""
+    slot_reads: tuple[tuple[int, int, int], ...] = ()
+    """Concentration tokens of the answer, as (first char, end char, object index) in `answer`: the grounding
+    objective asks the state *at* each such token (e_k, what the head reads) to attend to that object
+    (`slot_grounded_format_turn`)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,26 @@ def grounded_format_turn(sample: WorldSample, num_slots: int) -> Turn:
     return Turn(turn.kind, turn.question, turn.answer, mentions=reasoning_mentions(turn.answer, sample))
 
 
+def slot_grounded_format_turn(sample: WorldSample, num_slots: int) -> Turn:
+    """`format_turn` whose `<REF_POS>` tokens read the instruction's targets (`Turn.slot_reads`): the state at
+    the k-th one attends to target k mod n (targets in the scene's order), none for a no-target instruction.
+    The stand-in for the referring-expression grounding data real MLLMs train on (Qwen2.5-VL answers a
+    RefCOCO query with the referent's box): the states the head reads as e_k then carry the referent."""
+    turn = format_turn(sample, num_slots)
+    targets = sorted(sample.target_ids)
+    reads = []
+    if targets:
+        start = turn.answer.index(THINK_END) + len(THINK_END)
+        for k in range(num_slots):
+            first = start + k * len(REF_POS)
+            if turn.answer[first : first + len(REF_POS)] != REF_POS:
+                raise ValueError(
+                    f"format answer without {num_slots} {REF_POS} after {THINK_END}: {turn.answer!r}"
+                )
+            reads.append((first, first + len(REF_POS), targets[k % len(targets)]))
+    return Turn(turn.kind, turn.question, turn.answer, slot_reads=tuple(reads))
+
+
 def describe_turn(sample: WorldSample) -> Turn:
     """ "Describe the image." → the scene description."""
     return Turn("describe", DESCRIBE_PROMPT, sample.description)
@@ -155,10 +182,12 @@ def qa_dialogue(
     format_probability: float,
     num_slots: int,
     format_first: float = 0.0,
+    ground_slots: bool = False,
 ) -> Dialogue:
     """`num_questions` questions of random kinds (each kind at most twice), then, with
     `format_probability`, the format turn: first with probability `format_first` (the instruction as the
-    first prompt with the image, as segmentation asks it), last otherwise."""
+    first prompt with the image, as segmentation asks it), last otherwise. `ground_slots`: the format turn's
+    `<REF_POS>` tokens read the targets (`slot_grounded_format_turn`; the same draws either way)."""
     turns: list[Turn] = []
     for kind in rng.permutation(np.repeat(QUESTION_KINDS, 2))[: num_questions * 2]:
         if len(turns) == num_questions:
@@ -169,7 +198,8 @@ def qa_dialogue(
     if rng.random() < format_probability:
         # The draw for the place happens only when it can matter: `format_first=0` keeps the batches as before.
         first = format_first > 0 and rng.random() < format_first
-        turns.insert(0 if first else len(turns), format_turn(sample, num_slots))
+        make = slot_grounded_format_turn if ground_slots else format_turn
+        turns.insert(0 if first else len(turns), make(sample, num_slots))
     return Dialogue(scene, tuple(turns))
 
 

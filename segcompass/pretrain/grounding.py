@@ -10,7 +10,9 @@ every head) of each chosen layer. Alone, on stage 3's data, the attention learne
 change; with the object-vector phases of stage 0, where the look-up forms, it is on (every head of layers 2–3,
 there and in stage 3). An answer that names objects in passing (the format turn's reasoning, "the large orange
 diamond at the centre") can carry them as `Turn.mentions`: every token of such a phrase is then predicted
-attending to its object, as grounded captions pair a phrase with its box.
+attending to its object, as grounded captions pair a phrase with its box. The format turn's
+`<REF_POS>` tokens can read the instruction's targets (`Turn.slot_reads`, stage 3's `slot_grounding`): the
+state at each token, which the head reads as e_k, attends to its target.
 
 The attention probabilities are recomputed from each chosen layer's own query/key projections of its input
 (captured by a forward pre-hook) at the answer positions only, so the model keeps its fast attention kernel;
@@ -65,7 +67,8 @@ class GroundingTargets:
     rows: torch.Tensor
     """int64 [N]: batch row of each grounded answer."""
     positions: torch.Tensor
-    """int64 [N]: sequence position whose logits predict the answer's first token."""
+    """int64 [N]: sequence position whose attention is asked to read the object (the one whose logits predict
+    the answer's first token, a mentioned token, or a `<REF_POS>` itself)."""
     token_mask: torch.Tensor
     """bool [N, T]: the named object's image tokens (the cells it covers at least half of)."""
 
@@ -77,8 +80,9 @@ def grounding_targets(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
 ) -> GroundingTargets:
-    """Targets of every turn with a named object (`Turn.target`: the position that predicts the answer) and of
-    every token of each object an answer names (`Turn.mentions`), whose object covers at least one cell.
+    """Targets of every turn with a named object (`Turn.target`: the position that predicts the answer), of
+    every token of each object an answer names (`Turn.mentions`) and of every concentration token that reads a
+    target (`Turn.slot_reads`: the token's own position), whose object covers at least one cell.
 
     Assistant turns are the labelled spans of `labels` [B, T], in the order of the dialogue's turns; image
     tokens are taken in raster order, as the processor lays them out. A dialogue with the scene in words
@@ -99,7 +103,9 @@ def grounding_targets(
         for turn, start in zip(dialogue.turns, starts, strict=True):
             grounded = [(int(start) - 1, turn.target)] if turn.target is not None else []
             if turn.mentions:
-                grounded += _mention_positions(backbone, turn, input_ids[b], int(start))
+                grounded += _span_positions(backbone, turn, turn.mentions, input_ids[b], int(start), -1)
+            if turn.slot_reads:
+                grounded += _span_positions(backbone, turn, turn.slot_reads, input_ids[b], int(start), 0)
             for position, target in grounded:
                 if not (owner == target).any():  # an object too small to own a cell: nothing to attend to
                     continue
@@ -114,20 +120,27 @@ def grounding_targets(
     return GroundingTargets(torch.tensor(rows), torch.tensor(positions), torch.stack(masks))
 
 
-def _mention_positions(
-    backbone: Backbone, turn: Turn, row_ids: torch.Tensor, start: int
+def _span_positions(
+    backbone: Backbone,
+    turn: Turn,
+    spans: tuple[tuple[int, int, int], ...],
+    row_ids: torch.Tensor,
+    start: int,
+    shift: int,
 ) -> list[tuple[int, int]]:
-    """(position, object) for every token of each of the turn's mentions: the position whose logits predict
-    the token (the answer starts at `start` of `row_ids`)."""
+    """(position, object) for every token of the turn's answer that overlaps one of `spans` (first char, end
+    char, object): with `shift` −1 the position whose logits predict the token (`Turn.mentions`), with 0 the
+    token's own position (`Turn.slot_reads`: the state at a `<REF_POS>`). The answer starts at `start` of
+    `row_ids`."""
     encoded = backbone.tokenizer(turn.answer, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     if row_ids[start : start + len(ids)].tolist() != ids:
         raise ValueError(f"the answer {turn.answer[:40]!r}… is tokenised differently inside its dialogue")
     out = []
-    for first, end, target in turn.mentions:
+    for first, end, target in spans:
         for j, (a, b) in enumerate(encoded["offset_mapping"]):
-            if a < end and b > first:  # the token overlaps the mention
-                out.append((start + j - 1, target))
+            if a < end and b > first:  # the token overlaps the span
+                out.append((start + j + shift, target))
     return out
 
 

@@ -245,6 +245,7 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
                 config.format_probability,
                 config.num_slots,
                 config.format_first,
+                config.slot_grounding,
             )
 
     seed = config.seed * 7919 + (1 if which == "align" else 2)
