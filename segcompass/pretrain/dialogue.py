@@ -153,7 +153,8 @@ def slot_grounded_format_turn(sample: WorldSample, num_slots: int) -> Turn:
     """`format_turn` whose `<REF_POS>` tokens read the instruction's targets (`Turn.slot_reads`): the state at
     the k-th one attends to target k mod n (targets in the scene's order), none for a no-target instruction.
     The stand-in for the referring-expression grounding data real MLLMs train on (Qwen2.5-VL answers a
-    RefCOCO query with the referent's box): the states the head reads as e_k then carry the referent."""
+    RefCOCO query with the referent's box), meant to make the states the head reads as e_k carry the referent
+    (at 1000 steps they barely came to: results/warmup.md, session (12))."""
     turn = format_turn(sample, num_slots)
     targets = sorted(sample.target_ids)
     reads = []
