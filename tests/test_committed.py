@@ -23,8 +23,11 @@ from segcompass.committed import (
     verify,
 )
 from segcompass.pretrain.config import StackConfig
-from segcompass.pretrain.reproduce import STACK_STAGES, committed_stack_stage
-from segcompass.pretrain.stack import TEXT
+from segcompass.pretrain.stack import COMMITTABLE, TEXT
+from segcompass.reproduce import committed_stage_config
+from segcompass.sam_warmup import cache as sam_cache
+from segcompass.sam_warmup.cache import SAM_STAGE
+from segcompass.sam_warmup.config import SamWarmupConfig
 from segcompass.stages import Stage, StageMissing, build_stage, find_stage, stage_folder
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -181,24 +184,26 @@ def test_reproducing_a_key_that_is_not_committed_is_a_clear_error(tmp_path, monk
 
 def test_the_repositorys_committed_stages_are_intact_and_are_the_defaults():
     """Every committed folder matches its manifest, its stage.json gives its key under this code's stage
-    version (else it was built by other code), and it is the stage `segcompass pretrain` builds by default."""
+    version (else it was built by other code), and it is a stage `segcompass pretrain` (or, for the tiny SAM,
+    `segcompass warmup-sam`) builds by default, with the command that reproduces it."""
     entries = read_manifest(REPO_CHECKPOINTS)
     if not entries:
         pytest.skip("no committed stages in checkpoints/")
     config = StackConfig()
-    defaults = {
-        stage.key(stage_config): name
-        for name, (stage, stage_config) in {
-            "vlm-text": (STACK_STAGES["vlm-text"], config.text_stage()),
-            "vlm-reason": (STACK_STAGES["vlm-reason"], config.reasoning_stage()),
-            "vlm-vision": (STACK_STAGES["vlm-vision"], config.vision_stage()),
-            "vlm-vision-final": (STACK_STAGES["vlm-vision-final"], config.vision_final_stage()),
-            "vlm-align": (STACK_STAGES["vlm-align"], config.align_stage()),
-            "vlm-instruct": (STACK_STAGES["vlm-instruct"], config.instruct_stage()),
-        }.items()
+    stages = {**COMMITTABLE, **sam_cache.COMMITTABLE}
+    stack = {
+        "vlm-text": config.text_stage(),
+        "vlm-reason": config.reasoning_stage(),
+        "vlm-vision": config.vision_stage(),
+        "vlm-vision-final": config.vision_final_stage(),
+        "vlm-align": config.align_stage(),
+        "vlm-instruct": config.instruct_stage(),
     }
+    defaults = {stages[name][0].key(c): (name, "pretrain") for name, c in stack.items()}
+    defaults[SAM_STAGE.key(SamWarmupConfig())] = (SAM_STAGE.name, "warmup-sam")
     for key, entry in entries.items():
         verify(entry, REPO_CHECKPOINTS)
-        stage, _, _ = committed_stack_stage(key, REPO_CHECKPOINTS)
-        assert defaults.get(key) == stage.name, f"{key} is not what `segcompass pretrain` builds by default"
-        assert entry.reproduce == f"segcompass pretrain --reproduce {key}"
+        stage, _, _ = committed_stage_config(key, stages, REPO_CHECKPOINTS)
+        name, command = defaults.get(key, (None, None))
+        assert name == stage.name, f"{key} is not a stage the defaults build"
+        assert entry.reproduce == f"segcompass {command} --reproduce {key}"

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from segcompass.backbones import load_backbone
+from segcompass.pretrain import language
 from segcompass.pretrain.grounding import Grounding
 from segcompass.pretrain.object_phase import ObjectPhase
 from segcompass.pretrain.optim import Schedule
@@ -28,7 +29,7 @@ from segcompass.pretrain.stack import (
 )
 from segcompass.pretrain.text import RecallPhase
 from segcompass.pretrain.tower_tuning import TowerTuning
-from segcompass.stages import StageMissing, build_stage
+from segcompass.stages import StageMissing, build_stage, partial_folder
 
 pytestmark = pytest.mark.slow
 
@@ -248,6 +249,33 @@ def test_stack_is_deterministic_for_a_seed(tmp_path):
     a = _weights(build_stack(toy(), tmp_path / "a"))
     b = _weights(build_stack(toy(), tmp_path / "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_interrupted_stage_continues_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+    config = toy(instruct=Schedule(steps=3, batch_size=2))
+    clean = _weights(build_stack(config, tmp_path / "clean"))
+    cache = tmp_path / "resumed"
+    build_stage(ALIGN, config.align_stage(), cache)  # the stages before stage 3, uninterrupted
+    real, calls = language.answer_loss, []
+
+    def interrupted_at_step_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(language, "answer_loss", interrupted_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        build_stack(config, cache)
+    monkeypatch.undo()
+    final = INSTRUCT.path(config.instruct_stage(), cache)
+    partial = partial_folder(final)
+    assert not final.exists()
+    assert [p.name for p in (partial / "loops" / "checkpoints").iterdir()] == ["loop0-step-0000001"]
+    resumed = build_stack(config, cache)
+    assert resumed == final and not partial.exists() and not (final / "loops").exists()
+    weights = _weights(resumed)
+    assert weights.keys() == clean.keys() and all(torch.equal(weights[k], clean[k]) for k in clean)
 
 
 def test_stack_config_round_trips_through_a_stage_config():

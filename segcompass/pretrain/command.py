@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from segcompass.backbones import build_tiny, load_backbone
 
 from .evaluate import evaluate_stack
 from .pool import ScenePool
-from .stack import IMAGE_PIXELS, StackConfig, build_stack, scene_pool, set_image_pixels
+from .stack import COMMITTABLE, IMAGE_PIXELS, StackConfig, build_stack, scene_pool, set_image_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +160,9 @@ def evaluate_folder(folder: Path, config: StackConfig) -> pd.DataFrame:
 
 def run_pretrain_command(cfg: PretrainCommandConfig) -> None:
     if cfg.reproduce:
-        _reproduce(cfg)
+        from segcompass.reproduce import print_reproduction
+
+        print_reproduction(cfg.reproduce, COMMITTABLE, cfg.threads)
         return
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -177,28 +178,3 @@ def run_pretrain_command(cfg: PretrainCommandConfig) -> None:
     if table_path.exists():
         summary["evaluation"] = pd.read_csv(table_path).to_dict("records")
     print(json.dumps(summary, indent=2))
-
-
-def _reproduce(cfg: PretrainCommandConfig) -> None:
-    from .reproduce import reproduce_committed
-
-    result = reproduce_committed(cfg.reproduce, cfg.threads)
-    weights = result.weights
-    print(
-        json.dumps(
-            {
-                "key": result.key,
-                "reproduced": weights.identical,
-                "tensors": weights.tensors,
-                "differing": list(weights.differing),
-                "max_abs_diff": weights.max_abs_diff if math.isfinite(weights.max_abs_diff) else None,
-                "threads": result.threads,
-                "built_on": result.built_on,
-                "cpu": result.cpu,
-                "wall_s": round(result.wall_s, 1),
-            },
-            indent=2,
-        )
-    )
-    if not weights.identical:
-        raise SystemExit(1)

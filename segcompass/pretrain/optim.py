@@ -1,18 +1,19 @@
 """The optimisation loop every pretraining stage shares: AdamW, linear warm-up then cosine decay, gradient
-clipping, a seeded batch order, a progress bar, and a non-finite-loss check."""
+clipping, a seeded batch order, a progress bar, a non-finite-loss check, and checkpoints inside a stage's
+build (`segcompass.loop_checkpoints`)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from segcompass.loop_checkpoints import CheckpointedLoop, LoopState, open_loop
 
 logger = logging.getLogger(__name__)
 
@@ -90,36 +91,38 @@ def run_loop(
 ) -> LoopRecord:
     """Train `modules` for `schedule.steps` steps of `step_loss(step, rng)` → (loss, parts).
 
-    The batch order is drawn from `rng` (seeded by `seed`), so a stage is deterministic for its config."""
-    start = time.perf_counter()
+    The batch order is drawn from `rng` (seeded by `seed`), so a stage is deterministic for its config.
+    Inside a stage's build (`loop_checkpoints.checkpointing`) the loop checkpoints and continues an
+    interrupted run from its last checkpoint, with the same result as an uninterrupted one."""
     for m in modules:
         m.train()
     optimizer = adamw(modules, schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9E7A]))
-    record = LoopRecord()
+    settings = {"desc": desc, "seed": seed, "schedule": asdict(schedule)}
+    checkpoint = open_loop(settings, modules, LoopState(optimizer, scheduler, numpy_rngs=(rng,)))
     ema: dict[str, float] = {}
-    bar = tqdm(range(schedule.steps), desc=desc, disable=not progress)
-    for step in bar:
-        loss, parts = step_loss(step, rng)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{desc}: loss is {value} at step {step} ({parts})")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        record.losses.append(value)
-        record.parts.append(parts)
-        for k, v in parts.items():
-            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
-        bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()}, refresh=False)
-        if step % 100 == 0:
-            logger.debug("%s step %d loss %.4f %s", desc, step, value, parts)
+    with CheckpointedLoop(checkpoint, schedule.steps, desc, progress) as loop:
+        for step in loop.steps():
+            loss, parts = step_loss(step, rng)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{desc}: loss is {value} at step {step} ({parts})")
+            with loop.update():
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            loop.record(value, parts)
+            for k, v in parts.items():
+                ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+            loop.bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()}, refresh=False)
+            if step % 100 == 0:
+                logger.debug("%s step %d loss %.4f %s", desc, step, value, parts)
     for m in modules:
         m.eval()
-    record.wall_s = time.perf_counter() - start
+    record = LoopRecord(loop.losses, loop.parts, loop.wall_s)
     logger.info("%s: %d steps in %.1f s; final %s", desc, schedule.steps, record.wall_s, ema)
     return record

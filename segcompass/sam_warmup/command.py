@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .cache import tiny_sam
 from .config import SamWarmupConfig
 from .evaluate import evaluation_table
@@ -36,9 +38,25 @@ class SamWarmupCommandConfig:
     """Cache root; tiny SAMs live under its sam/ (default `$SEGCOMPASS_CACHE` or `~/.cache/segcompass`)."""
     force: bool = False
     """Retrain and replace an existing cache entry."""
+    threads: int = 0
+    """torch threads (0: torch's default; the build is deterministic for a seed on one thread count; with
+    --reproduce, the count the committed SAM was built with)."""
+    reproduce: str = ""
+    """A committed tiny SAM's key (`checkpoints/MANIFEST.json`): rebuild it from the config its stage.json
+    records, in a temporary cache, compare every tensor with the committed weights, print the verdict and exit
+    with 1 when they differ. The flags that describe the SAM are ignored."""
 
 
 def run_sam_warmup_command(cfg: SamWarmupCommandConfig) -> None:
+    if cfg.reproduce:
+        from segcompass.reproduce import print_reproduction
+
+        from .cache import COMMITTABLE
+
+        print_reproduction(cfg.reproduce, COMMITTABLE, cfg.threads)
+        return
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     config = SamWarmupConfig(
         seed=cfg.seed, steps=cfg.steps, batch_images=cfg.batch_images, attribute_weight=cfg.attribute_weight,
         point_fraction=cfg.point_fraction, refine_iters=cfg.refine_iters, coarse_noise=cfg.coarse_noise,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from segcompass.head.image_encoder import build_sam_image_encoder
 from segcompass.head.losses import dice_per_pair, focal_per_pair
 from segcompass.head.mask_decoder import SamMaskHead
 from segcompass.head.preprocess import preprocess_image, preprocess_masks
+from segcompass.loop_checkpoints import CheckpointedLoop, LoopState, open_loop
 from segcompass.world.generate import generate_split
 from segcompass.world.vocab import COLOURS, SHAPES
 
@@ -303,26 +304,29 @@ def train(config: SamWarmupConfig, progress: bool = True, data: SceneTensors | N
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, config.steps))
     g = torch.Generator().manual_seed(config.seed)
     img_size = config.encoder_config().img_size
-    losses = []
-    bar = tqdm(range(config.steps), desc="tiny-SAM warm-up", disable=not progress)
-    for _ in bar:
-        batch = sample_batch(data, config, g)
-        emb = model.image_encoder(batch.pixels)  # [B, 256, g, g]
-        low = batch_logits(model, emb, batch)  # [N, S, S]
-        loss = _mask_loss(config, low, batch.targets)
-        for _ in range(config.refine_iters):
-            batch = with_error_clicks(batch, low, img_size, g)
-            low = batch_logits(model, emb, batch, previous=low.detach())
-            loss = loss + _mask_loss(config, low, batch.targets)
-        loss = loss / (1 + config.refine_iters)
-        if config.attribute_weight > 0:
-            loss = loss + config.attribute_weight * probe.loss(emb, *data.patch_labels(batch.scenes))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    settings = {"desc": "tiny-SAM warm-up", "config": asdict(config)}
+    checkpoint = open_loop(settings, [model, probe], LoopState(opt, sched, torch_generators=(g,)))
+    with CheckpointedLoop(checkpoint, config.steps, "tiny-SAM warm-up", progress) as loop:
+        for _ in loop.steps():
+            batch = sample_batch(data, config, g)
+            emb = model.image_encoder(batch.pixels)  # [B, 256, g, g]
+            low = batch_logits(model, emb, batch)  # [N, S, S]
+            loss = _mask_loss(config, low, batch.targets)
+            for _ in range(config.refine_iters):
+                batch = with_error_clicks(batch, low, img_size, g)
+                low = batch_logits(model, emb, batch, previous=low.detach())
+                loss = loss + _mask_loss(config, low, batch.targets)
+            loss = loss / (1 + config.refine_iters)
+            if config.attribute_weight > 0:
+                loss = loss + config.attribute_weight * probe.loss(emb, *data.patch_labels(batch.scenes))
+            with loop.update():
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+            loop.record(float(loss.detach()))
+            loop.bar.set_postfix(loss=f"{loop.losses[-1]:.3f}")
+    losses = loop.losses
     model.eval().requires_grad_(False)
-    return SamTrainResult(model, losses, time.perf_counter() - t0, scene_s)
+    return SamTrainResult(model, losses, scene_s + loop.wall_s, scene_s)
