@@ -8,7 +8,7 @@ complete when `state.json` exists, only the newest kept) every `every_s` seconds
 it is interrupted (Ctrl-C) outside a parameter update (then with the generators as the interrupted step
 found them). A checkpoint holds everything the next step depends on:
 
-- `modules.safetensors`: the loop's trained modules' weights;
+- `modules.safetensors`: the loop's trained modules' weights (and other tensors it updates, `LoopState.tensors`);
 - `optimizer.pt`: the optimiser and scheduler states, the global torch RNG and any `torch.Generator` the loop
   draws from (loaded with `weights_only=True`);
 - `log.json`: the loss of every step so far and the loop's seconds;
@@ -111,6 +111,8 @@ class LoopState:
     """An `LRScheduler` (anything with `state_dict` / `load_state_dict`)."""
     numpy_rngs: Sequence[np.random.Generator] = ()
     torch_generators: Sequence[torch.Generator] = ()
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Other tensors the loop updates in place (e.g. a moving average of the weights), by name."""
 
 
 @dataclass
@@ -127,16 +129,17 @@ class Restored:
     """Seconds the loop had run before."""
 
 
-def _named_tensors(modules: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
-    """The modules' states as `<module index>.<name>` → tensor; a tensor that shares memory with one before it
-    (tied weights) is copied, since safetensors stores each buffer once."""
+def _named_tensors(modules: Sequence[nn.Module], extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The modules' states as `<module index>.<name>` → tensor, and `extra` as `extra.<name>`; a tensor that
+    shares memory with one before it (tied weights) is copied, since safetensors stores each buffer once."""
+    named = [(f"{i}.{k}", v) for i, m in enumerate(modules) for k, v in m.state_dict().items()]
+    named += [(f"extra.{k}", v) for k, v in extra.items()]
     out, seen = {}, set()
-    for i, module in enumerate(modules):
-        for name, tensor in module.state_dict().items():
-            tensor = tensor.detach().contiguous()
-            pointer = tensor.untyped_storage().data_ptr()
-            out[f"{i}.{name}"] = tensor.clone() if pointer in seen else tensor
-            seen.add(pointer)
+    for name, tensor in named:
+        tensor = tensor.detach().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
     return out
 
 
@@ -185,6 +188,9 @@ class LoopCheckpoint:
         for i, module in enumerate(self._modules):
             prefix = f"{i}."
             module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        with torch.no_grad():
+            for name, tensor in self._state.tensors.items():
+                tensor.copy_(tensors[f"extra.{name}"])
         blob = torch.load(path / OPTIMIZER_FILE, weights_only=True)
         self._state.optimizer.load_state_dict(blob["optimizer"])
         self._state.scheduler.load_state_dict(blob["scheduler"])
@@ -231,7 +237,7 @@ class LoopCheckpoint:
             self._step_start if at_step_start and self._step_start is not None else self._rng_states()
         )
         with self._series.write(self._build.folder, step, keep=1) as tmp:
-            save_file(_named_tensors(self._modules), str(tmp / MODULES_FILE))
+            save_file(_named_tensors(self._modules, self._state.tensors), str(tmp / MODULES_FILE))
             blob = {
                 "optimizer": self._state.optimizer.state_dict(),
                 "scheduler": self._state.scheduler.state_dict(),
@@ -255,7 +261,7 @@ def open_loop(settings: dict[str, Any], modules: Sequence[nn.Module], state: Loo
     `settings` (anything that decides its steps: schedule, seed, description); the trained modules' names
     and shapes are added to them. Outside a build: a checkpoint that writes nothing."""
     build = _current.get()
-    shapes = {k: list(v.shape) for k, v in _named_tensors(modules).items()}
+    shapes = {k: list(v.shape) for k, v in _named_tensors(modules, state.tensors).items()}
     if build is None:
         return LoopCheckpoint(None, 0, settings, modules, state)
     index, build.loops = build.loops, build.loops + 1

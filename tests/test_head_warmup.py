@@ -64,3 +64,33 @@ def test_head_warm_start_schedule_and_ema(data: Path) -> None:
         HeadWarmupConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match="schedule"):
         HeadWarmupConfig(schedule="step")  # type: ignore[arg-type]
+
+
+def test_an_interrupted_warm_start_continues_to_the_same_head_and_average(data: Path, tmp_path: Path) -> None:
+    from segcompass.loop_checkpoints import checkpointing
+    from segcompass.training import HeadWarmupConfig, warm_start_head
+
+    cfg = HeadWarmupConfig(steps=4, batch_size=2, samples=4, ema_decay=0.9)
+    reference = tiny_model()
+    expected = warm_start_head(reference, open_world(data, "train"), cfg, progress=False)
+
+    model = tiny_model()
+    forward = model.head.forward
+
+    def stopped_at_step_2(*args, **kwargs):
+        if kwargs.get("step") == 2:
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+
+    model.head.forward = stopped_at_step_2
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path):
+        warm_start_head(model, open_world(data, "train"), cfg, progress=False)
+    assert (tmp_path / "loops" / "checkpoints" / "loop0-step-0000002" / "state.json").is_file()
+    resumed = tiny_model()
+    with checkpointing(tmp_path):
+        history = warm_start_head(resumed, open_world(data, "train"), cfg, progress=False)
+    assert history.to_dict("records") == expected.to_dict("records")
+    want = reference.head.state_dict()
+    assert all(
+        torch.equal(v, want[k]) for k, v in resumed.head.state_dict().items()
+    )  # the EMA was restored too

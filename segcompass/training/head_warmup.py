@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, head_param_groups
+from segcompass.loop_checkpoints import CheckpointedLoop, LoopState, open_loop, resumable_build
 from segcompass.model import SegCompassModel
 from segcompass.policy import generate_rollouts, policy_forward
 from segcompass.stages import Stage, build_stage
@@ -129,24 +130,35 @@ def warm_start_head(
     trainable = [(name, p) for name, p in model.head.named_parameters() if p.requires_grad]
     ema = {name: p.detach().clone() for name, p in trainable} if cfg.ema_decay > 0 else None
     model.head.train()
-    rows = []
-    for step in tqdm(range(cfg.steps), desc="head warm start", disable=not progress):
-        b = batches[step % len(batches)]
-        out = model.head(b.hook_states, b.concept_token_mask, b.concentration_states, b.embeddings, b.targets,
-                         step=step)  # fmt: skip
-        losses = out.losses
-        opt.zero_grad(set_to_none=True)
-        losses.total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-                for name, p in trainable:
-                    ema[name].lerp_(p.detach(), 1.0 - decay)
-        rows.append({"step": step, "loss": float(losses.total.detach()), "seg": float(losses.seg.detach()),
-                     "conf": float(losses.conf.detach())})  # fmt: skip
+    # The head without its frozen SAE (`concepts`): what the loop changes, checkpointed inside a stage's build.
+    changed = [m for name, m in model.head.named_children() if name != "concepts"]
+    settings = {"desc": "head warm start", "config": dataclasses.asdict(cfg), "batches": len(batches)}
+    state = LoopState(opt, sched, tensors={f"ema.{k}": v for k, v in (ema or {}).items()})
+    with CheckpointedLoop(
+        open_loop(settings, changed, state), cfg.steps, "head warm start", progress
+    ) as loop:
+        for step in loop.steps():
+            b = batches[step % len(batches)]
+            out = model.head(b.hook_states, b.concept_token_mask, b.concentration_states, b.embeddings,
+                             b.targets, step=step)  # fmt: skip
+            losses = out.losses
+            with loop.update():
+                opt.zero_grad(set_to_none=True)
+                losses.total.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                if ema is not None:
+                    with torch.no_grad():
+                        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                        for name, p in trainable:
+                            ema[name].lerp_(p.detach(), 1.0 - decay)
+            loop.record(float(losses.total.detach()),
+                        {"seg": float(losses.seg.detach()), "conf": float(losses.conf.detach())})  # fmt: skip
+    rows = [
+        {"step": i, "loss": loss, **parts}
+        for i, (loss, parts) in enumerate(zip(loop.losses, loop.parts, strict=True))
+    ]
     if ema is not None:
         with torch.no_grad():
             for name, p in trainable:
@@ -181,10 +193,11 @@ def _build_warm_start(
 
 
 HEAD_WARMUP_STAGE: Stage[dict] = Stage(
-    "head-warmup", 1, _build_warm_start, "segcompass train --head-warmup-steps N", subdir="head_warmup"
-)
+    "head-warmup", 1, _build_warm_start, "segcompass train --head-warmup-steps N", subdir="head_warmup",
+    resumable=True,
+)  # fmt: skip
 """The head's warm start as a cached stage under a run's out folder (built by `segcompass train` /
-`segcompass ablation`; the build is bound to the model and data set it trains)."""
+`segcompass ablation`; the build is bound to the model and data set it trains), resumable."""
 
 
 def cached_warm_start(
@@ -198,14 +211,17 @@ def cached_warm_start(
     """`warm_start_head` as a cached stage under `<out>/head_warmup/head-warmup-<sha>/`, keyed by `cfg` and
     `identity` (name it by everything else that decides the result: backbone, SAE, data, policy); built if
     missing (logged), loaded otherwise. A file of the previous layout (`<out>/head_warmup/<identity>.safetensors`)
-    still loads. DDP ranks may all build it: the first published copy wins."""
+    still loads. It is built in `<key>.partial` under a lock and its loop checkpoints, so an interrupted build
+    continues (`segcompass.loop_checkpoints`); DDP ranks wait for the one that builds it."""
     out = Path(out)
     legacy = out / HEAD_WARMUP_STAGE.subdir / f"{identity}.safetensors"
     config = {"identity": identity, "warmup": dataclasses.asdict(cfg)}
     if legacy.is_file():
         path = legacy
     else:
-        build = functools.partial(_build_warm_start, model=model, dataset=dataset, cfg=cfg, progress=progress)
+        build = resumable_build(
+            functools.partial(_build_warm_start, model=model, dataset=dataset, cfg=cfg, progress=progress)
+        )
         path = build_stage(dataclasses.replace(HEAD_WARMUP_STAGE, build=build), config, out) / HEAD_FILE
     state = load_file(str(path))
     model.head.load_state_dict(state, strict=False)
