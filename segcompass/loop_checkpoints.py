@@ -18,7 +18,8 @@ When the build is run again, each loop restores its newest checkpoint: a finishe
 weights and returns without a step, an unfinished one continues from its step with the same batches. The
 result is bit-identical to an uninterrupted build on the same thread count (the code between the loops must
 be deterministic, as the stages' builds are). A checkpoint written by a loop with other settings is refused
-with an error that names both. When the build returns, its `loops/` folder is deleted. `resumable_build`
+with an error that names the settings that differ, and one that cannot be read with a `CorruptFileError`;
+both say which folder to delete. When the build returns, its `loops/` folder is deleted. `resumable_build`
 wraps a stage's build function in `checkpointing`.
 
 `CheckpointedLoop` drives a loop's steps around its checkpoint (restore, periodic and final saves, the save
@@ -46,8 +47,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from sae.files import atomic_write_text, read_json
+from sae.files import CorruptFileError, atomic_write_text, read_json
 from sae.files.checkpoints import CheckpointSeries
+from sae.training.config import config_differences
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +145,17 @@ def _named_tensors(modules: Sequence[nn.Module], extra: dict[str, torch.Tensor])
     return out
 
 
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as `a.b.c` → value (so a refusal names the one setting that differs)."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class LoopCheckpoint:
     """The checkpoints of one training loop (`open_loop`)."""
 
@@ -179,19 +192,26 @@ class LoopCheckpoint:
         path = found[-1].path
         record = read_json(path / STATE_FILE, "loop checkpoint state")
         if record.get("settings") != self._settings:
+            differences = config_differences(_flat(record.get("settings", {})), _flat(self._settings))
             raise ValueError(
                 f"the loop checkpoint {path} was written by a loop with other settings "
-                f"({record.get('settings')}) than this one ({self._settings}); delete {out} to build the "
-                "stage from the start"
+                f"({'; '.join(differences)}); delete {out} to build the stage from the start"
             )
-        tensors = load_file(str(path / MODULES_FILE))
+        try:
+            tensors = load_file(str(path / MODULES_FILE))
+            blob = torch.load(path / OPTIMIZER_FILE, weights_only=True)
+            log = read_json(path / LOG_FILE, "loop checkpoint log")
+        except Exception as err:
+            raise CorruptFileError(
+                f"the loop checkpoint {path} cannot be read ({type(err).__name__}: {err}); delete {out} to "
+                "build the stage from the start"
+            ) from err
         for i, module in enumerate(self._modules):
             prefix = f"{i}."
             module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         with torch.no_grad():
             for name, tensor in self._state.tensors.items():
                 tensor.copy_(tensors[f"extra.{name}"])
-        blob = torch.load(path / OPTIMIZER_FILE, weights_only=True)
         self._state.optimizer.load_state_dict(blob["optimizer"])
         self._state.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["torch_rng"])
@@ -199,7 +219,6 @@ class LoopCheckpoint:
             g.set_state(s)
         for rng, s in zip(self._state.numpy_rngs, record["numpy_rngs"], strict=True):
             rng.bit_generator.state = s
-        log = read_json(path / LOG_FILE, "loop checkpoint log")
         logger.info(
             "%s: resumed at step %d from %s", self._settings.get("desc", "loop"), record["step"], path
         )
@@ -261,9 +280,9 @@ def open_loop(settings: dict[str, Any], modules: Sequence[nn.Module], state: Loo
     `settings` (anything that decides its steps: schedule, seed, description); the trained modules' names
     and shapes are added to them. Outside a build: a checkpoint that writes nothing."""
     build = _current.get()
-    shapes = {k: list(v.shape) for k, v in _named_tensors(modules, state.tensors).items()}
     if build is None:
         return LoopCheckpoint(None, 0, settings, modules, state)
+    shapes = {k: list(v.shape) for k, v in _named_tensors(modules, state.tensors).items()}
     index, build.loops = build.loops, build.loops + 1
     return LoopCheckpoint(build, index, {**settings, "tensors": shapes}, modules, state)
 

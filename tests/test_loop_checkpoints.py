@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from sae.files import CorruptFileError
 from segcompass.loop_checkpoints import checkpointing
 from segcompass.pretrain.optim import Schedule, run_loop
 
@@ -108,7 +109,10 @@ def test_a_finished_loop_is_restored_without_a_step_and_the_next_one_continues(t
 def test_a_checkpoint_of_another_loop_is_refused_with_both_settings_named(tmp_path):
     with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, every_s=1e9):
         _run(_model(), [], fail_at=2)
-    with pytest.raises(ValueError, match=r"other settings.*delete"), checkpointing(tmp_path):
+    with (
+        pytest.raises(ValueError, match=r"other settings \(schedule\.steps: 8 -> 9\); delete"),
+        checkpointing(tmp_path),
+    ):
         run_loop(
             [_model()], Schedule(steps=9, batch_size=4, lr=1e-2), _step_loss(_model(), []), 5, "toy", False
         )
@@ -140,3 +144,14 @@ def test_tied_weights_are_checkpointed_and_stay_tied(tmp_path):
         _run(model, [])
     assert model[1].weight is model[0].weight
     assert _same_weights(model, reference)
+
+
+def test_an_unreadable_checkpoint_is_a_clear_error_that_says_what_to_delete(tmp_path):
+    with pytest.raises(KeyboardInterrupt), checkpointing(tmp_path, every_s=1e9):
+        _run(_model(), [], fail_at=2)
+    weights = tmp_path / "loops" / "checkpoints" / "loop0-step-0000002" / "modules.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    unreadable = r"loop0-step-0000002 cannot be read .*delete .*loops"
+    with pytest.raises(CorruptFileError, match=unreadable), checkpointing(tmp_path):
+        _run(_model(), [])
+    assert weights.is_file()  # nothing is deleted behind the user's back
