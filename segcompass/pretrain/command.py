@@ -13,7 +13,7 @@ import torch
 
 from segcompass.backbones import build_tiny, load_backbone
 
-from .evaluate import evaluate_stack
+from .evaluation_table import evaluate_stack
 from .pool import ScenePool
 from .stack import COMMITTABLE, IMAGE_PIXELS, StackConfig, build_stack, scene_pool, set_image_pixels
 
@@ -80,6 +80,10 @@ class PretrainCommandConfig:
     slot_grounding: bool = _DEFAULT.slot_grounding
     """Stage 3: ground the format turn's `<REF_POS>` tokens on the instruction's targets (the state the head
     reads as e_k attends to its target's image tokens; the stand-in for referring-expression grounding data)."""
+    count_listing: bool = _DEFAULT.count_listing
+    """Stage 3: answer count questions by listing the objects counted, then the number ("Circles: the small
+    red circle at the top left and … So 2."), each listed phrase grounded on its object. The direct count fails
+    from three objects on, on oracle tokens too (results/warmup.md, session (13))."""
     grounding_weight: float = _DEFAULT.grounding.weight
     """Stage 3 attention-grounding weight: answers about a named object attend to its image tokens (0: off)."""
     num_slots: int = _DEFAULT.num_slots
@@ -138,6 +142,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         instruct=replace(d.instruct, steps=cfg.instruct_steps),
         format_first=cfg.format_first,
         slot_grounding=cfg.slot_grounding,
+        count_listing=cfg.count_listing,
         grounding=replace(d.grounding, weight=cfg.grounding_weight),
     )
 

@@ -157,6 +157,11 @@ class StackConfig:
     tokens; `dialogue.slot_grounded_format_turn`), the stand-in for referring-expression grounding data. Off:
     at 1000 steps (one seed) it moved what e_0 names only from colour 0.46 / shape 0.30 to 0.51 / 0.31, and
     the reasoning from 0.34 to 0.38 (results/warmup.md, session (12))."""
+    count_listing: bool = False
+    """Stage 3: count questions are answered by listing the objects counted, then the number ("Circles: the
+    small red circle at the top left and … So 2."; `dialogue.listed_count_turn`, each listed phrase grounded
+    on its object). The stand-in for counting by enumeration: on the default stack the direct count fails
+    from three objects on, on oracle tokens too (0.41; results/warmup.md, session (13))."""
     grounding: Grounding = field(default_factory=every_head_of_layers_2_3)
     """Stage 3 attention grounding: answers about a named object attend to its image tokens (every head of
     layers 2–3, as in stage 0's object phases)."""
@@ -279,6 +284,8 @@ class StackConfig:
             stage["format_first"] = self.format_first
         if self.slot_grounding:  # off keeps the key stage 3 had before the field
             stage["slot_grounding"] = True
+        if self.count_listing:  # off keeps the key stage 3 had before the field
+            stage["count_listing"] = True
         return stage
 
     def tiny_spec(self) -> TinySpec:

@@ -5,6 +5,8 @@ One sequence holds many question–answer turns about the same image, so the ima
 - ``describe``: "Describe the image." → the scene description (alignment);
 - ``colour`` / ``shape`` / ``size`` / ``position`` / ``count``: a question about a named object (named by
   the shortest unique phrase) or a count of a colour / a kind;
+- a ``count`` may be answered by listing what it counts first ("Circles: the small red circle at the top left
+  and the large blue circle at the centre. So 2."; `listed_count_turn`);
 - ``format``: the scene's instruction → ``<think>{reasoning}</think>`` + K ``<REF_POS>``; the world's
   reasoning resolves the referent from the scene (it lists the candidates and ends with "So the target is
   the {size} {colour} {shape} at {position}"), so writing it needs the image, not only the instruction.
@@ -20,15 +22,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from segcompass.backbones import REASONING_TOKENS, Backbone
 from segcompass.warmup.tasks import DESCRIBE_PROMPT, POSITIONS, format_response, question_example
-from segcompass.world.language import describe_objects, location_words
+from segcompass.world.language import describe_objects, location_words, object_phrase
 from segcompass.world.scene import WorldSample
-from segcompass.world.vocab import COLOURS, SHAPES, SIZES
+from segcompass.world.vocab import COLOURS, SHAPE_PLURALS, SHAPES, SIZES
 
 THINK_END, REF_POS = REASONING_TOKENS[1], REASONING_TOKENS[2]
 """`</think>` and the concentration token `<REF_POS>` as they appear in a format answer."""
@@ -170,6 +173,36 @@ def slot_grounded_format_turn(sample: WorldSample, num_slots: int) -> Turn:
     return Turn(turn.kind, turn.question, turn.answer, slot_reads=tuple(reads))
 
 
+_COUNTED = re.compile(r"^How many (?:(\w+) shapes|(\w+)) are there\?$")
+"""A count question's noun: "{colour} shapes" or a kind's plural."""
+_SINGULAR = {plural: shape for shape, plural in SHAPE_PLURALS.items()}
+
+
+def listed_count_turn(sample: WorldSample, rng: np.random.Generator, max_count: int = 8) -> Turn:
+    """The count question `question_turn(sample, "count", rng)` draws, answered by listing the objects it
+    counts in reading order and then the number: "Circles: the small red circle at the top left and the large
+    blue circle at the centre. So 2." ("Red shapes: none. So 0."). Each listed phrase that names one object is
+    grounded on it (`Turn.mentions`). Counting then rests on listing, which the reasoning trains, instead of
+    on attention pooled over an object's several image tokens (results/warmup.md, session (13))."""
+    turn = question_turn(sample, "count", rng, max_count)
+    match = _COUNTED.match(turn.question) if turn is not None else None
+    if match is None:
+        raise ValueError(f"not a count question: {turn}")
+    colour, plural = match.groups()
+    by, value = ("colour", colour) if colour else ("shape", _SINGULAR[plural])
+    scene = sample.scene
+
+    def reading_order(o: Any) -> tuple[int, float]:  # rows of the 3 × 3 grid, then left to right
+        return int(3 * o.cy / scene.height), o.cx
+
+    counted = sorted((o for o in scene.objects if getattr(o, by) == value), key=reading_order)
+    phrases = [object_phrase(o, scene.width, scene.height) for o in counted]
+    listing = " and ".join([", ".join(phrases[:-1]), phrases[-1]] if len(phrases) > 1 else phrases) or "none"
+    noun = f"{colour} shapes" if colour else plural
+    answer = f"{noun[0].upper()}{noun[1:]}: {listing}. So {len(counted)}."
+    return Turn("count", turn.question, answer, mentions=reasoning_mentions(answer, sample))
+
+
 def describe_turn(sample: WorldSample) -> Turn:
     """ "Describe the image." → the scene description."""
     return Turn("describe", DESCRIBE_PROMPT, sample.description)
@@ -184,16 +217,19 @@ def qa_dialogue(
     num_slots: int,
     format_first: float = 0.0,
     ground_slots: bool = False,
+    list_counts: bool = False,
 ) -> Dialogue:
     """`num_questions` questions of random kinds (each kind at most twice), then, with
     `format_probability`, the format turn: first with probability `format_first` (the instruction as the
     first prompt with the image, as segmentation asks it), last otherwise. `ground_slots`: the format turn's
-    `<REF_POS>` tokens read the targets (`slot_grounded_format_turn`; the same draws either way)."""
+    `<REF_POS>` tokens read the targets (`slot_grounded_format_turn`); `list_counts`: counts are answered by
+    listing (`listed_count_turn`); the same draws either way."""
     turns: list[Turn] = []
     for kind in rng.permutation(np.repeat(QUESTION_KINDS, 2))[: num_questions * 2]:
         if len(turns) == num_questions:
             break
-        turn = question_turn(sample, str(kind), rng)
+        listed = list_counts and kind == "count"
+        turn = listed_count_turn(sample, rng) if listed else question_turn(sample, str(kind), rng)
         if turn is not None and all(t.question != turn.question for t in turns):
             turns.append(turn)
     if rng.random() < format_probability:

@@ -8,6 +8,8 @@ majority rate, and the same measures on a random-init control.
   "the {size} {colour} {shape}" phrase of the reasoning; correct when colour and shape match the target.
   Reported overall and on the instructions that do not state both the target's colour and shape.
 - **format**: `<think>…</think>` + exactly K `<REF_POS>`, nothing else.
+- **count_greedy**: the count questions answered greedily, the last number of the answer
+  (`evaluate_count.py`; a model that lists before it counts is scored on this one).
 - **text_…**: the same questions with the scene in words in the image's place (stage 0's skill; does it
   survive the image stages?).
 - **answer follows the named object**: the same colour (shape) question about two objects of one image
@@ -37,7 +39,6 @@ from .dialogue import QUESTION_KINDS, Turn, question_turn
 from .language import FeatureCache, score_candidates
 from .object_vectors import ObjectVectorCache
 from .pool import ScenePool
-from .probe import hook_layer_tokens, token_probes
 
 COLUMNS = ["model", "measure", "n", "accuracy", "majority"]
 _PHRASE = re.compile(
@@ -92,7 +93,7 @@ def question_accuracy(
         hits = [items[j][1].candidates[picked[j]] == items[j][1].answer for j in idx]
         majority = max(Counter(truth).values()) / len(truth) if truth else float("nan")
         measure = f"text_{kind}" if text else kind
-        rows.append(_row(label, measure, len(idx), float(np.mean(hits)), majority))
+        rows.append(table_row(label, measure, len(idx), float(np.mean(hits)), majority))
     return rows
 
 
@@ -153,9 +154,9 @@ def named_object_sensitivity(
         hits = [t.candidates[p] == t.answer for (_, t), p in zip(items, picked, strict=True)]
         differ = float(np.mean(first != second)) if pairs else float("nan")
         prefix = "text_" if text else ""
-        rows.append(_row(label, f"{prefix}{kind}_answer_follows_object", len(pairs), differ))
+        rows.append(table_row(label, f"{prefix}{kind}_answer_follows_object", len(pairs), differ))
         rows.append(
-            _row(
+            table_row(
                 label,
                 f"{prefix}{kind}_swap_pair_accuracy",
                 len(items),
@@ -204,10 +205,10 @@ def reasoning_outputs(
     single = [pool[i] for i in indices]
     examples = [Example(s.sample.image, s.sample.instruction, "", "format") for s in single]
     texts: list[str] = []
-    for start in range(0, len(indices), _GENERATE_BATCH):
-        chunk = slice(start, start + _GENERATE_BATCH)
+    for start in range(0, len(indices), GENERATE_BATCH):
+        chunk = slice(start, start + GENERATE_BATCH)
         with tokens_in_place_of_the_tower(backbone, image_tokens, indices[chunk]):
-            texts += generate_responses(backbone, examples[chunk], max_new_tokens, _GENERATE_BATCH)
+            texts += generate_responses(backbone, examples[chunk], max_new_tokens, GENERATE_BATCH)
     rows = []
     for index, s, text in zip(indices, single, texts, strict=True):
         target = s.sample.scene.objects[s.sample.target_ids[0]]
@@ -242,14 +243,15 @@ def reasoning_accuracy(
         outputs = reasoning_outputs(backbone, pool, num_slots, max_new_tokens, image_tokens)
     unstated = outputs.referent[~outputs.states_both]
     return [
-        _row(label, "reasoning_referent", len(outputs), float(outputs.referent.mean())),
-        _row(label, "reasoning_referent_unstated", len(unstated), float(unstated.mean())),
-        _row(label, "reasoning_opening", len(outputs), float(outputs.opening.mean())),
-        _row(label, "format", len(outputs), float(outputs.format.mean())),  # over the single-target ones
+        table_row(label, "reasoning_referent", len(outputs), float(outputs.referent.mean())),
+        table_row(label, "reasoning_referent_unstated", len(unstated), float(unstated.mean())),
+        table_row(label, "reasoning_opening", len(outputs), float(outputs.opening.mean())),
+        table_row(label, "format", len(outputs), float(outputs.format.mean())),  # over the single-target ones
     ]
 
 
-_GENERATE_BATCH = 16
+GENERATE_BATCH = 16
+"""Responses generated per batch."""
 
 
 @contextlib.contextmanager
@@ -279,24 +281,6 @@ def tokens_in_place_of_the_tower(
         handle.remove()
 
 
-def _row(model: str, measure: str, n: int, accuracy: float, majority: float = float("nan")) -> dict:
+def table_row(model: str, measure: str, n: int, accuracy: float, majority: float = float("nan")) -> dict:
+    """One row of the evaluation table (`COLUMNS`)."""
     return dict(model=model, measure=measure, n=n, accuracy=accuracy, majority=majority)
-
-
-def probe_rows(backbone: Backbone, train: ScenePool, val: ScenePool, label: str) -> list[dict]:
-    """Linear probes of hook-layer image tokens (fitted on `train`, scored on `val`)."""
-    results = token_probes(hook_layer_tokens(backbone, train), train, hook_layer_tokens(backbone, val), val)
-    return [_row(label, f"hook_probe_{k}", r.n_test, r.accuracy, r.majority) for k, r in results.items()]
-
-
-def evaluate_stack(
-    backbone: Backbone, train: ScenePool, val: ScenePool, label: str, num_slots: int
-) -> pd.DataFrame:
-    """Every held-out figure of one model as a table (`COLUMNS`)."""
-    cache = FeatureCache(backbone, val)  # the val images through the tower once, for both question sets
-    rows = question_accuracy(backbone, val, label, cache)
-    rows += named_object_sensitivity(backbone, val, label, cache)
-    rows += question_accuracy(backbone, val, label, text=True)  # the same questions, the scene in words
-    rows += reasoning_accuracy(backbone, val, label, num_slots)
-    rows += probe_rows(backbone, train, val, label)
-    return pd.DataFrame(rows, columns=COLUMNS)

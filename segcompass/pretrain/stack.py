@@ -247,6 +247,7 @@ def _train_language(config: StackConfig, previous: Path, folder: Path, which: st
                 config.num_slots,
                 config.format_first,
                 config.slot_grounding,
+                config.count_listing,
             )
 
     seed = config.seed * 7919 + (1 if which == "align" else 2)
