@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from segcompass.backbones import REASONING_TOKENS, Backbone
 from segcompass.warmup.tasks import DESCRIBE_PROMPT, POSITIONS, format_response, question_example
-from segcompass.world.language import describe_objects, location_words, object_phrase
+from segcompass.world.language import describe_objects, location_words, object_phrase, reading_order
 from segcompass.world.scene import WorldSample
 from segcompass.world.vocab import COLOURS, SHAPE_PLURALS, SHAPES, SIZES
 
@@ -191,11 +190,8 @@ def listed_count_turn(sample: WorldSample, rng: np.random.Generator, max_count: 
     colour, plural = match.groups()
     by, value = ("colour", colour) if colour else ("shape", _SINGULAR[plural])
     scene = sample.scene
-
-    def reading_order(o: Any) -> tuple[int, float]:  # rows of the 3 × 3 grid, then left to right
-        return int(3 * o.cy / scene.height), o.cx
-
-    counted = sorted((o for o in scene.objects if getattr(o, by) == value), key=reading_order)
+    order = reading_order(scene.objects, scene.height)
+    counted = [scene.objects[i] for i in order if getattr(scene.objects[i], by) == value]
     phrases = [object_phrase(o, scene.width, scene.height) for o in counted]
     listing = " and ".join([", ".join(phrases[:-1]), phrases[-1]] if len(phrases) > 1 else phrases) or "none"
     noun = f"{colour} shapes" if colour else plural

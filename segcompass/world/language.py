@@ -148,13 +148,18 @@ def reasoning_text(query: Query, res: Resolution, objects: list[SceneObject], wi
     return " ".join(out)
 
 
+def reading_order(objects: list[SceneObject], height: int) -> list[int]:
+    """Indices of `objects` in reading order: the rows of the 3 × 3 grid top to bottom, then left to right."""
+    return sorted(range(len(objects)), key=lambda i: (int(3 * objects[i].cy / height), objects[i].cx))
+
+
 def describe_objects(
     objects: list[SceneObject], width: int, height: int, visible_fraction: list[float] | None = None
 ) -> str:
     """The scene's objects in reading order, "a large red circle at the top left, … and a small blue star at
     the bottom" (an object less than 90 % visible is marked "(partly hidden)" when `visible_fraction` is
     given)."""
-    order = sorted(range(len(objects)), key=lambda i: (int(3 * objects[i].cy / height), objects[i].cx))
+    order = reading_order(objects, height)
     parts = []
     for i in order:
         o = objects[i]
