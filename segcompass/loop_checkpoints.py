@@ -19,8 +19,8 @@ weights and returns without a step, an unfinished one continues from its step wi
 result is bit-identical to an uninterrupted build on the same thread count (the code between the loops must
 be deterministic, as the stages' builds are). A checkpoint written by a loop with other settings is refused
 with an error that names the settings that differ, and one that cannot be read with a `CorruptFileError`;
-both say which folder to delete. When the build returns, its `loops/` folder is deleted. `resumable_build`
-wraps a stage's build function in `checkpointing`.
+both say which folder to delete. When the build returns, its `loops/` folder is deleted. `stages.build_stage`
+runs every resumable stage's build in `checkpointing`.
 
 `CheckpointedLoop` drives a loop's steps around its checkpoint (restore, periodic and final saves, the save
 on Ctrl-C, a progress bar), so a loop only computes its loss and updates. Outside `checkpointing` (a loop run
@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,21 +86,6 @@ def checkpointing(folder: str | Path, every_s: float = EVERY_S) -> Iterator[None
     finally:
         _current.reset(token)
     shutil.rmtree(build.folder, ignore_errors=True)
-
-
-B = TypeVar("B")
-
-
-def resumable_build(build: Callable[[B, Path], None]) -> Callable[[B, Path], None]:
-    """`build(config, folder)` run inside `checkpointing(folder)`: for a `Stage(..., resumable=True)`, whose
-    folder survives an interruption."""
-
-    @functools.wraps(build)
-    def run(config: B, folder: Path) -> None:
-        with checkpointing(folder):
-            build(config, folder)
-
-    return run
 
 
 @dataclass

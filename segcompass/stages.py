@@ -14,7 +14,9 @@ stable work folder `<key>.partial` beside its final folder, which an interruptio
 build calls `build` on it again, which continues what is there, and the folder is renamed to `<key>` when the
 build returns. A lock file `.<key>.lock` beside it keeps a second builder out (it waits, or with
 `wait=False` is refused with `StageBusy`); a killed builder's lock is dropped by the kernel, so the next
-builder takes over and resumes. A `.partial` folder is never loaded.
+builder takes over and resumes. The build runs inside `loop_checkpoints.checkpointing(<key>.partial)`, so a
+training loop in it (`CheckpointedLoop`) checkpoints there and continues from its last checkpoint. A
+`.partial` folder is never loaded.
 
 A stage committed with the code (`committed.py`: the repository's `checkpoints/`) is copied into the cache,
 checked against its manifest, the first time it is looked up or asked to be built there; `force` builds it
@@ -47,6 +49,7 @@ from sae.files import (
 from sae.files.atomic import staged_folder, temporary_name
 
 from .committed import STAGE_FILE, install_committed
+from .loop_checkpoints import checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +251,8 @@ def _build_resumable(stage: Stage[C], config: C, path: Path, root: Path, *, forc
         work.mkdir(parents=True, exist_ok=True)
         token = _building_root.set(root)
         try:
-            stage.build(config, work)
+            with checkpointing(work):  # training loops in the build resume from their checkpoints
+                stage.build(config, work)
         finally:
             _building_root.reset(token)
         atomic_write_text(work / STAGE_FILE, _record(stage, config, path))  # a folder with it is complete

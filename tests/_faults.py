@@ -1,5 +1,6 @@
 """Fault injection shared by the reliability tests (not a test module): hard kills at chosen or random
-moments of a run, a folder that cannot be written, and the lock file a run holds."""
+moments of a run, a Ctrl-C at the n-th call of a function, a folder that cannot be written, and the lock file
+a run holds."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ def wait_until(predicate: Callable[[], bool], proc: subprocess.Popen | None = No
         assert time.monotonic() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.01)
     return True
+
+
+def interrupted_on_call(function: Callable, n: int) -> Callable:
+    """`function`, except that its `n`-th call raises KeyboardInterrupt (a Ctrl-C at that moment)."""
+    calls = 0
+
+    def wrapper(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
 def kill_9(proc: subprocess.Popen) -> bool:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _faults import interrupted_on_call
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -241,15 +242,8 @@ def test_keyboard_interrupt_mid_run_or_mid_write_leaves_no_files(
 
     import segcompass.evaluation.output as output
 
-    real, calls = output.write_results, []
-
-    def flaky(*args, **kwargs):  # the second convention's files are interrupted while being written
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(output, "write_results", flaky)
+    # the second convention's files are interrupted while being written
+    monkeypatch.setattr(output, "write_results", interrupted_on_call(output.write_results, 2))
     with pytest.raises(KeyboardInterrupt):
         evaluate(OraclePredictor(), ds, EvalConfig(out_dir=str(out), **QUIET))
     assert list(out.iterdir()) == []  # not even the staging folder

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from _faults import interrupted_on_call
 from safetensors.torch import load_file
 
 from segcompass.backbones import load_backbone
@@ -256,15 +257,8 @@ def test_an_interrupted_stage_continues_from_its_checkpoint_to_the_same_weights(
     clean = _weights(build_stack(config, tmp_path / "clean"))
     cache = tmp_path / "resumed"
     build_stage(ALIGN, config.align_stage(), cache)  # the stages before stage 3, uninterrupted
-    real, calls = language.answer_loss, []
-
-    def interrupted_at_step_1(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(language, "answer_loss", interrupted_at_step_1)
+    # the second call of the loss is step 1's
+    monkeypatch.setattr(language, "answer_loss", interrupted_on_call(language.answer_loss, 2))
     with pytest.raises(KeyboardInterrupt):
         build_stack(config, cache)
     monkeypatch.undo()

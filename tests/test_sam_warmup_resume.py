@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _faults import interrupted_on_call
 from _sam_small import SMALL_SAM
 from safetensors.torch import load_file
 
@@ -37,15 +38,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_an_interrupted_tiny_sam_build_continues_to_the_same_weights(tmp_path, monkeypatch, one_thread):
     cfg = SamWarmupConfig(**SMALL)
     clean = tiny_sam(cfg, tmp_path / "clean", progress=False)
-    real, calls = sam_train._mask_loss, []
-
-    def interrupted_in_step_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2 * (1 + cfg.refine_iters) + 1:  # the first mask loss of step 2
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sam_train, "_mask_loss", interrupted_in_step_2)
+    first_of_step_2 = 2 * (1 + cfg.refine_iters) + 1  # each step computes 1 + refine_iters mask losses
+    monkeypatch.setattr(sam_train, "_mask_loss", interrupted_on_call(sam_train._mask_loss, first_of_step_2))
     with pytest.raises(KeyboardInterrupt):
         tiny_sam(cfg, tmp_path / "resumed", progress=False)
     monkeypatch.undo()

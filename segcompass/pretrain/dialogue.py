@@ -28,7 +28,7 @@ import torch
 
 from segcompass.backbones import REASONING_TOKENS, Backbone
 from segcompass.warmup.tasks import DESCRIBE_PROMPT, POSITIONS, format_response, question_example
-from segcompass.world.language import describe_objects, location_words, object_phrase, reading_order
+from segcompass.world.language import describe_objects, location_words, object_listing, reading_order
 from segcompass.world.scene import WorldSample
 from segcompass.world.vocab import COLOURS, SHAPE_PLURALS, SHAPES, SIZES
 
@@ -190,10 +190,10 @@ def listed_count_turn(sample: WorldSample, rng: np.random.Generator, max_count: 
     colour, plural = match.groups()
     by, value = ("colour", colour) if colour else ("shape", _SINGULAR[plural])
     scene = sample.scene
-    order = reading_order(scene.objects, scene.height)
-    counted = [scene.objects[i] for i in order if getattr(scene.objects[i], by) == value]
-    phrases = [object_phrase(o, scene.width, scene.height) for o in counted]
-    listing = " and ".join([", ".join(phrases[:-1]), phrases[-1]] if len(phrases) > 1 else phrases) or "none"
+    counted = [
+        i for i in reading_order(scene.objects, scene.height) if getattr(scene.objects[i], by) == value
+    ]
+    listing = object_listing(counted, scene.objects, scene.width, scene.height)
     noun = f"{colour} shapes" if colour else plural
     answer = f"{noun[0].upper()}{noun[1:]}: {listing}. So {len(counted)}."
     return Turn("count", turn.question, answer, mentions=reasoning_mentions(answer, sample))

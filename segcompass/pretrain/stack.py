@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from segcompass.backbones import Backbone, build_tiny, load_backbone
-from segcompass.loop_checkpoints import resumable_build
 from segcompass.stages import Stage, build_stage, stage_folder
 from segcompass.world.config import WorldConfig
 
@@ -279,22 +278,14 @@ def build_instruct(stage_config: dict[str, Any], folder: Path) -> None:
 
 # Versions: text 2, align 4, instruct 3 — the language-model loss applies the head at the answers only
 # (`answer_loss`; the same loss, summed in another order, so a rebuilt stage differs in rounding).
-TEXT: Stage[dict[str, Any]] = Stage("vlm-text", 2, resumable_build(build_text), BUILD_COMMAND, resumable=True)
-REASON: Stage[dict[str, Any]] = Stage(
-    "vlm-reason", 1, resumable_build(build_reasoning), BUILD_COMMAND, resumable=True
-)
-VISION: Stage[dict[str, Any]] = Stage(
-    "vlm-vision", 1, resumable_build(build_vision), BUILD_COMMAND, resumable=True
-)
+TEXT: Stage[dict[str, Any]] = Stage("vlm-text", 2, build_text, BUILD_COMMAND, resumable=True)
+REASON: Stage[dict[str, Any]] = Stage("vlm-reason", 1, build_reasoning, BUILD_COMMAND, resumable=True)
+VISION: Stage[dict[str, Any]] = Stage("vlm-vision", 1, build_vision, BUILD_COMMAND, resumable=True)
 VISION_FINAL: Stage[dict[str, Any]] = Stage(
-    "vlm-vision-final", 1, resumable_build(build_vision_final), BUILD_COMMAND, resumable=True
+    "vlm-vision-final", 1, build_vision_final, BUILD_COMMAND, resumable=True
 )
-ALIGN: Stage[dict[str, Any]] = Stage(
-    "vlm-align", 4, resumable_build(build_align), BUILD_COMMAND, resumable=True
-)
-INSTRUCT: Stage[dict[str, Any]] = Stage(
-    "vlm-instruct", 3, resumable_build(build_instruct), BUILD_COMMAND, resumable=True
-)
+ALIGN: Stage[dict[str, Any]] = Stage("vlm-align", 4, build_align, BUILD_COMMAND, resumable=True)
+INSTRUCT: Stage[dict[str, Any]] = Stage("vlm-instruct", 3, build_instruct, BUILD_COMMAND, resumable=True)
 """Each stage is built in `<key>.partial` under a lock; its training loops checkpoint every few minutes, so
 a build that is interrupted (Ctrl-C, a killed process) continues from its last checkpoint when it is run
 again, to the same weights (`segcompass.loop_checkpoints`)."""

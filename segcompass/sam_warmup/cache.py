@@ -27,7 +27,6 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from segcompass.loop_checkpoints import resumable_build
 from segcompass.stages import Stage, StageMissing, default_cache_root, ensure_stage, find_stage, resolve_root
 
 from .config import SAM_WARMUP_VERSION, SamWarmupConfig
@@ -109,7 +108,7 @@ def _build(config: SamWarmupConfig, folder: Path, *, progress: bool = True) -> N
 
 
 SAM_STAGE: Stage[SamWarmupConfig] = Stage(
-    "tiny-sam", SAM_WARMUP_VERSION, resumable_build(_build), SAM_WARMUP_COMMAND, subdir="sam", resumable=True
+    "tiny-sam", SAM_WARMUP_VERSION, _build, SAM_WARMUP_COMMAND, subdir="sam", resumable=True
 )
 """The tiny-SAM warm-up stage: built in `<key>.partial` under a lock, its training loop checkpointed, so an
 interrupted build continues where it stopped (`segcompass.loop_checkpoints`)."""
@@ -138,9 +137,7 @@ def tiny_sam(
 ) -> SamWarmupArtifact:
     """The warmed-up tiny SAM of `config`: built once if missing (minutes on 2 CPU cores; logged), then read.
     `cache_dir` is the cache root (default `$SEGCOMPASS_CACHE` or `~/.cache/segcompass`)."""
-    stage = dataclasses.replace(
-        SAM_STAGE, build=resumable_build(functools.partial(_build, progress=progress))
-    )
+    stage = dataclasses.replace(SAM_STAGE, build=functools.partial(_build, progress=progress))
     path, cached = ensure_stage(stage, config or SamWarmupConfig(), cache_dir, find=sam_folder, force=force)
     artifact = load_artifact(path)
     artifact.cached = cached

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from segcompass.data import RefDataset
 from segcompass.head import build_optimizer, head_param_groups
-from segcompass.loop_checkpoints import CheckpointedLoop, LoopState, open_loop, resumable_build
+from segcompass.loop_checkpoints import CheckpointedLoop, LoopState, open_loop
 from segcompass.model import SegCompassModel
 from segcompass.policy import generate_rollouts, policy_forward
 from segcompass.stages import Stage, build_stage
@@ -219,9 +219,7 @@ def cached_warm_start(
     if legacy.is_file():
         path = legacy
     else:
-        build = resumable_build(
-            functools.partial(_build_warm_start, model=model, dataset=dataset, cfg=cfg, progress=progress)
-        )
+        build = functools.partial(_build_warm_start, model=model, dataset=dataset, cfg=cfg, progress=progress)
         path = build_stage(dataclasses.replace(HEAD_WARMUP_STAGE, build=build), config, out) / HEAD_FILE
     state = load_file(str(path))
     model.head.load_state_dict(state, strict=False)

@@ -103,7 +103,8 @@ def object_phrase(obj: SceneObject, width: int, height: int) -> str:
     return f"the {obj.size_name} {obj.colour} {obj.shape} at the {location_words(obj, width, height)}"
 
 
-def _listing(ids: list[int], objects: list[SceneObject], width: int, height: int) -> str:
+def object_listing(ids: list[int], objects: list[SceneObject], width: int, height: int) -> str:
+    """The objects `ids` as "the … , the … and the …" (`object_phrase` each), "none" when there are none."""
     phrases = [object_phrase(objects[i], width, height) for i in ids]
     if not phrases:
         return "none"
@@ -121,7 +122,7 @@ def reasoning_text(query: Query, res: Resolution, objects: list[SceneObject], wi
             f"First find the {descriptor_words(query.anchor)}: it is {object_phrase(anchor, width, height)}."
         )
     for step, ids in res.steps:
-        listing = _listing(ids, objects, width, height)
+        listing = object_listing(ids, objects, width, height)
         if step == "match":
             group = descriptor_words(query.target, plural=True)
             other = "other " if anchor is not None else ""
