@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -19,7 +21,9 @@ from segcompass.world import (
     generate_split,
 )
 from segcompass.world.config import sample_rng
-from segcompass.world.generate import _draw_kind
+from segcompass.world.generate import _draw_kind, with_listing_order
+from segcompass.world.language import reasoning_text
+from segcompass.world.query import Descriptor, Query, resolve
 from segcompass.world.shapes import bounding_box, rasterize
 
 N_SAMPLES = 120
@@ -168,3 +172,56 @@ def test_plain_world_is_plain() -> None:
     default = generate_sample(WorldConfig(), "train", 3)
     bg_default = np.asarray(default.image).reshape(-1, 3)[~default.masks.any(axis=0).ravel()]
     assert len(np.unique(bg_default, axis=0)) > 1000
+
+
+def _listing_obj(i: int, shape: str, colour: str, size: str, cx: float, cy: float) -> SceneObject:
+    return SceneObject(i, shape, colour, size, cx, cy, 10.0, 10.0, 300.0, i, (0, 0, 0))
+
+
+def test_reasoning_lists_in_reading_order_when_asked() -> None:
+    """Painted bottom right, top left, then top right: the world's reasoning lists the diamonds in that order,
+    "reading" lists them top row left to right, then the bottom row."""
+    objects = [
+        _listing_obj(0, "diamond", "red", "small", 170, 170),
+        _listing_obj(1, "diamond", "blue", "large", 20, 20),
+        _listing_obj(2, "diamond", "green", "medium", 180, 30),
+        _listing_obj(3, "circle", "red", "small", 100, 100),
+    ]
+    query = Query("attribute", Descriptor(shape="diamond"), superlative="largest")
+    res = resolve(query, objects, 200, 200)
+    assert res is not None and res.target_ids == [1]
+    tail = (
+        " The largest of them is the large blue diamond at the top left."
+        " So the target is the large blue diamond at the top left."
+    )
+    painted = "the small red diamond at the bottom right, the large blue diamond at the top left"
+    assert reasoning_text(query, res, objects, 200, 200) == (
+        f"Diamonds: {painted} and the medium green diamond at the top right.{tail}"
+    )
+    read = "the large blue diamond at the top left, the medium green diamond at the top right"
+    assert reasoning_text(query, res, objects, 200, 200, "reading") == (
+        f"Diamonds: {read} and the small red diamond at the bottom right.{tail}"
+    )
+    with pytest.raises(ValueError, match="order must be one of"):
+        reasoning_text(query, res, objects, 200, 200, "size")
+
+
+def test_relisting_a_sample_changes_only_the_order_of_its_listings(samples: list[WorldSample]) -> None:
+    reordered = 0
+    for s in samples:
+        assert with_listing_order(s, "paint") is s
+        read = with_listing_order(s, "reading")
+        assert dataclasses.replace(read, reasoning=s.reasoning) == s
+        # the same sentences, each listing the same objects; the conclusion untouched
+        old, new = s.reasoning.split(". "), read.reasoning.split(". ")
+        assert len(old) == len(new) and old[-1] == new[-1]
+        for a, b in zip(old, new, strict=True):
+            assert a.split(": ")[0] == b.split(": ")[0]
+            assert sorted(re.split(r", | and ", a.split(": ")[-1])) == sorted(
+                re.split(r", | and ", b.split(": ")[-1])
+            )
+        reordered += read.reasoning != s.reasoning
+    assert reordered > len(samples) // 5  # the paint order often differs from the reading order
+    no_query = dataclasses.replace(samples[0], query=None)
+    with pytest.raises(ValueError, match="carries no query"):
+        with_listing_order(no_query, "reading")

@@ -84,6 +84,10 @@ class PretrainCommandConfig:
     """Stage 3: answer count questions by listing the objects counted, then the number ("Circles: the small
     red circle at the top left and … So 2."), each listed phrase grounded on its object. The direct count fails
     from three objects on, on oracle tokens too (results/warmup.md, session (13))."""
+    reasoning_order: str = _DEFAULT.reasoning_order
+    """Stages 0b and 3: how the format turn's reasoning lists several objects: "paint" (the world's data: the
+    order they were painted in, which the image shows only where they overlap) or "reading" (rows of the
+    3 × 3 grid top to bottom, then left to right, which the image shows)."""
     grounding_weight: float = _DEFAULT.grounding.weight
     """Stage 3 attention-grounding weight: answers about a named object attend to its image tokens (0: off)."""
     num_slots: int = _DEFAULT.num_slots
@@ -143,6 +147,7 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         format_first=cfg.format_first,
         slot_grounding=cfg.slot_grounding,
         count_listing=cfg.count_listing,
+        reasoning_order=cfg.reasoning_order,
         grounding=replace(d.grounding, weight=cfg.grounding_weight),
     )
 

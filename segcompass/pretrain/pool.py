@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from segcompass.warmup.tasks import POSITIONS, lite_sample
 from segcompass.world.config import WorldConfig
-from segcompass.world.generate import generate_sample
+from segcompass.world.generate import generate_sample, with_listing_order
 from segcompass.world.language import location_words
 from segcompass.world.scene import WorldSample
 from segcompass.world.vocab import COLOURS, SHAPES, SIZES
@@ -210,7 +210,17 @@ def _pool(world_json: str, split: str, n: int, pixels: tuple[int, int]) -> Scene
     return build_pool(world, split, n, grid, workers=min(2, os.cpu_count() or 1))
 
 
+@functools.lru_cache(maxsize=4)
+def _relisted_pool(world_json: str, split: str, n: int, pixels: tuple[int, int], order: str) -> ScenePool:
+    pool = _pool(world_json, split, n, pixels)
+    if order == "paint":
+        return pool
+    scenes = [replace(s, sample=with_listing_order(s.sample, order)) for s in pool.scenes]
+    return ScenePool(pool.split, scenes)
+
+
 def scene_pool(config: StackConfig, split: str, pixels: tuple[int, int]) -> ScenePool:
-    """The stack's train or val scenes labelled for the grid of `pixels` (built once per process)."""
+    """The stack's train or val scenes labelled for the grid of `pixels` (built once per process), their
+    reasoning listed in `config.reasoning_order`."""
     n = config.train_scenes if split == "train" else config.val_scenes
-    return _pool(json.dumps(config.world, sort_keys=True), split, n, pixels)
+    return _relisted_pool(json.dumps(config.world, sort_keys=True), split, n, pixels, config.reasoning_order)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import numpy as np
 from segcompass.world.config import WorldConfig, resolve_split_seed, sample_rng
 from segcompass.world.language import describe_scene, realise, reasoning_text
 from segcompass.world.layout import sample_layout
+from segcompass.world.query import resolve
 from segcompass.world.render import render_layout
 from segcompass.world.sampler import sample_query
 from segcompass.world.scene import Scene, WorldSample
@@ -74,3 +76,20 @@ def generate_split(
     resolve_split_seed(config, split, seed)  # fail early on an unknown split or a seed clash
     for index in range(start, start + n):
         yield generate_sample(config, split, index, seed)
+
+
+def with_listing_order(sample: WorldSample, order: str) -> WorldSample:
+    """`sample` with its reasoning's object listings in `order` (`language.LISTING_ORDERS`); the rest as it is.
+
+    The world writes them in paint order ("paint"), which the image shows only where objects overlap; a model
+    taught to list in "reading" order can follow the image instead."""
+    if order == "paint":
+        return sample
+    if sample.query is None:
+        raise ValueError(f"sample {sample.sample_id} carries no query: its reasoning cannot be relisted")
+    scene = sample.scene
+    res = resolve(sample.query, scene.objects, scene.width, scene.height)  # type: ignore[arg-type]
+    if res is None or sorted(res.target_ids) != sorted(sample.target_ids):
+        raise ValueError(f"sample {sample.sample_id}: its query no longer resolves to its targets")
+    text = reasoning_text(sample.query, res, scene.objects, scene.width, scene.height, order)  # type: ignore[arg-type]
+    return dataclasses.replace(sample, reasoning=text)

@@ -113,8 +113,24 @@ def object_listing(ids: list[int], objects: list[SceneObject], width: int, heigh
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def reasoning_text(query: Query, res: Resolution, objects: list[SceneObject], width: int, height: int) -> str:
-    """Step-by-step reasoning from the query to its targets, one short sentence per step."""
+LISTING_ORDERS: tuple[str, ...] = ("paint", "reading")
+"""How a reasoning step lists several objects: "paint", the order they were painted in (the world's data;
+the image shows it only where two of them overlap), or "reading", `reading_order` (what the image shows)."""
+
+
+def reasoning_text(
+    query: Query,
+    res: Resolution,
+    objects: list[SceneObject],
+    width: int,
+    height: int,
+    order: str = "paint",
+) -> str:
+    """Step-by-step reasoning from the query to its targets, one short sentence per step; a step's objects
+    listed in `order` (`LISTING_ORDERS`)."""
+    if order not in LISTING_ORDERS:
+        raise ValueError(f"order must be one of {LISTING_ORDERS}, got {order!r}")
+    rank = {i: r for r, i in enumerate(reading_order(objects, height))} if order == "reading" else None
     out = []
     anchor = objects[res.anchor_id] if res.anchor_id is not None else None
     if anchor is not None:
@@ -122,7 +138,7 @@ def reasoning_text(query: Query, res: Resolution, objects: list[SceneObject], wi
             f"First find the {descriptor_words(query.anchor)}: it is {object_phrase(anchor, width, height)}."
         )
     for step, ids in res.steps:
-        listing = object_listing(ids, objects, width, height)
+        listing = object_listing(sorted(ids, key=rank.get) if rank else ids, objects, width, height)
         if step == "match":
             group = descriptor_words(query.target, plural=True)
             other = "other " if anchor is not None else ""
