@@ -3,6 +3,9 @@ the vision objectives' gradients reach the tower and the read-out heads, and not
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +13,16 @@ import torch
 from segcompass.backbones import build_tiny
 from segcompass.pretrain.dialogue import Dialogue, Turn, continuation, qa_dialogue
 from segcompass.pretrain.evaluate import named_referent
+from segcompass.pretrain.labels import MAX_COUNT, NUM_CLASSES
 from segcompass.pretrain.language import FeatureCache, encode_dialogues, lm_logits
 from segcompass.pretrain.pool import build_pool
 from segcompass.pretrain.stack import ProcessorGrid
 from segcompass.pretrain.vision import (
     PixelCache,
+    VisionBatch,
     VisionHeads,
     VisionObjective,
+    _token_count_loss,
     image_tokens,
     vision_batch,
     vision_loss,
@@ -124,9 +130,9 @@ def test_pixel_cache_gives_the_processors_patches_in_the_asked_order(setup):
 
 def test_vision_objective_trains_the_tower_and_heads_only(setup):
     backbone, pool = setup
-    heads = VisionHeads(backbone.hidden_size)
+    heads = VisionHeads(backbone.hidden_size, token_counts=True)
     scenes = list(pool.scenes)
-    objective = VisionObjective(token_object_weight=1.0)  # every head in use
+    objective = VisionObjective(token_object_weight=1.0, token_count_weight=1.0)  # every head in use
     loss = vision_loss(heads, image_tokens(backbone, scenes), vision_batch(scenes), objective)
     backbone.model.zero_grad()
     loss.total.backward()
@@ -135,7 +141,70 @@ def test_vision_objective_trains_the_tower_and_heads_only(setup):
     assert visual.patch_embed.proj.weight.grad.abs().sum() > 0
     assert visual.merger.mlp[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.model.model.language_model.parameters())
-    assert set(loss.parts) == {"token", "object", "image", "offset", "outline", "silhouette", "token_object"}
+    assert set(loss.parts) == {
+        "token",
+        "object",
+        "image",
+        "offset",
+        "outline",
+        "silhouette",
+        "token_object",
+        "token_count",
+    }
+    # off, the count read-out is not built, so the other read-outs draw the same initial weights as before
+    torch.manual_seed(0)
+    plain = VisionHeads(8)
+    torch.manual_seed(0)
+    counting = VisionHeads(8, token_counts=True)
+    assert plain.token_count is None
+    for (name, a), (other, b) in zip(plain.named_parameters(), counting.named_parameters(), strict=False):
+        assert name == other and torch.equal(a, b)
+
+
+def test_the_token_count_target_is_how_many_objects_share_the_tokens_colour_and_kind():
+    """Image 0: a red circle, a red square and a blue circle; image 1: a green star. Each covered token's
+    targets (objects of its colour, of its kind): red circle (2, 2), red square (2, 1), blue circle (1, 2),
+    green star (1, 1); background tokens have none."""
+    red, blue, green = 0, 1, 2
+    circle, square, star = 0, 1, 2
+    n_colours = NUM_CLASSES["colour"]
+    counts = torch.zeros(2, n_colours + NUM_CLASSES["shape"], dtype=torch.long)
+    counts[0, [red, blue]] = torch.tensor([2, 1])
+    counts[0, n_colours + circle], counts[0, n_colours + square] = 2, 1
+    counts[1, green], counts[1, n_colours + star] = 1, 1
+    token_objects = torch.full((6, 4), -100, dtype=torch.long)
+    token_objects[[0, 1, 3, 4], :2] = torch.tensor(
+        [[red, circle], [red, square], [blue, circle], [green, star]]
+    )
+    batch = VisionBatch(
+        token_targets={},
+        object_weights=torch.zeros(0, 6),
+        object_labels=torch.zeros(0, 4, dtype=torch.long),
+        image_index=torch.tensor([0, 0, 0, 0, 1, 1]),
+        counts=counts,
+        offsets=torch.zeros(6, 3),
+        covered=torch.zeros(6, dtype=torch.bool),
+        silhouettes=torch.zeros(0, 64),
+        outlines=torch.zeros(6, 16),
+        token_objects=token_objects,
+    )
+    heads = VisionHeads(8, token_counts=True).requires_grad_(False)
+    tokens = torch.eye(6, 8)  # token i is the i-th unit vector
+    with torch.no_grad():
+        heads.token_count.weight.zero_()
+        heads.token_count.bias.zero_()
+    assert float(_token_count_loss(heads, tokens, batch)) == pytest.approx(math.log(MAX_COUNT + 1))
+    expected = {0: (2, 2), 1: (2, 1), 3: (1, 2), 4: (1, 1)}
+    with torch.no_grad():
+        for cell, (by_colour, by_kind) in expected.items():
+            heads.token_count.weight[by_colour, cell] = 30.0
+            heads.token_count.weight[MAX_COUNT + 1 + by_kind, cell] = 30.0
+    assert float(_token_count_loss(heads, tokens, batch)) < 1e-6
+    # the same read-out scored against colour and kind swapped is far off
+    swapped = dataclasses.replace(batch, token_objects=token_objects[:, [1, 0, 2, 3]])
+    assert float(_token_count_loss(heads, tokens, swapped)) > 1.0
+    with pytest.raises(ValueError, match="token_counts=True"):
+        _token_count_loss(VisionHeads(8), tokens, batch)
 
 
 def test_named_referent_is_the_last_object_phrase():

@@ -30,6 +30,7 @@ from segcompass.pretrain.stack import (
 )
 from segcompass.pretrain.text import RecallPhase
 from segcompass.pretrain.tower_tuning import TowerTuning
+from segcompass.pretrain.vision import VisionObjective
 from segcompass.stages import StageMissing, build_stage, partial_folder
 
 pytestmark = pytest.mark.slow
@@ -171,6 +172,23 @@ def test_stage_1b_trains_stage_1s_tower_at_the_final_size_and_stage_2_starts_fro
     assert n_object_tokens == metrics["merged_token_probes_stage_1"]["object"]["n_test"]
     stage_1 = json.loads((VISION.path(config.vision_stage(), tmp_path) / "metrics.json").read_text())
     assert n_object_tokens > stage_1["merged_token_probes"]["object"]["n_test"]
+    assert "token_count" not in metrics["final_loss_parts"]
+
+    # Stage 1b with its own objective (a per-token count target added): a stage 1b of its own on the same
+    # stage 1; stage 1b without one keeps the key it had before the field.
+    counting = replace(config, vision_final_objective=VisionObjective(token_count_weight=1.0))
+    assert "vision_final_objective" not in config.vision_final_stage()
+    assert "token_count_weight" not in str(config.vision_stage())
+    assert counting.vision_stage() == config.vision_stage()
+    assert VISION_FINAL.key(counting.vision_final_stage()) != VISION_FINAL.key(config.vision_final_stage())
+    assert StackConfig.from_stage(json.loads(json.dumps(counting.instruct_stage()))) == replace(
+        counting, val_scenes=300
+    )
+    counted = build_stage(VISION_FINAL, counting.vision_final_stage(), tmp_path)
+    parts = json.loads((counted / "metrics.json").read_text())["final_loss_parts"]
+    assert parts["token_count"] > 0
+    merger = "visual.merger.mlp.0.weight"
+    assert not torch.equal(_weights(counted)[merger], f[merger])  # another objective, another tower
 
 
 def test_an_oracle_alignment_fits_the_mergers_last_layer_and_nothing_else(tmp_path):

@@ -59,6 +59,9 @@ class PretrainCommandConfig:
     """Stage 1b, steps of 16 after stage 1: the tower + merger on stage 1's objective again at the final
     image size (0: none, stage 2 starts from stage 1). Measured: each token's shape probe 0.64 → 0.77 (2000)
     → 0.79 (4000; results/warmup.md, sessions (10)–(11))."""
+    vision_final_count_weight: float = 0.0
+    """Stage 1b: weight of a per-token count target added to stage 1's objective (each object token → how
+    many objects of its colour and of its kind the image holds; 0: stage 1's objective alone)."""
     align_steps: int = _DEFAULT.align.steps
     """Stage 2 optimiser steps (descriptions)."""
     align_trains: str = _DEFAULT.align_trains
@@ -136,6 +139,11 @@ def stack_config(cfg: PretrainCommandConfig) -> StackConfig:
         text=replace(d.text, steps=cfg.text_steps),
         vision=replace(d.vision, steps=cfg.vision_steps),
         vision_final=replace(d.vision_final, steps=cfg.vision_final_steps),
+        vision_final_objective=(
+            replace(d.vision_objective, token_count_weight=cfg.vision_final_count_weight)
+            if cfg.vision_final_count_weight > 0
+            else None
+        ),
         align=replace(d.align, steps=cfg.align_steps),
         align_trains=cfg.align_trains,
         tower_tuning=replace(

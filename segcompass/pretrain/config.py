@@ -123,6 +123,11 @@ class StackConfig:
     than stage 1's ≈ 8 × 8), as vision encoders end their pretraining with a short phase at the resolution
     they will be used at. 4000 steps of 16: each merged token carries its object's shape at 0.79 (2000
     steps: 0.77; stage 1: 0.64 at the final size; results/warmup.md, sessions (10)–(11))."""
+    vision_final_objective: VisionObjective | None = None
+    """Stage 1b's objective weights; None: stage 1's (`vision_objective`). E.g. with
+    `VisionObjective.token_count_weight` on, stage 1b adds a per-token count target to what stage 1 trained:
+    the tower's pooled tokens carry the counts (a per-colour linear probe reads them at 0.86), the tokens of
+    one object do not, and the count questions look those up (results/warmup.md, session (14))."""
     align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
     """Stage 2 optimiser (scene descriptions; the tower frozen)."""
     align_trains: str = "oracle"
@@ -190,6 +195,8 @@ class StackConfig:
             self.vision = Schedule(**self.vision)
         if isinstance(self.vision_final, dict):
             self.vision_final = Schedule(**self.vision_final)
+        if isinstance(self.vision_final_objective, dict):
+            self.vision_final_objective = VisionObjective(**self.vision_final_objective)
         if isinstance(self.align, dict):
             self.align = Schedule(**self.align)
         if isinstance(self.instruct, dict):
@@ -265,11 +272,20 @@ class StackConfig:
             "vision",
             "vision_objective",
         )
-        return {k: _plain(getattr(self, k)) for k in keys}
+        stage = {k: _plain(getattr(self, k)) for k in keys}
+        stage["vision_objective"] = _objective_key(self.vision_objective)
+        return stage
 
     def vision_final_stage(self) -> dict[str, Any]:
         """Stage 1b: starts from stage 1's tower (only built when `vision_final` has steps)."""
-        return {"previous": self.vision_stage(), "vision_final": asdict(self.vision_final)}
+        stage = {"previous": self.vision_stage(), "vision_final": asdict(self.vision_final)}
+        if self.vision_final_objective is not None:  # None (stage 1's) keeps the key stage 1b had before
+            stage["vision_final_objective"] = _objective_key(self.vision_final_objective)
+        return stage
+
+    def final_vision_objective(self) -> VisionObjective:
+        """The objective stage 1b trains: `vision_final_objective`, or stage 1's when that is None."""
+        return self.vision_final_objective or self.vision_objective
 
     def tower_stage(self) -> tuple[str, dict[str, Any]]:
         """(stage name, config) of the tower stage 2 starts from: stage 1b when it has steps, else 1."""
@@ -355,6 +371,12 @@ def _phase_key(phase: Any) -> dict[str, Any]:
     return {
         k: v for k, v in asdict(phase).items() if not (k in _PHASE_FIELDS_OFF and v == _PHASE_FIELDS_OFF[k])
     }
+
+
+def _objective_key(objective: VisionObjective) -> dict[str, Any]:
+    """A vision objective's part of a key: its weights, less `token_count_weight` at 0 (the key stages 1 and
+    1b had before the field existed)."""
+    return {k: v for k, v in asdict(objective).items() if not (k == "token_count_weight" and v == 0.0)}
 
 
 def _plain(value: Any) -> Any:

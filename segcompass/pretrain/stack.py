@@ -195,7 +195,7 @@ def build_vision_final(stage_config: dict[str, Any], folder: Path) -> None:
         backbone,
         train,
         config.vision_final,
-        config.vision_objective,
+        config.final_vision_objective(),
         config.seed * 7919 + 5,
         "stage 1b: vision at the final size",
     )

@@ -60,12 +60,17 @@ class VisionObjective:
     """Dense grounding target: each token an object covers at least half of → that object's colour, shape,
     size and 3 × 3 position (the object's properties in every one of its tokens, as grounding-trained
     towers carry them)."""
+    token_count_weight: float = 0.0
+    """Dense count target: each token an object covers at least half of → how many objects of that object's
+    colour, and of its kind, the image holds (0 … `labels.MAX_COUNT`): global context in every object
+    token, as a tower with full attention can carry it, so that a count becomes a look-up of the named
+    kind's tokens. 0: off (the read-out is not even built, so the stage's random draws stay as before)."""
 
 
 class VisionHeads(nn.Module):
     """Linear read-outs of the merged image tokens for the three objectives."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, token_counts: bool = False) -> None:
         super().__init__()
         self.token = nn.ModuleDict({f: nn.Linear(dim, NUM_CLASSES[f] + 1) for f in TOKEN_FIELDS})
         self.object = nn.ModuleDict({f: nn.Linear(dim, NUM_CLASSES[f]) for f in ATTRIBUTES})
@@ -75,6 +80,8 @@ class VisionHeads(nn.Module):
         self.outline = nn.Linear(dim, FINE * FINE)
         self.silhouette = nn.Linear(dim, SILHOUETTE * SILHOUETTE)
         self.token_object = nn.ModuleDict({f: nn.Linear(dim, NUM_CLASSES[f]) for f in ATTRIBUTES})
+        # built last and only when asked, so that the other read-outs' initial weights stay as they were
+        self.token_count = nn.Linear(dim, 2 * (MAX_COUNT + 1)) if token_counts else None
 
 
 @dataclass
@@ -234,6 +241,8 @@ def vision_loss(
             )
             for i, f in enumerate(ATTRIBUTES)
         ) / len(ATTRIBUTES)
+    if objective.token_count_weight > 0:
+        parts["token_count"] = _token_count_loss(heads, tokens, batch)
     total = (
         objective.token_weight * parts["token"]
         + objective.object_weight * parts["object"]
@@ -242,10 +251,32 @@ def vision_loss(
         + objective.outline_weight * parts["outline"]
         + objective.silhouette_weight * parts["silhouette"]
         + objective.token_object_weight * parts.get("token_object", 0.0)
+        + objective.token_count_weight * parts.get("token_count", 0.0)
     )
     if not math.isfinite(float(total.detach())):
         raise FloatingPointError(f"vision loss is not finite: { {k: float(v) for k, v in parts.items()} }")
     return VisionLoss(total, {k: float(v.detach()) for k, v in parts.items()})
+
+
+def _token_count_loss(heads: VisionHeads, tokens: torch.Tensor, batch: VisionBatch) -> torch.Tensor:
+    """Cross-entropy of each covered token's read-out of how many objects of its object's colour and of its
+    kind its image holds (`VisionObjective.token_count_weight`); 0 when no token is covered."""
+    if heads.token_count is None:
+        raise ValueError("the token count target needs VisionHeads(..., token_counts=True)")
+    colour, shape = batch.token_objects[:, 0], batch.token_objects[:, 1]  # [cells], −100 where uncovered
+    covered = colour >= 0
+    if not bool(covered.any()):
+        return tokens.sum() * 0.0
+    image = batch.image_index[covered]
+    targets = torch.stack(  # [covered, 2]: objects of the token's colour, of its kind
+        [
+            batch.counts[image, colour[covered]],
+            batch.counts[image, NUM_CLASSES["colour"] + shape[covered]],
+        ],
+        dim=1,
+    )
+    logits = heads.token_count(tokens[covered]).view(-1, 2, MAX_COUNT + 1)  # [covered, 2, 9]
+    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def train_tower(
@@ -260,7 +291,7 @@ def train_tower(
     """Train the tower + merger (with fresh read-out heads, discarded after) on `objective` over the scenes
     of `pool` (the backbone's image processor must give their grids); `before_step(step)` runs before each
     step (e.g. periodic probes)."""
-    heads = VisionHeads(backbone.hidden_size)
+    heads = VisionHeads(backbone.hidden_size, token_counts=objective.token_count_weight > 0)
     pixels = PixelCache(backbone, pool)
 
     def step_loss(step: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
