@@ -126,8 +126,9 @@ class StackConfig:
     vision_final_objective: VisionObjective | None = None
     """Stage 1b's objective weights; None: stage 1's (`vision_objective`). E.g. with
     `VisionObjective.token_count_weight` on, stage 1b adds a per-token count target to what stage 1 trained:
-    the tower's pooled tokens carry the counts (a per-colour linear probe reads them at 0.86), the tokens of
-    one object do not, and the count questions look those up (results/warmup.md, session (14))."""
+    the tower's pooled tokens carry the counts (a per-colour linear probe reads them at 0.86), the named
+    colour's own tokens do not (a probe of them reads at the majority rate), and the count questions look
+    those up (results/warmup.md, session (14))."""
     align: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=16, lr=2e-3))
     """Stage 2 optimiser (scene descriptions; the tower frozen)."""
     align_trains: str = "oracle"
