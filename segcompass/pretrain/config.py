@@ -240,7 +240,7 @@ class StackConfig:
         # A phase with 0 steps stays out of the key: stage 0 keeps the key it had before the phase existed.
         for name in _STAGE_0_PHASES:
             if getattr(self, name).schedule.steps > 0:
-                stage[name] = _phase_key(getattr(self, name))
+                stage[name] = _part_key(getattr(self, name))
         if "object_image" in stage:  # the image layout asks about the train scenes (their oracle tokens)
             stage["train_scenes"] = self.train_scenes
         return stage
@@ -249,7 +249,7 @@ class StackConfig:
         """Stage 0b: starts from stage 0's language model (only built when `reasoning` has steps)."""
         stage = {
             "previous": self.text_stage(),
-            "reasoning": _phase_key(self.reasoning),
+            "reasoning": _part_key(self.reasoning),
             "train_scenes": self.train_scenes,
         }
         if self.reasoning_order != "paint":  # the world's order keeps the key stage 0b had before the field
@@ -274,14 +274,14 @@ class StackConfig:
             "vision_objective",
         )
         stage = {k: _plain(getattr(self, k)) for k in keys}
-        stage["vision_objective"] = _objective_key(self.vision_objective)
+        stage["vision_objective"] = _part_key(self.vision_objective)
         return stage
 
     def vision_final_stage(self) -> dict[str, Any]:
         """Stage 1b: starts from stage 1's tower (only built when `vision_final` has steps)."""
         stage = {"previous": self.vision_stage(), "vision_final": asdict(self.vision_final)}
         if self.vision_final_objective is not None:  # None (stage 1's) keeps the key stage 1b had before
-            stage["vision_final_objective"] = _objective_key(self.vision_final_objective)
+            stage["vision_final_objective"] = _part_key(self.vision_final_objective)
         return stage
 
     def final_vision_objective(self) -> VisionObjective:
@@ -362,22 +362,15 @@ _NESTED = ("previous", "language")
 """Keys of a stage config that hold the config of a stage it starts from."""
 
 
-_PHASE_FIELDS_OFF = {"loss_per": "token", "words": 0.0}
-"""Object-phase fields added after stage 0 was committed, at the values that keep its key."""
+_FIELDS_OFF = {"loss_per": "token", "words": 0.0, "token_count_weight": 0.0}
+"""Fields of the stages' nested configs (object phases, vision objectives) added after those stages were
+committed, at the values that keep their keys."""
 
 
-def _phase_key(phase: Any) -> dict[str, Any]:
-    """A stage-0 phase's part of the key: its fields, less those of `_PHASE_FIELDS_OFF` at their off value
-    (the key the phase had before the fields existed)."""
-    return {
-        k: v for k, v in asdict(phase).items() if not (k in _PHASE_FIELDS_OFF and v == _PHASE_FIELDS_OFF[k])
-    }
-
-
-def _objective_key(objective: VisionObjective) -> dict[str, Any]:
-    """A vision objective's part of a key: its weights, less `token_count_weight` at 0 (the key stages 1 and
-    1b had before the field existed)."""
-    return {k: v for k, v in asdict(objective).items() if not (k == "token_count_weight" and v == 0.0)}
+def _part_key(part: Any) -> dict[str, Any]:
+    """A nested config's part of a stage key: its fields, less those of `_FIELDS_OFF` at their off value
+    (the key the stage had before the fields existed)."""
+    return {k: v for k, v in asdict(part).items() if not (k in _FIELDS_OFF and v == _FIELDS_OFF[k])}
 
 
 def _plain(value: Any) -> Any:
