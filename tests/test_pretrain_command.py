@@ -45,7 +45,7 @@ def test_flags_set_the_stack_config_and_leave_the_rest_at_defaults():
     assert final.vision_stage() == default.vision_stage() and final.align_stage() != default.align_stage()
     reasoned = stack_config(PretrainCommandConfig(reasoning_steps=7, reasoning_words=0.25))
     assert (reasoned.reasoning.schedule.steps, reasoned.reasoning.words) == (7, 0.25)
-    assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 3200
+    assert reasoned.reasoning.kinds == default.reasoning.kinds and default.reasoning.schedule.steps == 6400
     assert tuned.align_stage() != default.align_stage() and tuned.text_stage() == default.text_stage()
     slots = stack_config(PretrainCommandConfig(num_slots=3))
     assert slots.num_slots == 3 and slots.text_stage() != default.text_stage()  # K is in the key from stage 0

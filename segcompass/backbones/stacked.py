@@ -33,7 +33,7 @@ DEFAULT_BACKBONE = "stack:qwen2_5_vl"
 DEFAULT_CONTROL = "stack-init:qwen2_5_vl"
 """Its random-init control."""
 
-STACK_RELEASES: dict[str, str] = {"qwen2_5_vl": "vlm-instruct-073a226a2ea4d14a"}
+STACK_RELEASES: dict[str, str] = {"qwen2_5_vl": "vlm-instruct-14386fb71942e89b"}
 """Family → the stage key of the default stack's last stage (`INSTRUCT.key(StackConfig().instruct_stage())`)."""
 
 

@@ -40,9 +40,9 @@ class PretrainCommandConfig:
     Measured: 3200 after the first phase reads oracle tokens at colour 0.98, shape 0.95 (results/warmup.md)."""
     reasoning_steps: int = _DEFAULT.reasoning.schedule.steps
     """Stage 0b, steps of 32 after stage 0 (oracle image tokens, the grounded format turn among the look-up
-    turns; 0: none, stage 2 starts from stage 0). Measured: 3200 with --vision-final-steps 4000 lift the chain
-    on images over 1600 / 2000 on two stage-3 seeds each (reasoning 0.27 → 0.34, its opening 0.25 → 0.72,
-    shape 0.59 → 0.68, position 0.57 → 0.66; results/warmup.md, session (11))."""
+    turns; 0: none, stage 2 starts from stage 0). Measured on images after stage 3, two seeds each: 3200 over
+    1600 lift the reasoning 0.27 → 0.34 and its opening 0.25 → 0.72 (session (11)); 6400 over 3200 lift the
+    reasoning 0.35 / 0.36 → 0.46 / 0.46 (results/warmup.md, sessions (14)–(15))."""
     reasoning_words: float = _DEFAULT.reasoning.words
     """Stage 0b: the share of its sequences with the scene in words and the format turn instead of the
     oracle tokens. Measured: 0.25 and 0.5 lower both the reasoning and the look-up (results/warmup.md)."""

@@ -59,7 +59,7 @@ def _object_image_phase() -> ObjectPhase:
 
 def _reasoning_phase() -> ObjectPhase:
     return ObjectPhase(
-        schedule=Schedule(steps=3200, batch_size=32, lr=1e-3),
+        schedule=Schedule(steps=6400, batch_size=32, lr=1e-3),
         layout="image",
         questions=3,
         kinds=(*LOOKUP_KINDS, "count", "grounded_format"),
@@ -101,9 +101,10 @@ class StackConfig:
     reasoning: ObjectPhase = field(default_factory=_reasoning_phase)
     """Stage 0b, its own cached stage after stage 0 (0 steps: none, stage 2 starts from stage 0): the oracle
     image tokens again, with the grounded format turn (the instruction → its reasoning) among the look-up
-    turns, and optionally a share of sequences in words (`ObjectPhase.words`). 3200 steps of 32: on the
-    val scenes' oracle tokens the reasoning goes 0 → 0.49 and its opening 0 → 0.67, with the look-up above
-    stage 0's (position 0.87 → 0.98); 1600 steps gave 0.35 and 0.18 (results/warmup.md, sessions (10)–(11))."""
+    turns, and optionally a share of sequences in words (`ObjectPhase.words`). 6400 steps of 32: on the
+    val scenes' oracle tokens the reasoning reaches 0.60 and its opening 0.90 (1600 / 3200 steps: 0.35 / 0.49
+    and 0.18 / 0.67), the look-up kept; on images after stage 3 the reasoning 0.35 / 0.36 → 0.46 / 0.46
+    on two seeds each (results/warmup.md, sessions (10)–(11), (14)–(15))."""
     recall: RecallPhase = field(default_factory=RecallPhase)
     """Stage 0's phase in words after the object phases: short scenes, look-up questions, large batches (0
     steps: none)."""
