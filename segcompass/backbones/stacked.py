@@ -62,7 +62,7 @@ def stack_folder(spec: str, cache_root: str | os.PathLike | None = None) -> Path
     if not is_built(path) and not install_committed(STACK_SUBDIR, path):
         raise StageMissing(
             f"the default stack ({key}) is neither built nor committed ({path}); build it with "
-            f"`{STACK_COMMAND}` (about 5 core-hours on a CPU)"
+            f"`{STACK_COMMAND}` (about 9 core-hours on a CPU)"
         )
     return path
 
