@@ -27,6 +27,93 @@ def test_ablation_table_reports_mean_and_sd_over_seeds() -> None:
     assert "by instruction kind" not in md
 
 
+def _split_table():
+    import pandas as pd
+
+    def row(arm, seed, split, g, c=None, n=0.0, t=1.0):
+        return {"arm": arm, "seed": seed, "split": split, "gIoU (rela)": g, "cIoU (rela)": g if c is None else c,
+                "N-acc (rela)": n, "T-acc (rela)": t}  # fmt: skip
+
+    rows = [row("union_baseline", None, "val", 0.30), row("union_baseline", None, "test", 0.20)]
+    # val: seed 0 follows the paper's order, seed 1 puts RL first; test: both seeds follow it.
+    for seed, (j, sg, rl) in enumerate([(0.60, 0.50, 0.40), (0.40, 0.45, 0.50)]):
+        rows += [
+            row("joint", seed, "val", j, n=0.9, t=0.7),
+            row("seg", seed, "val", sg),
+            row("rl", seed, "val", rl),
+        ]
+    for seed in (0, 1):
+        rows += [row("joint", seed, "test", 0.70 + seed / 10, c=0.60, n=0.9, t=0.9)]
+        rows += [row("seg", seed, "test", 0.5), row("rl", seed, "test", 0.5)]
+    return pd.DataFrame(rows)
+
+
+def test_ablation_ordering_is_checked_per_split_and_seed() -> None:
+    from segcompass.training.ablation_table import ordering_table
+
+    order = ordering_table(_split_table()).set_index(["split", "seed"])
+    assert list(order["holds"].items()) == [
+        (("val", 0), True), (("val", 1), False), (("test", 0), True), (("test", 1), True)  # ties count (seg = rl)
+    ]  # fmt: skip
+    assert order.loc[("val", 1), "rl"] == 0.50 and order.loc[("test", 0), "union"] == 0.20
+
+
+def test_ablation_report_opens_with_a_verdict_read_from_the_table() -> None:
+    from segcompass.training.ablation import AblationConfig
+    from segcompass.training.ablation_table import ablation_markdown
+
+    md = ablation_markdown(_split_table(), AblationConfig())
+    verdict = md[md.index("**Verdict**") : md.index("The paper's ordering per")]
+    # val: joint mean 0.50 < 0.55 → not met; N-acc 0.90 but T-acc 0.70 → not met.
+    assert "- val split: joint gIoU **0.500** / cIoU 0.500 (2 seeds, gIoU 0.400–0.600)" in verdict
+    assert "union of objects' 0.300 / 0.300: ≥ 0.55 and ≥ union + 0.20 **not met**" in verdict
+    assert "N-acc 0.90 with T-acc 0.70 (both ≥ 0.80) **not met**" in verdict
+    # test: gIoU 0.75 ≥ 0.20 + 0.20 but cIoU 0.60 < 0.20 + 0.20? no: 0.60 ≥ 0.40, and both ≥ 0.55 → met.
+    assert "- test split: joint gIoU **0.750** / cIoU 0.600" in verdict
+    test_line = verdict[verdict.index("- test split") :].splitlines()[0]
+    assert "≥ union + 0.20 **met**" in test_line and "(both ≥ 0.80) **met**" in test_line
+    assert "holds on **3 of 4** (split, seed) pairs" in verdict
+    # Ordering table, then one section per split whose tables hold only that split's rows.
+    assert "| val | 1 | 0.400 | 0.450 | 0.500 | 0.300 | no |" in md
+    val, test = md[md.index("### val") : md.index("### test")], md[md.index("### test") :]
+    assert "| union_baseline | 1 | 0.300 |" in val and "| union_baseline | 1 | 0.200 |" in test
+    assert "| joint | 2 | 0.750 ± 0.071 |" in test
+
+
+def test_the_ablation_scores_every_model_on_both_held_out_splits(tmp_path: Path) -> None:
+    """`scored_rows`: thresholds are chosen once on calib, then each held-out split gets its own row, and a
+    model is decoded once per sample even though each split is scored at two threshold pairs."""
+    from segcompass.evaluation import EvalConfig
+    from segcompass.evaluation.baselines import OraclePredictor
+    from segcompass.evaluation.datasets import open_dataset
+    from segcompass.training.ablation_table import scored_rows
+    from segcompass.world import WorldConfig, write_refcoco_style
+
+    calls = []
+
+    class Counting:
+        name = "oracle"
+
+        def predict(self, samples):
+            calls.extend(s.sample_id for s in samples)
+            return OraclePredictor(img_size=128).predict(samples)
+
+    seeds = {**WorldConfig().split_seeds, "calib": 3}
+    world = WorldConfig(min_side=64, max_side=96, image_format="PNG", split_seeds=seeds)
+    write_refcoco_style(tmp_path, world, {"val": 4, "test": 3, "calib": 2})
+    world = {split: open_dataset("grefcoco", tmp_path, split) for split in ("val", "test", "calib")}
+    held_out = {"val": world["val"], "test": world["test"]}
+    rows = scored_rows(
+        Counting(), held_out, world["calib"], EvalConfig(progress=False, img_size=64), "u", 0, {}
+    )
+    assert [r["split"] for r in rows] == ["val", "test"]
+    assert rows[0]["mask thr"] == rows[1]["mask thr"]  # one calibration for both splits
+    assert len(calls) == len(set(calls)) == 4 + 3 + 2  # each sample decoded once
+    assert (
+        min(rows[0]["gIoU (rela)"], rows[1]["gIoU (rela)"]) > 0.99
+    )  # the oracle, on each split (resize loss)
+
+
 def test_ablation_row_has_gIoU_per_instruction_kind() -> None:
     import pandas as pd
 

@@ -1,8 +1,9 @@
 """The training ablation on the synthetic world, reproduced by one command (`segcompass ablation`):
 
-    world (gRefCOCO-style train / val) → warmed-up tiny backbone → its SAE → for each objective (joint,
-    RL only, seg only) × seed: train → evaluate greedily on held-out val → beside the trivial baselines
-    (empty, union of all objects) and the untrained model → `ablation.csv` + `ablation.md`.
+    world (gRefCOCO-style train / val / test / calib) → the tiny backbone → its SAE → for each objective
+    (joint, RL only, seg only) × seed: train → thresholds chosen on calib → evaluate greedily on the two
+    held-out splits (val, test) → beside the trivial baselines (empty, union of all objects) and the
+    untrained model → `ablation.csv` + `ablation.md` (verdict, per-seed ordering, tables per split).
 
 Every stage is cached under `out` (the world, the SAE, each run; runs resume from their checkpoints).
 """
@@ -20,7 +21,7 @@ import torch
 from segcompass.artifacts import activation_store, backbone_key, stage_key, trained_sae, world_corpus
 from segcompass.artifacts.legacy import ablation_folders
 from segcompass.backbones import DEFAULT_BACKBONE, emits_slots, resolve_backbone
-from segcompass.evaluation import EvalConfig, calibrate_thresholds, evaluate
+from segcompass.evaluation import EvalConfig, evaluate
 from segcompass.evaluation.baselines import EmptyPredictor, UnionOfObjectsPredictor
 from segcompass.evaluation.datasets import open_dataset
 from segcompass.evaluation.model_predictor import SegCompassPredictor
@@ -29,7 +30,7 @@ from segcompass.model import SegCompassModel, build_missing_stages, build_model
 from segcompass.policy import PolicyConfig
 from segcompass.world import WorldConfig, write_refcoco_style
 
-from .ablation_table import ablation_markdown, table_row
+from .ablation_table import ablation_markdown, scored_rows, table_row
 from .config import JointTrainConfig
 from .head_warmup import HeadWarmupConfig, cached_warm_start
 from .loop import train_joint
@@ -82,9 +83,13 @@ class AblationConfig:
     val_samples: int = 300
     """Held-out world samples (val split) to evaluate on (with 100 the differences between arms and to the
     union baseline were below the split's noise; results/training_ablation.md)."""
+    test_samples: int = 300
+    """Held-out world samples of a second split ("test", its own split seed) on which every model is scored
+    too, at the thresholds chosen on calib (no model, threshold or variant choice sees it); 0: val only."""
     calibration_samples: int = 300
     """World samples of a third split ("calib") on which every model's mask / confidence thresholds are
-    chosen (`calibrate_thresholds`) before it is scored on val; 0: the 0.5 / 0.5 defaults only."""
+    chosen (`calibrate_thresholds`) before it is scored on val (and test); 0: the 0.5 / 0.5 defaults
+    only."""
     head_warmup_steps: int = 1200
     """Supervised warm start of the head on the policy's greedy responses before every arm (0: none); shared
     by the arms of a seed and reported as its own row (cosine lr, EMA of the weights: `HeadWarmupConfig`;
@@ -123,6 +128,18 @@ def _data(cfg: AblationConfig, out: Path) -> Path:
     if cfg.calibration_samples > 0:
         splits["calib"] = cfg.calibration_samples
     folder = out / "data" / f"refs-{stage_key(dataclasses.asdict(world), splits)}"
+    if not (folder / "instances.json").exists():
+        write_refcoco_style(folder, world, splits)
+    return folder
+
+
+def _test_data(cfg: AblationConfig, out: Path) -> Path | None:
+    """The second held-out split, in a folder of its own: adding it leaves the train / val / calib folder, and
+    so every cached warm start and arm run keyed by it, as they were."""
+    if cfg.test_samples <= 0:
+        return None
+    world, splits = _world(cfg), {"test": cfg.test_samples}
+    folder = out / "data" / f"test-{stage_key(dataclasses.asdict(world), splits)}"
     if not (folder / "instances.json").exists():
         write_refcoco_style(folder, world, splits)
     return folder
@@ -182,41 +199,16 @@ def _head_multipliers(scale: float, overrides: dict[str, float] | None = None) -
     return {k: v * (1.0 if k == "llm" else scale) for k, v in merged.items()}
 
 
-class _Replay:
-    """A predictor that decodes each sample once and replays its prediction when asked again (greedy
-    decoding is deterministic, so scoring val at two threshold pairs needs one pass of the policy)."""
-
-    def __init__(self, predictor) -> None:
-        self.inner, self.name, self.seen = predictor, predictor.name, {}
-
-    def predict(self, samples):
-        new = [s for s in samples if s.sample_id not in self.seen]
-        if new:
-            self.seen.update((p.sample_id, p) for p in self.inner.predict(new))
-        return [self.seen[s.sample_id] for s in samples]
-
-
-def _scored(predictor, val_set, calib_set, ev: EvalConfig, arm: str, seed: int | None, extra: dict) -> dict:
-    """The row of one model: val metrics at thresholds calibrated on `calib_set` (if any), plus gIoU at the
-    0.5 / 0.5 defaults and the chosen thresholds."""
-    predictor = _Replay(predictor)
-    if calib_set is None:
-        return table_row(evaluate(predictor, val_set, ev), arm, seed, extra)
-    cal = calibrate_thresholds(predictor, calib_set, ev)
-    default = evaluate(predictor, val_set, ev).summaries["rela"].giou
-    logger.info("%s seed %s: thresholds mask %.2f / confidence %.2f (calib gIoU %.3f vs %.3f at 0.5 / 0.5)",
-                arm, seed, cal.mask_threshold, cal.confidence_threshold, cal.value, cal.default_value)  # fmt: skip
-    extra = {**extra, "gIoU at 0.5 / 0.5 (rela)": default, "mask thr": cal.mask_threshold,
-             "conf thr": cal.confidence_threshold}  # fmt: skip
-    return table_row(evaluate(predictor, val_set, cal.apply(ev)), arm, seed, extra)
-
-
 def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     """Run (or reuse) every arm and write `ablation.csv` / `ablation.md` under `out`; returns the table."""
     torch.set_num_threads(cfg.train.threads)
     out = Path(cfg.out)
     data = _data(cfg, out)
-    train_set, val_set = open_dataset("grefcoco", data, "train"), open_dataset("grefcoco", data, "val")
+    train_set = open_dataset("grefcoco", data, "train")
+    held_out = {"val": open_dataset("grefcoco", data, "val")}
+    test_data = _test_data(cfg, out)
+    if test_data is not None:
+        held_out["test"] = open_dataset("grefcoco", test_data, "test")
     calib_set = open_dataset("grefcoco", data, "calib") if cfg.calibration_samples > 0 else None
     policy = cfg.train.policy  # K and the response budget: one home, the arms' training config
     build_missing_stages(cfg.backbone, cfg.sam, policy=policy)
@@ -224,17 +216,20 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     sae_path = _sae_path(cfg, out, resolve_backbone(cfg.backbone, **taught_k))
     ev = EvalConfig(progress=False, img_size=256, convention="both")
     rows = []
-    for base in (EmptyPredictor(), UnionOfObjectsPredictor(val_set)):
-        rows.append(table_row(evaluate(base, val_set, ev), base.name, None, {}))
+    for split, dataset in held_out.items():
+        for base in (EmptyPredictor(), UnionOfObjectsPredictor(dataset)):
+            rows.append(table_row(evaluate(base, dataset, ev), base.name, None, {"split": split}))
+
+    def scored(model: SegCompassModel, arm: str, seed: int, extra: dict | None = None) -> list[dict]:
+        return scored_rows(SegCompassPredictor(model), held_out, calib_set, ev, arm, seed, extra or {})
+
     starts = {}
     for seed in cfg.seeds:
         untrained = build_model(cfg.backbone, sae_path, seed, policy, cfg.sam)
-        rows.append(_scored(SegCompassPredictor(untrained), val_set, calib_set, ev, "untrained", seed, {}))
+        rows += scored(untrained, "untrained", seed)
         if cfg.head_warmup_steps > 0:
             starts[seed] = _warm_head(cfg, out, untrained, train_set, data, sae_path, seed)
-            rows.append(
-                _scored(SegCompassPredictor(untrained), val_set, calib_set, ev, "head warm start", seed, {})
-            )
+            rows += scored(untrained, "head warm start", seed)
     for objective in cfg.objectives:
         for seed in cfg.seeds:
             model = build_model(cfg.backbone, sae_path, seed, policy, cfg.sam)
@@ -262,7 +257,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 "train format first": float(h["reward/format"].head(n).mean()),
                 "train format last": float(h["reward/format"].tail(n).mean()),
             }
-            rows.append(_scored(SegCompassPredictor(model), val_set, calib_set, ev, objective, seed, extra))
+            rows += scored(model, objective, seed, extra)
     table = pd.DataFrame(rows)
     table.to_csv(out / "ablation.csv", index=False)
     md = ablation_markdown(table, cfg)
