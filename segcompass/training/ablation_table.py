@@ -192,7 +192,7 @@ def _ordering_markdown(order: pd.DataFrame) -> str:
 
 
 def ablation_markdown(table: pd.DataFrame, cfg: AblationConfig) -> str:
-    """The report: what was run, the verdict, the ordering per (split, seed), then per held-out split the mean
+    """The report: the verdict, what was run, the ordering per (split, seed), then per held-out split the mean
     ± sd over seeds per arm (main metrics, then gIoU per instruction kind when recorded)."""
     num = [c for c in table.columns if c not in ("arm", "seed", "split")]
     kinds = [c for c in num if c.startswith(KIND_PREFIX)]
@@ -210,7 +210,7 @@ def ablation_markdown(table: pd.DataFrame, cfg: AblationConfig) -> str:
            if cfg.calibration_samples else "")
         + ".\n\n"
     )  # fmt: skip
-    md = head + ablation_verdict(table)
+    md = ablation_verdict(table) + head
     order = ordering_table(table)
     if len(order):
         md += (
