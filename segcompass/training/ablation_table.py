@@ -154,12 +154,12 @@ def _joint_line(joint: pd.DataFrame, part: pd.DataFrame) -> str:
     return line + "."
 
 
-def ablation_verdict(table: pd.DataFrame) -> str:
-    """One line per held-out split on the joint arm's targets, then one on the paper's ordering; every figure
-    is read from `table`."""
-    lines = []
+def ablation_verdict(table: pd.DataFrame, order: pd.DataFrame | None = None) -> str:
+    """One line per held-out split on the joint arm's targets, then one on the paper's ordering (`order`:
+    `ordering_table(table)`, computed when not given); every figure is read from `table`."""
     if not {GIOU, "cIoU (rela)", "N-acc (rela)", "T-acc (rela)"} <= set(table.columns):
         return ""
+    lines = []
     for split in _splits(table):
         part = _in_split(table, split)
         joint = part[part["arm"] == "joint"]
@@ -167,7 +167,7 @@ def ablation_verdict(table: pd.DataFrame) -> str:
             continue
         name = f"{split} split" if split is not None else "held out"
         lines.append(f"- {name}: " + _joint_line(joint, part))
-    order = ordering_table(table)
+    order = ordering_table(table) if order is None else order
     if len(order):
         lines.append(
             f"- The paper's ordering (joint ≥ seg only ≥ RL only) holds on **{int(order['holds'].sum())} of "
@@ -183,8 +183,9 @@ def _ordering_markdown(order: pd.DataFrame) -> str:
     ]
     for r in order.itertuples():
         cells = [f"{getattr(r, a):.3f}" for a in PAPER_ORDER]
+        split = "held out" if r.split is None else r.split
         lines.append(
-            f"| {r.split} | {r.seed} | "
+            f"| {split} | {r.seed} | "
             + " | ".join(cells)
             + f" | {r.union:.3f} | {'yes' if r.holds else 'no'} |"
         )
@@ -210,8 +211,8 @@ def ablation_markdown(table: pd.DataFrame, cfg: AblationConfig) -> str:
            if cfg.calibration_samples else "")
         + ".\n\n"
     )  # fmt: skip
-    md = ablation_verdict(table) + head
     order = ordering_table(table)
+    md = ablation_verdict(table, order) + head
     if len(order):
         md += (
             "The paper's ordering per held-out split and seed (gIoU, rela):\n\n"
